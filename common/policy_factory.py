@@ -1,0 +1,181 @@
+"""One place that turns a run config + dataset features into a LeRobot policy and its processors.
+
+The SuperLink (which has no dataset) and every SuperNode build the policy through the same code
+path from the same inputs, so the global checkpoint and the sites' local copies are the same
+model. Only the trainable parameters travel; everything frozen is loaded locally from the
+pretrained checkpoint (or, for the offline tiny preset, generated from a fixed seed), and a
+fingerprint of it lets a site refuse to train on a backbone that differs from the server's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from common.local_vlm import TINY, VLMDims, write_local_vlm
+from common.settings import RunConfig, SettingsError
+
+SMOLVLA_BASE = "lerobot/smolvla_base"
+TINY_SEED = 1234  # fixed: every node must generate the very same frozen backbone
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """A policy with the processors that feed it and undo its normalization."""
+
+    policy: Any  # lerobot PreTrainedPolicy (a torch.nn.Module)
+    preprocessor: Any
+    postprocessor: Any
+
+    @property
+    def config(self):
+        return self.policy.config
+
+
+def _smolvla_config(run: RunConfig, device: str):
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+    if run.policy == "smolvla":
+        cfg = SmolVLAConfig(device=device)
+        cfg.pretrained_path = run.pretrained_path or SMOLVLA_BASE
+        return cfg
+    dims: VLMDims = TINY
+    if run.pretrained_path:
+        raise SettingsError(
+            f"run config: key 'pretrained-path' must be empty for policy '{run.policy}' "
+            f"(it generates its own backbone offline), got {run.pretrained_path!r}"
+        )
+    return SmolVLAConfig(
+        device=device,
+        vlm_model_name=str(write_local_vlm(dims)),
+        load_vlm_weights=False,
+        resize_imgs_with_padding=(dims.image_size, dims.image_size),
+        num_vlm_layers=dims.text_layers,
+        chunk_size=10,
+        n_action_steps=10,
+        num_steps=10,
+        tokenizer_max_length=16,
+        # Measured on the demo data: lerobot's 1e-4 barely moves a model this small.
+        optimizer_lr=3e-3,
+        scheduler_warmup_steps=0,
+    )
+
+
+PRESETS = {"smolvla": _smolvla_config, "smolvla-tiny": _smolvla_config}
+
+
+def make_policy_config(run: RunConfig, device: str = "cpu"):
+    """LeRobot config for ``run.policy``: a zk0 preset or any registered LeRobot policy type."""
+    if run.policy in PRESETS:
+        return PRESETS[run.policy](run, device)
+    from lerobot.configs import PreTrainedConfig
+
+    known = sorted(set(PRESETS) | set(PreTrainedConfig.get_known_choices()))
+    if run.policy not in known:
+        raise SettingsError(
+            f"run config: key 'policy': unknown policy {run.policy!r}; expected one of {known}"
+        )
+    cfg = PreTrainedConfig.get_choice_class(run.policy)(device=device)
+    if run.pretrained_path:
+        cfg.pretrained_path = run.pretrained_path
+    return cfg
+
+
+def learning_rate(run: RunConfig, cfg) -> float:
+    """The run's lr, or the policy preset's own when the run config leaves it at 0."""
+    return run.lr if run.lr > 0 else float(cfg.get_optimizer_preset().lr)
+
+
+def policy_features(features: Mapping[str, Mapping[str, Any]]):
+    """LeRobot dataset features -> (input, output) PolicyFeature dicts, LeRobot's own mapping."""
+    from lerobot.configs import FeatureType
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    pf = dataset_to_policy_features(dict(features))
+    outputs = {k: f for k, f in pf.items() if f.type is FeatureType.ACTION}
+    inputs = {k: f for k, f in pf.items() if k not in outputs}
+    return inputs, outputs
+
+
+def build_policy(
+    run: RunConfig,
+    features: Mapping[str, Mapping[str, Any]],
+    stats: Mapping[str, Mapping[str, Any]],
+    device: str = "cpu",
+) -> PolicyBundle:
+    """Build the policy for ``features`` with frozen weights loaded locally, plus processors.
+
+    Mirrors ``lerobot.policies.factory.make_policy`` but takes the features dict instead of a
+    dataset's metadata, because the SuperLink has no dataset.
+    """
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    cfg = make_policy_config(run, device)
+    cfg.input_features, cfg.output_features = policy_features(features)
+    if hasattr(cfg, "action_feature_names") and "action" in features:
+        cfg.action_feature_names = list(features["action"].get("names") or [])
+    policy_cls = get_policy_class(cfg.type)
+    if cfg.pretrained_path:
+        policy = policy_cls.from_pretrained(cfg.pretrained_path, config=cfg)
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(TINY_SEED)
+            policy = policy_cls(config=cfg)
+    policy.to(device)
+    torch_stats = {
+        key: {name: torch.as_tensor(value, dtype=torch.float32) for name, value in s.items()}
+        for key, s in stats.items()
+    }
+    pre, post = make_pre_post_processors(
+        cfg,
+        dataset_stats=torch_stats,
+        preprocessor_overrides={"device_processor": {"device": device}},
+    )
+    return PolicyBundle(policy, pre, post)
+
+
+def trainable_parameters(policy: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The parameters that local training updates: the only ones that ever travel."""
+    return {n: p for n, p in policy.named_parameters() if p.requires_grad}
+
+
+def trainable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Float32 CPU copies (never views: the policy keeps training) of the trainable params."""
+    return {
+        n: p.detach().to("cpu", torch.float32, copy=True)
+        for n, p in trainable_parameters(policy).items()
+    }
+
+
+def load_trainable(policy: torch.nn.Module, state: Mapping[str, Any]) -> None:
+    """Copy ``state`` into the trainable parameters; names and shapes must match exactly."""
+    params = trainable_parameters(policy)
+    missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or extra:
+        raise ValueError(
+            f"parameter names differ from the policy's trainable set: missing {missing[:5]}, "
+            f"unexpected {extra[:5]} ({len(missing)} missing, {len(extra)} unexpected)"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            value = torch.as_tensor(state[name])
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"parameter {name}: shape {tuple(value.shape)} != expected {tuple(param.shape)}"
+                )
+            param.copy_(value.to(param.device, param.dtype))
+
+
+def frozen_fingerprint(policy: torch.nn.Module) -> str:
+    """SHA-256 over the frozen parameters: equal on two nodes iff they share the backbone."""
+    digest = hashlib.sha256()
+    for name, param in policy.named_parameters():
+        if param.requires_grad:
+            continue
+        digest.update(name.encode())
+        digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,169 @@
+"""Typed settings shared by the SuperLink and the SuperNodes.
+
+Flower hands the apps plain dicts (``context.run_config`` from ``[tool.flwr.app.config]`` plus
+``flwr run -c`` overrides, ``context.node_config`` from ``flower-supernode --node-config``). A
+typo or a wrong type there would otherwise surface an hour into a run as a cryptic tensor error,
+so both are parsed into strict pydantic models first and every problem is reported by key name.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+StrategyName = Literal["fedprox", "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+WireDtype = Literal["float32", "float16", "bfloat16"]
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """Render pydantic's errors as one line per key, in the user's spelling (kebab-case)."""
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(root)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+            continue
+        got = item.get("input")
+        lines.append(f"{source}: key '{key}': {item['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True
+    )
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any], source: str):
+        """Validate ``values`` (kebab-case keys) or raise :class:`SettingsError` naming each key."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as err:
+            raise SettingsError(format_validation_error(err, source)) from None
+
+    def to_flwr(self) -> dict[str, Any]:
+        """Kebab-case dict, as Flower's run/node config carries it."""
+        return self.model_dump(by_alias=True)
+
+
+class RunConfig(_Strict):
+    """The federation's run config (``[tool.flwr.app.config]``); every key documented in README."""
+
+    # Federation
+    num_server_rounds: int = Field(20, ge=1)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    min_sites: int = Field(2, ge=1)
+    round_timeout: float = Field(3600.0, ge=0.0)  # seconds; 0 = wait forever
+    strategy: StrategyName = "fedprox"
+    proximal_mu: float = Field(0.001, ge=0.0)
+    server_momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    server_lr: float = Field(1.0, gt=0.0)
+    # Policy
+    policy: str = "smolvla"
+    pretrained_path: str = ""  # "" = the preset default (smolvla: lerobot/smolvla_base)
+    # Local training
+    local_steps: int = Field(50, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(0.0, ge=0.0)  # 0.0 = the policy preset's learning rate
+    lr_scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    # Exchange
+    wire_dtype: WireDtype = "float16"
+    # Evaluation
+    eval_every: int = Field(1, ge=1)
+    eval_samples: int = Field(64, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    seed: int = 0
+    # Outputs
+    output_dir: str = "runs"
+    keep_checkpoints: int = Field(0, ge=0)  # 0 = keep every round's checkpoint
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_server_rounds * self.local_steps
+
+    def is_eval_round(self, server_round: int) -> bool:
+        """Global model after ``server_round`` rounds is evaluated (always after the last)."""
+        return server_round % self.eval_every == 0 or server_round == self.num_server_rounds
+
+    @classmethod
+    def defaults_from_pyproject(cls, path: Path = PYPROJECT) -> dict[str, Any]:
+        with path.open("rb") as f:
+            return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+
+    @classmethod
+    def with_overrides(cls, overrides: Mapping[str, Any], path: Path = PYPROJECT) -> RunConfig:
+        """What ``flwr run -c`` would give: pyproject's values updated by ``overrides``."""
+        values = cls.defaults_from_pyproject(path)
+        unknown = sorted(set(overrides) - set(values))
+        if unknown:
+            raise SettingsError(
+                f"run config: unknown key(s) {unknown}; known keys are in {path} "
+                "[tool.flwr.app.config]"
+            )
+        values.update(overrides)
+        return cls.parse(values, "run config")
+
+
+class NodeConfig(_Strict):
+    """A SuperNode's node config: which lab this is and where its private dataset lives."""
+
+    site_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    dataset_root: str = ""  # local LeRobotDataset (v3) folder
+    dataset_repo_id: str = ""  # Hub repo id; with dataset-root empty the site downloads it
+    eval_episodes: int = Field(2, ge=1)  # episodes held out for evaluation
+    split_seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    video_backend: str = "pyav"
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    torch_threads: int = Field(0, ge=0)  # 0 = torch's default (all cores)
+
+    @model_validator(mode="after")
+    def _one_dataset_source(self) -> NodeConfig:
+        if not self.dataset_root and not self.dataset_repo_id:
+            raise ValueError("set dataset-root (a local LeRobotDataset) or dataset-repo-id")
+        return self
+
+    @property
+    def repo_id(self) -> str:
+        """LeRobot wants a repo id even for local data; a local one never reaches the Hub."""
+        return self.dataset_repo_id or f"local/{self.site_name}"
+
+    def to_flwr_arg(self) -> str:
+        """``--node-config`` value for flower-supernode (TOML values, strings quoted)."""
+        parts = []
+        for key, value in self.to_flwr().items():
+            if isinstance(value, str):
+                escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+                parts.append(f'{key}="{escaped}"')
+            else:
+                parts.append(f"{key}={value}")
+        return " ".join(parts)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` pairs the way ``flwr run -c`` does (TOML values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SettingsError(f"run config override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()  # bare word: a string, as flwr treats it
+    return out

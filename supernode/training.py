@@ -1,0 +1,109 @@
+"""The local training loop a site runs each round: LeRobot's policy loss + the FedProx term.
+
+Flower's FedProx strategy only broadcasts ``proximal-mu``; the term itself,
+``(mu / 2) * ||w - w_global||^2`` over the parameters this site trains, is added here. The
+learning-rate schedule runs on the federation's global step ((round - 1) * local steps + step),
+so every site sees the same lr at the same point of the run, whatever the round.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from common.policy_factory import PolicyBundle, learning_rate, trainable_parameters
+from common.settings import RunConfig
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    samples: int
+    loss_mean: float  # policy loss (without the proximal term), mean over the round's steps
+    loss_last: float
+    proximal_mean: float
+    seconds: float
+
+
+def proximal_term(
+    params: Mapping[str, torch.Tensor], global_params: Mapping[str, torch.Tensor], mu: float
+) -> torch.Tensor:
+    """``(mu / 2) * sum ||w - w_global||^2`` over ``params`` (FedProx, Li et al. 2018, eq. 2)."""
+    device = next(iter(params.values())).device
+    total = torch.zeros((), device=device)
+    if mu == 0.0:
+        return total
+    for name, w in params.items():
+        total = total + torch.sum((w - global_params[name]) ** 2)
+    return 0.5 * mu * total
+
+
+def lr_at(run: RunConfig, peak: float, global_step: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak over the whole federated run."""
+    if run.warmup_steps and global_step < run.warmup_steps:
+        return peak * (global_step + 1) / run.warmup_steps
+    if run.lr_scheduler == "constant":
+        return peak
+    span = max(run.total_steps - run.warmup_steps, 1)
+    progress = min(max(global_step - run.warmup_steps, 0) / span, 1.0)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _batches(loader: DataLoader) -> Iterator[dict]:
+    while True:  # a small dataset is cycled: a round is a number of steps, not of epochs
+        yield from loader
+
+
+def train_round(
+    bundle: PolicyBundle,
+    loader: DataLoader,
+    run: RunConfig,
+    server_round: int,
+    proximal_mu: float,
+) -> TrainResult:
+    """Run ``run.local_steps`` optimizer steps from the global weights already in the policy."""
+    policy, cfg = bundle.policy, bundle.config
+    params = trainable_parameters(policy)
+    anchor = {n: p.detach().clone() for n, p in params.items()}
+    preset = cfg.get_optimizer_preset()
+    peak = learning_rate(run, cfg)
+    preset.lr = peak
+    optimizer = preset.build(list(params.values()))
+    clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
+
+    policy.train()
+    losses, proxes = [], []
+    start = time.perf_counter()
+    batches = _batches(loader)
+    first_step = (server_round - 1) * run.local_steps
+    for step in range(run.local_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(run, peak, first_step + step)
+        batch = bundle.preprocessor(next(batches))
+        loss, _ = policy.forward(batch)
+        prox = proximal_term(params, anchor, proximal_mu)
+        (loss + prox).backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        proxes.append(float(prox.detach()))
+    if not all(math.isfinite(v) for v in losses):
+        raise FloatingPointError(
+            f"training loss became non-finite in round {server_round} (lr {peak:g}); "
+            "lower lr in the run config"
+        )
+    return TrainResult(
+        steps=run.local_steps,
+        samples=run.local_steps * (loader.batch_size or 1),
+        loss_mean=sum(losses) / len(losses),
+        loss_last=losses[-1],
+        proximal_mean=sum(proxes) / len(proxes),
+        seconds=time.perf_counter() - start,
+    )

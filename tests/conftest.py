@@ -1,0 +1,43 @@
+"""Shared fixtures: offline environment, and small real LeRobot demo datasets on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# No Hub in tests or CI: every model/dataset path must be local.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zk0_cache(tmp_path_factory) -> Path:
+    """Generated presets (the tiny VLM folder) go to a per-session cache."""
+    if "ZK0_CACHE" not in os.environ:
+        os.environ["ZK0_CACHE"] = str(tmp_path_factory.mktemp("zk0-cache"))
+    return Path(os.environ["ZK0_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """Four small heterogeneous SO-100 sites (6 episodes x 30 frames each)."""
+    from common.demo_data import DemoSpec, make_demo_datasets
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_datasets(root, DemoSpec(num_sites=4, episodes_per_site=6, frames_per_episode=30))
+    return root
+
+
+@pytest.fixture()
+def tiny_run():
+    """The run config the offline preset uses in tests."""
+    from common.settings import RunConfig
+
+    return RunConfig.with_overrides(
+        {"policy": "smolvla-tiny", "local-steps": 3, "batch-size": 4, "eval-samples": 8,
+         "num-server-rounds": 2}
+    )

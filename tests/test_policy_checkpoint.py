@@ -1,0 +1,92 @@
+"""The policy factory and the global checkpoint in LeRobot's own format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from common import datasets as ds
+from common.norm_stats import Moments, global_stats
+from common.policy_factory import (
+    build_policy,
+    frozen_fingerprint,
+    load_trainable,
+    trainable_state,
+)
+from common.settings import NodeConfig
+from superlink.checkpoints import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def features(demo_root):
+    meta = ds.open_metadata(NodeConfig(site_name="a", dataset_root=str(demo_root / "site-0")))
+    return meta.features
+
+
+def _stats():
+    rng = np.random.default_rng(0)
+    m = {k: Moments.of(rng.normal(5.0, 3.0, (100, 6))) for k in ("action", "observation.state")}
+    return global_stats(m, ["observation.images.top", "observation.images.wrist"])
+
+
+def test_tiny_preset_is_smolvla_with_default_freezing(features, tiny_run):
+    bundle = build_policy(tiny_run, features, _stats())
+    assert type(bundle.policy).__name__ == "SmolVLAPolicy"
+    total = sum(p.numel() for p in bundle.policy.parameters())
+    trainable = sum(v.numel() for v in trainable_state(bundle.policy).values())
+    assert 0 < trainable < total  # the VLM is frozen, the action expert trains
+    assert all(n.startswith("model.") for n in trainable_state(bundle.policy))
+    assert not any("vision_model" in n for n in trainable_state(bundle.policy))
+
+
+def test_two_builds_share_the_frozen_backbone(features, tiny_run):
+    a = build_policy(tiny_run, features, _stats()).policy
+    b = build_policy(tiny_run, features, _stats()).policy
+    assert frozen_fingerprint(a) == frozen_fingerprint(b)
+    frozen = next(p for p in b.parameters() if not p.requires_grad)
+    with torch.no_grad():
+        frozen.add_(1e-3)
+    assert frozen_fingerprint(a) != frozen_fingerprint(b)
+
+
+def test_load_trainable_refuses_wrong_names_and_shapes(features, tiny_run):
+    policy = build_policy(tiny_run, features, _stats()).policy
+    state = trainable_state(policy)
+    name = next(iter(state))
+    with pytest.raises(ValueError, match="missing"):
+        load_trainable(policy, {k: v for k, v in state.items() if k != name})
+    state[name] = torch.zeros(3)
+    with pytest.raises(ValueError, match=f"parameter {name}: shape"):
+        load_trainable(policy, state)
+
+
+def test_checkpoint_reloads_with_lerobot(features, tiny_run, tmp_path):
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    stats = _stats()
+    bundle = build_policy(tiny_run, features, stats)
+    weights = {k: v.numpy() + 0.5 for k, v in trainable_state(bundle.policy).items()}
+    path = save_checkpoint(tmp_path, 3, bundle, weights, {"round": 3}, keep=2)
+    assert path == tmp_path / "checkpoints" / "000003" / "pretrained_model"
+    assert (tmp_path / "checkpoints" / "last").resolve() == path.parent.resolve()
+    assert json.loads((path.parent / "zk0_round.json").read_text())["round"] == 3
+
+    policy = SmolVLAPolicy.from_pretrained(path)
+    reloaded = trainable_state(policy)
+    for k, v in weights.items():
+        np.testing.assert_array_equal(reloaded[k].numpy(), v)
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path))
+    norm = next(s for s in pre.steps if type(s).__name__ == "NormalizerProcessorStep")
+    np.testing.assert_allclose(np.asarray(norm.stats["action"]["mean"]), stats["action"]["mean"])
+    np.testing.assert_allclose(np.asarray(norm.stats["observation.state"]["std"]),
+                               stats["observation.state"]["std"])
+
+    # keep=2 prunes older rounds; no temporary folders are left behind
+    for r in (4, 5):
+        save_checkpoint(tmp_path, r, bundle, weights, {"round": r}, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["000004", "000005", "last"]
