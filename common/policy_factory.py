@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from common.local_vlm import TINY, VLMDims, write_local_vlm
+from common.local_vlm import SMOLVLM2_500M, TINY, VLMDims, write_local_vlm
 from common.settings import RunConfig, SettingsError
 
 SMOLVLA_BASE = "lerobot/smolvla_base"
-TINY_SEED = 1234  # fixed: every node must generate the very same frozen backbone
+SEED = 1234  # fixed: nodes without a pretrained checkpoint must generate the same backbone
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,17 @@ def _smolvla_config(run: RunConfig, device: str):
         cfg = SmolVLAConfig(device=device)
         cfg.pretrained_path = run.pretrained_path or SMOLVLA_BASE
         return cfg
-    dims: VLMDims = TINY
     if run.pretrained_path:
         raise SettingsError(
             f"run config: key 'pretrained-path' must be empty for policy '{run.policy}' "
             f"(it generates its own backbone offline), got {run.pretrained_path!r}"
         )
+    if run.policy == "smolvla-random":  # the real architecture, random weights: for benchmarks
+        return SmolVLAConfig(
+            device=device, vlm_model_name=str(write_local_vlm(SMOLVLM2_500M)),
+            load_vlm_weights=False,
+        )
+    dims: VLMDims = TINY
     return SmolVLAConfig(
         device=device,
         vlm_model_name=str(write_local_vlm(dims)),
@@ -65,7 +70,8 @@ def _smolvla_config(run: RunConfig, device: str):
     )
 
 
-PRESETS = {"smolvla": _smolvla_config, "smolvla-tiny": _smolvla_config}
+# zk0 presets; any other name is looked up among LeRobot's registered policy types.
+PRESETS = {name: _smolvla_config for name in ("smolvla", "smolvla-tiny", "smolvla-random")}
 
 
 def make_policy_config(run: RunConfig, device: str = "cpu"):
@@ -123,7 +129,7 @@ def build_policy(
         policy = policy_cls.from_pretrained(cfg.pretrained_path, config=cfg)
     else:
         with torch.random.fork_rng():
-            torch.manual_seed(TINY_SEED)
+            torch.manual_seed(SEED)
             policy = policy_cls(config=cfg)
     policy.to(device)
     torch_stats = {
