@@ -4,7 +4,7 @@ Runs zk0's own training loop (``supernode.training.train_round``: LeRobot's Smol
 FedProx term) and evaluation (``supernode.evaluation``) on the real SmolVLA architecture
 (SmolVLM2-500M backbone, random weights, built offline), with synthetic SO-100-shaped batches
 (2 cameras 480x640, 6-D state/action, 50-step chunks). Measures steps/s, peak GPU memory, the
-cost of the proximal term, evaluation time, and the encode/decode time of the update.
+cost of the proximal term, evaluation time, and the GPU<->CPU copy of what travels.
 
     python -m bench.gpu_train --out results/gpu.json
 
@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.norm_stats import Moments, global_stats
 from common.policy_factory import build_policy, load_trainable, trainable_state
 from common.settings import RunConfig
 
@@ -66,7 +65,7 @@ class SyntheticLoader:
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        _sync(device)
+        torch.cuda.synchronize()
 
 
 def measure(
@@ -79,10 +78,11 @@ def measure(
                                     "batch-size": batch_size, "proximal-mu": mu,
                                     "num-server-rounds": 1, "lr-scheduler": "constant"})
     rng = np.random.default_rng(0)
-    stats = global_stats(
-        {k: Moments.of(rng.normal(0, 30, (1000, 6))) for k in ("action", "observation.state")},
-        CAMERAS,
-    )
+    stats = {  # what the federated stats stage would produce (no Flower needed here)
+        k: {"mean": rng.normal(0, 10, 6), "std": rng.uniform(5, 30, 6),
+            "min": np.full(6, -100.0), "max": np.full(6, 100.0)}
+        for k in ("action", "observation.state")
+    }
     t0 = time.perf_counter()
     bundle = build_policy(run, features(height, width), stats, device)
     build_s = time.perf_counter() - t0
@@ -98,17 +98,10 @@ def measure(
     _sync(device)
     train_s = time.perf_counter() - t0
 
-    from common import codec
-
-    base = {k: v.numpy() for k, v in trainable_state(bundle.policy).items()}
     t0 = time.perf_counter()
-    state = trainable_state(bundle.policy)
-    update = codec.encode(state, "float16", base=base)
-    encode_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    decoded = codec.decode(update, base=base)
-    decode_s = time.perf_counter() - t0
-    load_trainable(bundle.policy, decoded)
+    state = trainable_state(bundle.policy)  # GPU -> CPU copy of what travels
+    load_trainable(bundle.policy, state)  # and back
+    copy_s = time.perf_counter() - t0
 
     bundle.policy.eval()
     batch = bundle.preprocessor(next(iter(loader)))
@@ -128,8 +121,8 @@ def measure(
         "loss_first": round(warm.loss_mean, 4), "loss_last": round(result.loss_last, 4),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if device.startswith("cuda") else None,
-        "update_encode_seconds": round(encode_s, 3), "update_decode_seconds": round(decode_s, 3),
-        "update_bytes": update.nbytes,
+        "trainable_roundtrip_seconds": round(copy_s, 3),
+        "trainable_parameters": sum(v.numel() for v in state.values()),
         "predict_chunk_seconds": round(infer_s, 3),
     }
     del bundle
