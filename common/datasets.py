@@ -134,8 +134,10 @@ def compare_specs(site: str, local: Mapping[str, Any], expected: Mapping[str, An
 
 def open_dataset(node: NodeConfig, episodes: Sequence[int], delta_timestamps=None):
     """A LeRobotDataset over ``episodes`` of the site's data (video decoded with PyAV)."""
+    from datasets.utils.logging import disable_progress_bar
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    disable_progress_bar()  # one bar per parquet load would flood a site's logs every round
     return LeRobotDataset(
         node.repo_id,
         root=dataset_root(node),

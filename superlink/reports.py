@@ -123,19 +123,21 @@ class RunReport:
         _plot(history, self.run_dir / "eval_mse.png")
 
     def table(self) -> str:
-        """Per-site eval action MSE per round, as the console report at the end of a run."""
-        history = self.history()
-        sites = list(history["per_site"])
-        head = ["after round", *sites, "weighted"]
-        rows = [head]
-        for i, r in enumerate(history["rounds"]):
-            cells = [history["per_site"][s][i] for s in sites] + [history["weighted"][i]]
-            rows.append([str(r), *("-" if v is None else f"{v:.2f}" for v in cells)])
-        widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
-        lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
-                 for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return format_history(self.history())
+
+
+def format_history(history: Mapping[str, Any]) -> str:
+    """Per-site eval action MSE per round as a console table (from ``eval_history.json``)."""
+    sites = list(history["per_site"])
+    head = ["after round", *sites, "weighted"]
+    rows = [head]
+    for i, r in enumerate(history["rounds"]):
+        cells = [history["per_site"][s][i] for s in sites] + [history["weighted"][i]]
+        rows.append([str(r), *("-" if v is None else f"{v:.2f}" for v in cells)])
+    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def _plot(history: Mapping[str, Any], path: Path) -> None:

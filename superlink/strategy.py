@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     FedAdagrad,
@@ -122,7 +122,7 @@ class CodecStrategy(Strategy):
                     self.last.uplink_bytes[site] = payload.nbytes
                     msg.content = RecordDict(
                         {
-                            ARRAYS: ArrayRecord({k: v for k, v in weights.items()}),
+                            ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
                             METRICS: MetricRecord(
                                 {"num-examples": report.num_examples,
                                  "train-loss": report.train_loss}

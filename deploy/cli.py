@@ -1,0 +1,32 @@
+"""The ``zk0`` command: certificates, demo data, a lab's SuperNode, a local cluster."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from certs.make import add_cli as certs_cli
+    from common.demo_data import add_cli as demo_cli
+    from deploy.cluster_cli import add_cli as cluster_cli
+    from supernode.launcher import add_cli as supernode_cli
+
+    parser = argparse.ArgumentParser(
+        prog="zk0", description="Federated SmolVLA fine-tuning across robot labs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    certs_cli(sub)
+    demo_cli(sub)
+    supernode_cli(sub)
+    cluster_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

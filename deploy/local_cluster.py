@@ -1,0 +1,436 @@
+"""A whole federation as local processes on 127.0.0.1, with the production security settings.
+
+Layout (every process in its own process group, stopped by PID in reverse order):
+
+    superlink            flower-superlink  TLS, --enable-supernode-auth, --isolation process,
+                                           --superexec-auth-secret-file, --database state.db
+    superexec-link       flower-superexec  -> SuperLink Runtime API (runs the ServerApp)
+    supernode-<site>     flower-supernode  TLS + site key -> SuperLink; own HTTPS runtime port
+    superexec-<site>     flower-superexec  -> that SuperNode's Runtime API (runs ClientApps)
+    flwr-run             flwr run --stream (only while :meth:`LocalCluster.run` is active)
+
+It is the same topology a real deployment has (one SuperLink host, one box per lab), only on
+one machine: tests exercise TLS, node authentication and process isolation for real.
+
+Working dir::
+
+    <work_dir>/certs/            CA, SuperLink cert, site keys, SuperLink SuperExec secret
+    <work_dir>/flwr-home/        FLWR_HOME of the operator side (config.toml, ServerApp FABs)
+    <work_dir>/state.db          SuperLink state (SQLite)
+    <work_dir>/logs/*.log        one log per process
+    <work_dir>/sites/<site>/     the site's FLWR_HOME, runtime TLS and SuperExec secret
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from common.settings import NodeConfig
+from deploy import flower
+from deploy.processes import ManagedProcess, ProcessFailed
+
+
+class Bundle(Protocol):
+    """What :class:`LocalCluster` needs from ``certs.make.CertBundle``."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    superexec_secret: Path
+    site_keys: dict[str, tuple[Path, Path]]
+
+
+@dataclass
+class RunResult:
+    """Outcome of :meth:`LocalCluster.run`. ``status`` is Flower's, e.g. ``finished:completed``."""
+
+    run_id: int | None
+    status: str | None
+    returncode: int | None
+    duration_s: float
+    output: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind to 0 and release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _printer(prefix: str) -> Callable[[str], None]:
+    def emit(line: str) -> None:
+        print(f"{prefix} {line}", file=sys.stderr, flush=True)
+
+    return emit
+
+
+@dataclass
+class SiteProcesses:
+    """One site's processes in a :class:`LocalCluster` (``superexec`` once it is connected)."""
+
+    node: NodeConfig
+    key: Path
+    runtime_port: int
+    supernode: ManagedProcess
+    superexec: ManagedProcess | None = None
+
+
+class LocalCluster:
+    """SuperLink + its SuperExec + one SuperNode (with its SuperExec) per site, on 127.0.0.1.
+
+    Use as a context manager: ``with LocalCluster(app_dir, sites, tmp) as c: c.run({...})``;
+    leaving the block (also on error or Ctrl-C) stops every process by PID.
+    """
+
+    def __init__(
+        self,
+        app_dir: Path,
+        sites: Sequence[NodeConfig],
+        work_dir: Path,
+        *,
+        bundle: Bundle | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        connection: str = "zk0-local",
+        startup_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+        echo_run: bool = True,
+    ) -> None:
+        names = [s.site_name for s in sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate site names: {names}")
+        self.app_dir = Path(app_dir).resolve()
+        self.sites = list(sites)
+        self.work_dir = Path(work_dir).resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.connection = connection
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.echo_run = echo_run
+        self._bundle = bundle
+        self.flwr_home = self.work_dir / "flwr-home"
+        self.logs = self.work_dir / "logs"
+        self.node_ids: dict[str, int] = {}
+        self.processes: list[ManagedProcess] = []  # start order; stopped in reverse
+        self._site_procs: dict[str, SiteProcesses] = {}
+        self._run_proc: ManagedProcess | None = None
+        self.results: list[RunResult] = []  # every run() of this instance
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return flower.runtime_address(self.host, self.port)
+
+    @property
+    def bundle(self) -> Bundle:
+        if self._bundle is None:
+            from certs.make import ensure_bundle
+
+            self._bundle = ensure_bundle(
+                self.work_dir / "certs",
+                sans=["127.0.0.1", "localhost"],
+                sites=[s.site_name for s in self.sites],
+            )
+        return self._bundle
+
+    def all_pids(self) -> list[int]:
+        """Every PID this cluster ever started (for leak checks)."""
+        return [p.pid for p in self.processes if p.started]
+
+    def alive_pids(self) -> list[int]:
+        """PIDs (incl. process-group members such as ClientApps) still running."""
+        return sorted({pid for p in self.processes for pid in p.alive_pids()})
+
+    # -- start -------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, cmd: list[str], flwr_home: Path) -> ManagedProcess:
+        proc = ManagedProcess(
+            name, cmd, self.logs / f"{name}.log", env=flower.child_env(flwr_home), cwd=self.work_dir
+        )
+        self.processes.append(proc)
+        return proc.start()
+
+    def start(self) -> Self:
+        """SuperLink healthy, its SuperExec up, site keys registered, every SuperNode online.
+
+        SuperNodes are spawned together and then awaited (each start is a ~2 s Python import on
+        a small machine). Safe on an existing work dir: state.db keeps runs and registrations.
+        """
+        try:
+            self._start_superlink()
+            for node in self.sites:
+                self.register(node.site_name, self.bundle.site_keys[node.site_name][1])
+            spawned = [
+                self.start_supernode(node, self.bundle.site_keys[node.site_name][0])
+                for node in self.sites
+            ]
+            for site in spawned:
+                self._finish_site(site)
+            self.wait_online(list(self.node_ids.values()), self.startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_superlink(self) -> None:
+        b = self.bundle
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        link = self._spawn(
+            "superlink",
+            flower.superlink_cmd(
+                certfile=b.server_cert,
+                keyfile=b.server_key,
+                ca_certfile=b.ca_cert,
+                secret_file=b.superexec_secret,
+                database=self.work_dir / "state.db",
+                host=self.host,
+                port=self.port,
+            ),
+            self.flwr_home,
+        )
+        link.wait_healthy(
+            lambda: flower.https_ok(self.address, b.ca_cert),
+            self.startup_timeout,
+            what=f"answering https://{self.address}/health",
+        )
+        exec_link = self._spawn(
+            "superexec-link",
+            flower.superexec_cmd(self.address, b.ca_cert, b.superexec_secret),
+            self.flwr_home,
+        )
+        time.sleep(0.5)
+        if exec_link.returncode is not None:
+            raise ProcessFailed(f"superexec-link exited at once:\n{exec_link.log_tail()}")
+        flower.write_connection_config(self.flwr_home, self.connection, self.address, b.ca_cert)
+
+    def register(self, site: str, pubkey: Path) -> int | None:
+        """Register a site's public key; None if this database already has it (a restart).
+
+        flwr 1.42 answers "[code: 23] Public key already in use" for a known key and its node
+        list shows neither names nor keys, so the id then comes from the SuperNode's log.
+        """
+        try:
+            node_id = flower.register_supernode(self.flwr_home, self.connection, pubkey, site)
+        except flower.FlwrCliError as err:
+            if "already in use" not in str(err):
+                raise
+            return None
+        self.node_ids[site] = node_id
+        return node_id
+
+    def start_site(self, node: NodeConfig) -> None:
+        """Register the site's key (if not yet) and start its SuperNode and SuperExec.
+
+        Also adds a site to a running cluster, if the bundle has a key for it.
+        """
+        if node.site_name not in self.bundle.site_keys:
+            raise KeyError(f"no key for site {node.site_name!r} in {self.bundle.ca_cert.parent}")
+        if all(s.site_name != node.site_name for s in self.sites):
+            self.sites.append(node)
+        priv, pub = self.bundle.site_keys[node.site_name]
+        self.register(node.site_name, pub)
+        self._finish_site(self.start_supernode(node, key=priv))
+        self.wait_online([self.node_ids[node.site_name]], self.startup_timeout)
+
+    def _finish_site(self, site: SiteProcesses) -> None:
+        """Wait until the SuperNode is connected (logs its id) and serves its runtime API over
+        TLS, then start the site's SuperExec."""
+        name = site.node.site_name
+        site_dir = self._site_dir(name)
+        runtime = flower.runtime_address(self.host, site.runtime_port)
+        ca = site_dir / "runtime-tls" / "ca.crt"
+        site.supernode.wait_healthy(
+            lambda: (
+                flower.logged_node_id(site.supernode) is not None and flower.https_ok(runtime, ca)
+            ),
+            self.startup_timeout,
+            what="connected to the SuperLink and serving its runtime API",
+        )
+        node_id = flower.logged_node_id(site.supernode)
+        if node_id is None:  # wait_healthy saw it; only a truncated log could get here
+            raise ProcessFailed(f"supernode-{name}: no 'SuperNode ID' in {site.supernode.log_path}")
+        if self.node_ids.setdefault(name, node_id) != node_id:
+            raise ProcessFailed(
+                f"supernode-{name} got node id {node_id}, registered as {self.node_ids[name]}"
+            )
+        site.superexec = self._spawn(
+            f"superexec-{name}",
+            flower.superexec_cmd(runtime, ca, site_dir / "superexec.secret"),
+            site_dir / "flwr-home",
+        )
+
+    def _site_dir(self, site: str) -> Path:
+        return self.work_dir / "sites" / site
+
+    def start_supernode(
+        self,
+        node: NodeConfig,
+        key: Path,
+        *,
+        root_certificates: Path | None = None,
+        name: str | None = None,
+        max_retries: int | None = None,
+    ) -> SiteProcesses:
+        """Start only a SuperNode (no SuperExec, no waiting): tests use it to see refusals.
+
+        ``key`` may be unregistered (-> exit 305) and ``root_certificates`` another CA
+        (-> exit 305, certificate verify failed). Returns the site record; its ``supernode``
+        is a :class:`ManagedProcess` owned (and stopped) by the cluster.
+        """
+        site_dir = self._site_dir(name or node.site_name)
+        tls = flower.ensure_runtime_tls(site_dir / "runtime-tls")
+        secret = flower.ensure_secret_file(site_dir / "superexec.secret")
+        port = free_port(self.host)
+        proc = self._spawn(
+            f"supernode-{name or node.site_name}",
+            flower.supernode_cmd(
+                superlink=self.address,
+                root_certificates=root_certificates or self.bundle.ca_cert,
+                private_key=key,
+                node_config=node,
+                runtime_port=port,
+                runtime_tls=tls,
+                secret_file=secret,
+                runtime_host=self.host,
+                max_retries=max_retries,
+            ),
+            site_dir / "flwr-home",
+        )
+        site = SiteProcesses(node=node, key=key, runtime_port=port, supernode=proc)
+        if name is None:
+            self._site_procs[node.site_name] = site
+        return site
+
+    def wait_online(self, node_ids: Sequence[int], timeout: float) -> None:
+        """Block until ``flwr supernode list`` shows every node id ``online``."""
+        wanted = {str(n) for n in node_ids}
+        deadline = time.monotonic() + timeout
+        online: set[str] = set()
+        while time.monotonic() < deadline:
+            for site in self._site_procs.values():
+                if site.supernode.returncode is not None:
+                    raise ProcessFailed(
+                        f"supernode-{site.node.site_name} exited (Flower code "
+                        f"{flower.flower_exit_code(site.supernode)}):\n{site.supernode.log_tail()}"
+                    )
+            nodes = flower.list_supernodes(self.flwr_home, self.connection)
+            online = {n["node-id"] for n in nodes if n.get("status") == "online"}
+            if wanted <= online:
+                return
+            time.sleep(0.5)
+        raise ProcessFailed(f"SuperNodes {sorted(wanted - online)} not online after {timeout} s")
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run(
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        app_dir: Path | None = None,
+    ) -> RunResult:
+        """``flwr run <app> <conn> --stream -c ...``; output streamed with a ``[run]`` prefix.
+
+        Waits for the run to end (the stream ends with the run), or at most ``timeout`` s: then
+        ``flwr stop`` and the client is stopped. The final status comes from ``flwr ls``.
+        """
+        lines: list[str] = []
+        echo = _printer("[run]") if self.echo_run else None
+
+        def sink(line: str) -> None:
+            line = flower.strip_ansi(line)
+            lines.append(line)
+            if echo:
+                echo(line)
+
+        t0 = time.monotonic()
+        proc = flower.flwr_run(
+            app_dir or self.app_dir,
+            self.connection,
+            overrides,
+            stream=True,
+            flwr_home=self.flwr_home,
+            log_path=self.logs / f"flwr-run-{time.strftime('%Y%m%d-%H%M%S')}.log",
+            on_line=sink,
+        )
+        self.processes.append(proc)
+        self._run_proc = proc
+        try:
+            code = proc.wait(timeout)
+            output = "\n".join(lines)
+            run_id = flower.parse_run_id(output)
+            if code is None:  # timed out
+                if run_id is not None:
+                    flower.stop_run(self.flwr_home, self.connection, run_id)
+                code = proc.stop(self.stop_timeout)
+            status, details = self._final_status(run_id)
+        finally:
+            proc.stop(self.stop_timeout)
+            self._run_proc = None
+        result = RunResult(
+            run_id=run_id,
+            status=status,
+            returncode=code,
+            duration_s=time.monotonic() - t0,
+            output="\n".join(lines),
+            details=details,
+        )
+        self.results.append(result)
+        return result
+
+    def _final_status(
+        self, run_id: int | None, wait: float = 15.0
+    ) -> tuple[str | None, dict[str, Any]]:
+        if run_id is None:
+            return None, {}
+        deadline = time.monotonic() + wait
+        row: dict[str, Any] = {}
+        while True:
+            try:
+                rows = flower.list_runs(self.flwr_home, self.connection, run_id)
+            except flower.FlwrCliError as err:  # SuperLink gone: report, do not mask the run
+                return None, {"error": str(err)}
+            row = next((r for r in rows if str(r.get("run-id")) == str(run_id)), {})
+            status = row.get("status")
+            if (status and str(status).startswith("finished")) or time.monotonic() > deadline:
+                return status, row
+            time.sleep(0.5)
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop everything by PID, newest first; the ``flwr run`` client always goes first.
+
+        A SuperLink with a streaming client attached can hang on SIGTERM, hence the order
+        and :meth:`ManagedProcess.stop`'s SIGKILL fallback.
+        """
+        if self._run_proc is not None:
+            self._run_proc.stop(self.stop_timeout)
+        for proc in reversed(self.processes):
+            proc.stop(self.stop_timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

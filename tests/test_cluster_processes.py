@@ -1,0 +1,717 @@
+"""Process orchestration: command builders, launcher refusals, and a real TLS federation.
+
+The e2e tests start a real SuperLink, SuperExecs and two SuperNodes on 127.0.0.1 with TLS,
+node authentication, process isolation and SuperExec secrets, and run a tiny throwaway Flower
+app (written into tmp_path, independent of the real ML app) whose ServerApp asks every node for
+its ``site-name`` and writes the answers to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import ssl
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from certs.make import CertBundle, ensure_bundle
+from common.settings import NodeConfig
+from deploy import flower
+from deploy.local_cluster import LocalCluster, free_port
+from deploy.processes import ManagedProcess, ProcessFailed, group_members, pid_alive
+from supernode import launcher
+
+# -- the throwaway app --------------------------------------------------------------------------
+
+APP_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "echoapp"
+version = "1.0.0"
+dependencies = ["flwr==1.42.0"]
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "zk0test"
+
+[tool.flwr.app.components]
+serverapp = "echoapp.server:app"
+clientapp = "echoapp.client:app"
+
+[tool.flwr.app.config]
+out-file = ""
+expected-nodes = 2
+"""
+
+APP_SERVER = '''\
+"""Ask every node for its site-name; write {node_id: site-name} to out-file."""
+import json
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    expected = int(context.run_config["expected-nodes"])
+    deadline = time.monotonic() + 60
+    node_ids = list(grid.get_node_ids())
+    while len(node_ids) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        node_ids = list(grid.get_node_ids())
+    query = [
+        Message(RecordDict({"q": ConfigRecord({"want": "site-name"})}), n, MessageType.QUERY)
+        for n in node_ids
+    ]
+    replies = {}
+    for reply in grid.send_and_receive(query, timeout=120):
+        key = str(reply.metadata.src_node_id)
+        if reply.has_error():
+            replies[key] = {"error": reply.error.reason}
+        else:
+            replies[key] = reply.content["a"]["site-name"]
+    Path(str(context.run_config["out-file"])).write_text(json.dumps(replies))
+'''
+
+APP_CLIENT = '''\
+"""Reply with this node's site-name."""
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    name = str(context.node_config["site-name"])
+    return Message(RecordDict({"a": ConfigRecord({"site-name": name})}), reply_to=msg)
+'''
+
+
+def write_echo_app(root: Path) -> Path:
+    app = root / "echoapp"
+    (app / "echoapp").mkdir(parents=True)
+    (app / "pyproject.toml").write_text(APP_PYPROJECT)
+    (app / "echoapp" / "__init__.py").write_text("")
+    (app / "echoapp" / "server.py").write_text(APP_SERVER)
+    (app / "echoapp" / "client.py").write_text(APP_CLIENT)
+    return app
+
+
+SITES = ["lab-a", "lab-b"]
+
+
+def _node(site: str, root: Path) -> NodeConfig:
+    return NodeConfig.parse({"site-name": site, "dataset-root": str(root / site)}, "test")
+
+
+# -- unit: command builders ----------------------------------------------------------------------
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    assert name in cmd, f"{name} missing from {cmd}"
+    return cmd[cmd.index(name) + 1]
+
+
+def test_superlink_cmd_is_secure(tmp_path: Path) -> None:
+    cmd = flower.superlink_cmd(
+        certfile=tmp_path / "s.crt",
+        keyfile=tmp_path / "s.key",
+        ca_certfile=tmp_path / "ca.crt",
+        secret_file=tmp_path / "secret",
+        database=tmp_path / "state.db",
+        port=9443,
+    )
+    assert Path(cmd[0]).name == "flower-superlink"
+    assert _flag(cmd, "--ssl-certfile").endswith("s.crt")
+    assert _flag(cmd, "--ssl-keyfile").endswith("s.key")
+    assert _flag(cmd, "--ssl-ca-certfile").endswith("ca.crt")
+    assert _flag(cmd, "--isolation") == "process"
+    assert _flag(cmd, "--superexec-auth-secret-file").endswith("secret")
+    assert _flag(cmd, "--database").endswith("state.db")
+    assert _flag(cmd, "--host") == "127.0.0.1"
+    assert _flag(cmd, "--port") == "9443"
+    assert "--enable-supernode-auth" in cmd
+    assert "--disable-runtime-dependency-installation" in cmd
+    assert "--insecure" not in cmd
+
+
+def test_supernode_and_superexec_cmds_are_secure(tmp_path: Path) -> None:
+    tls = flower.RuntimeTls(tmp_path / "r.crt", tmp_path / "r.key", tmp_path / "rca.crt")
+    node = _node("lab-a", tmp_path)
+    cmd = flower.supernode_cmd(
+        superlink="link.example.org:8000",
+        root_certificates=tmp_path / "ca.crt",
+        private_key=tmp_path / "lab-a.key",
+        node_config=node,
+        runtime_port=9101,
+        runtime_tls=tls,
+        secret_file=tmp_path / "site.secret",
+    )
+    assert Path(cmd[0]).name == "flower-supernode"
+    assert _flag(cmd, "--superlink") == "link.example.org:8000"
+    assert _flag(cmd, "--root-certificates").endswith("ca.crt")
+    assert _flag(cmd, "--auth-supernode-private-key").endswith("lab-a.key")
+    assert _flag(cmd, "--node-config") == node.to_flwr_arg()
+    assert _flag(cmd, "--isolation") == "process"
+    assert _flag(cmd, "--host") == "127.0.0.1"
+    assert _flag(cmd, "--port") == "9101"
+    assert _flag(cmd, "--ssl-certfile").endswith("r.crt")
+    assert _flag(cmd, "--ssl-keyfile").endswith("r.key")
+    assert _flag(cmd, "--ssl-ca-certfile").endswith("rca.crt")
+    assert _flag(cmd, "--superexec-auth-secret-file").endswith("site.secret")
+    exe = flower.superexec_cmd("127.0.0.1:9101", tls.ca, tmp_path / "site.secret")
+    assert Path(exe[0]).name == "flower-superexec"
+    assert _flag(exe, "--runtime-api-address") == "127.0.0.1:9101"
+    assert _flag(exe, "--root-certificates").endswith("rca.crt")
+    assert _flag(exe, "--superexec-auth-secret-file").endswith("site.secret")
+    for c in (cmd, exe):
+        assert "--insecure" not in c
+
+
+def test_overrides_round_trip_through_flwr_parser(tmp_path: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    overrides = {
+        "num-server-rounds": 3,
+        "proximal-mu": 0.001,
+        "tiny": 1e-05,
+        "flag": True,
+        "output-dir": str(tmp_path / "with space" / "runs"),
+        "quoted": "it's",
+        "policy": "smolvla-tiny",
+    }
+    args = flower.format_overrides(overrides)
+    assert args[::2] == ["-c"] * len(overrides)
+    assert parse_config_args(args[1::2]) == overrides
+    cmd = flower.flwr_run_cmd(tmp_path, "lab", overrides)
+    assert cmd[1:5] == ["run", str(tmp_path.resolve()), "lab", "--stream"]
+    with pytest.raises(ValueError):
+        flower.format_overrides({"bad": "both ' and \""})
+    with pytest.raises(ValueError):
+        flower.format_overrides({"bad key": 1})
+
+
+def test_connection_config_is_read_by_flwr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.cli.flower_config import read_superlink_connection
+
+    (tmp_path / "ca.crt").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    path = flower.write_connection_config(
+        tmp_path / "home", "lab", "127.0.0.1:9999", Path("ca.crt")
+    )
+    flower.write_connection_config(tmp_path / "home", "other", "10.0.0.1:8000", Path("ca.crt"))
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    conn = read_superlink_connection("lab")
+    assert conn.address == "127.0.0.1:9999"
+    assert conn.root_certificates == str((tmp_path / "ca.crt").resolve())
+    assert Path(conn.root_certificates).is_absolute()
+    assert read_superlink_connection(None).address == "10.0.0.1:8000"  # last written = default
+    assert "insecure" not in path.read_text()
+
+
+def test_child_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    env = flower.child_env(tmp_path)
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["FLWR_HOME"] == str(tmp_path.resolve())
+    assert env["PATH"].split(os.pathsep)[0] == str(flower.bin_dir())
+
+
+def test_secret_file_and_runtime_tls(tmp_path: Path) -> None:
+    secret = flower.ensure_secret_file(tmp_path / "s" / "superexec.secret")
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    content = secret.read_bytes()
+    assert len(content) == 64
+    flower.ensure_secret_file(secret)
+    assert secret.read_bytes() == content  # kept
+
+    tls = flower.ensure_runtime_tls(tmp_path / "tls")
+    assert stat.S_IMODE(tls.key.stat().st_mode) == 0o600
+    assert not list((tmp_path / "tls").glob("*ca.key"))  # the one-off CA key is never stored
+    before = tls.cert.read_bytes()
+    assert flower.ensure_runtime_tls(tmp_path / "tls").cert.read_bytes() == before
+    assert flower.ensure_runtime_tls(tmp_path / "tls", ("10.1.2.3",)).cert.read_bytes() != before
+
+
+# -- unit: ManagedProcess ----------------------------------------------------------------------
+
+_SPAWNER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+_STUBBORN = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ignoring SIGTERM", flush=True)
+time.sleep(300)
+"""
+
+
+def test_managed_process_stops_whole_group(tmp_path: Path) -> None:
+    lines: list[str] = []
+    proc = ManagedProcess(
+        "spawner", [sys.executable, "-c", _SPAWNER], tmp_path / "p.log", on_line=lines.append
+    ).start()
+    try:
+        proc.wait_healthy(lambda: "ready" in lines, 20)
+        deadline = time.monotonic() + 10
+        while len(group_members(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        members = group_members(proc.pid)
+        assert len(members) == 2
+    finally:
+        proc.stop(timeout=5)
+    assert proc.alive_pids() == []
+    assert not any(pid_alive(p) for p in members)
+    assert "ready" in proc.log_text()
+
+
+def test_managed_process_sigkill_after_timeout(tmp_path: Path) -> None:
+    proc = ManagedProcess("stubborn", [sys.executable, "-c", _STUBBORN], tmp_path / "s.log")
+    proc.start()
+    try:
+        proc.wait_healthy(lambda: "ignoring" in proc.log_text(), 20)
+        t0 = time.monotonic()
+        code = proc.stop(timeout=1.0)
+        assert time.monotonic() - t0 < 5
+        assert code == -9
+    finally:
+        proc.stop(timeout=1.0)
+    assert not pid_alive(proc.pid)
+
+
+def test_wait_healthy_reports_early_exit(tmp_path: Path) -> None:
+    proc = ManagedProcess(
+        "dies",
+        [sys.executable, "-c", "print('boom: bad flag'); raise SystemExit(3)"],
+        tmp_path / "d.log",
+    ).start()
+    try:
+        with pytest.raises(ProcessFailed, match=r"(?s)exited with code 3.*boom: bad flag"):
+            proc.wait_healthy(lambda: False, 20)
+    finally:
+        proc.stop()
+
+
+# -- unit: launcher refusals ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> CertBundle:
+    return ensure_bundle(
+        tmp_path_factory.mktemp("certs"),
+        sans=["127.0.0.1", "localhost"],
+        sites=[*SITES, "rogue", "lab-c"],
+    )
+
+
+def _settings(bundle: CertBundle, tmp_path: Path, **over: object) -> launcher.SiteSettings:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    values: dict[str, object] = {
+        "superlink": "127.0.0.1:8000",
+        "ca_cert": bundle.ca_cert,
+        "site_key": bundle.site_keys["lab-a"][0],
+        "site_name": "lab-a",
+        "dataset_root": str(tmp_path / "data"),
+        "work_dir": tmp_path / "work",
+    }
+    values.update(over)
+    return launcher.SiteSettings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def _refusal(settings: launcher.SiteSettings) -> str:
+    with pytest.raises(launcher.SiteConfigError) as info:
+        launcher.check_settings(settings, dataset=False)
+    return str(info.value)
+
+
+def test_launcher_accepts_good_settings(
+    bundle: CertBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = launcher.check_settings(_settings(bundle, tmp_path), dataset=False)
+    assert node.site_name == "lab-a"
+    monkeypatch.chdir(tmp_path)
+    supernode, superexec = launcher.build_site_processes(
+        _settings(bundle, tmp_path, work_dir=Path("rel-work"))
+    )
+    assert _flag(supernode, "--port") == "9094"
+    assert _flag(superexec, "--runtime-api-address") == "127.0.0.1:9094"
+    assert "--insecure" not in supernode + superexec
+    for cmd in (supernode, superexec):  # children run elsewhere: every path is absolute
+        for flag in ("--ssl-certfile", "--superexec-auth-secret-file", "--root-certificates"):
+            if flag in cmd:
+                assert Path(_flag(cmd, flag)).is_absolute(), (flag, cmd)
+    assert _flag(supernode, "--ssl-certfile").startswith(str(tmp_path / "rel-work"))
+
+
+def test_launcher_refuses_missing_key(bundle: CertBundle, tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "lab-a.key"
+    text = _refusal(_settings(bundle, tmp_path, site_key=missing))
+    assert "ZK0_SITE_KEY" in text and str(missing) in text and "not found" in text
+
+
+def test_launcher_refuses_missing_ca(bundle: CertBundle, tmp_path: Path) -> None:
+    missing = tmp_path / "ca-missing.crt"
+    text = _refusal(_settings(bundle, tmp_path, ca_cert=missing))
+    assert "ZK0_CA_CERT" in text and str(missing) in text and "not found" in text
+
+
+def test_launcher_refuses_non_ec_key(bundle: CertBundle, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = tmp_path / "ed.key"
+    key.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    text = _refusal(_settings(bundle, tmp_path, site_key=key))
+    assert str(key) in text and "EC" in text and "NIST" in text
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("https://link.example.org:8000", "without scheme"),
+        ("link.example.org", "no port"),
+        ("link.example.org:99999", "not 1-65535"),
+        ("link.example.org:http", "not 1-65535"),
+        ("bad host:8000", "not a valid host"),
+        ("[::1:8000", "expected host:port"),
+    ],
+)
+def test_launcher_refuses_bad_address(
+    bundle: CertBundle, tmp_path: Path, address: str, why: str
+) -> None:
+    text = _refusal(_settings(bundle, tmp_path, superlink=address))
+    assert "ZK0_SUPERLINK" in text and repr(address) in text and why in text
+
+
+def test_launcher_accepts_ipv6_and_names() -> None:
+    assert launcher.parse_superlink_address("[::1]:8000") == ("::1", 8000)
+    assert launcher.parse_superlink_address("10.0.0.5:443") == ("10.0.0.5", 443)
+    assert launcher.parse_superlink_address("link.lab-1.org:8000") == ("link.lab-1.org", 8000)
+
+
+def test_launcher_refuses_open_secret_and_lists_all_problems(
+    bundle: CertBundle, tmp_path: Path
+) -> None:
+    secret = tmp_path / "open.secret"
+    secret.write_text("abc")
+    secret.chmod(0o644)
+    text = _refusal(
+        _settings(bundle, tmp_path, superexec_secret_file=secret, superlink="nope", site_name="")
+    )
+    assert "0644" in text and "expected 0600" in text
+    assert "ZK0_SUPERLINK" in text
+    assert "site-name" in text
+
+
+def test_launcher_generates_secret_0600(bundle: CertBundle, tmp_path: Path) -> None:
+    settings = _settings(bundle, tmp_path)
+    assert not settings.secret_path.exists()
+    flower.ensure_secret_file(settings.secret_path)
+    assert stat.S_IMODE(settings.secret_path.stat().st_mode) == 0o600
+    launcher.check_settings(settings, dataset=False)
+
+
+def test_launcher_cli_flags_override_env(
+    bundle: CertBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("ZK0_SUPERLINK", "from-env:8000")
+    monkeypatch.setenv("ZK0_CA_CERT", str(bundle.ca_cert))
+    monkeypatch.setenv("ZK0_SITE_KEY", str(bundle.site_keys["lab-a"][0]))
+    monkeypatch.setenv("ZK0_SITE_NAME", "lab-a")
+    monkeypatch.setenv("ZK0_DATASET_ROOT", str(tmp_path))
+    parser = argparse.ArgumentParser()
+    launcher.add_cli(parser.add_subparsers())
+    args = parser.parse_args(
+        ["supernode", "--superlink", "from-flag:9000", "--runtime-port", "9200"]
+    )
+    settings = launcher.settings_from_args(args)
+    assert settings.superlink == "from-flag:9000"
+    assert settings.runtime_port == 9200
+    assert settings.site_name == "lab-a"
+    assert args.func is launcher.run_cli
+
+
+def test_launcher_reads_dotenv_and_check_prints_commands(
+    bundle: CertBundle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("ZK0_SUPERLINK", "ZK0_CA_CERT", "ZK0_SITE_KEY", "ZK0_SITE_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(launcher, "_preflight", lambda: None)  # no dataset here
+    (tmp_path / ".env").write_text(
+        "ZK0_SUPERLINK=link.example.org:8000\n"
+        f"ZK0_CA_CERT={bundle.ca_cert}\n"
+        f"ZK0_SITE_KEY={bundle.site_keys['lab-b'][0]}\n"
+        "ZK0_SITE_NAME=lab-b\n"
+        "ZK0_DATASET_REPO_ID=lab/so100\n"
+        "ZK0_RUNTIME_PORT=9311\n"
+    )
+    parser = argparse.ArgumentParser()
+    launcher.add_cli(parser.add_subparsers())
+    assert launcher.run_cli(parser.parse_args(["supernode", "--check"])) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2
+    assert "flower-supernode" in out[0] and "--port 9311" in out[0]
+    assert 'site-name="lab-b"' in out[0] and "link.example.org:8000" in out[0]
+    assert "flower-superexec" in out[1] and "127.0.0.1:9311" in out[1]
+    assert bundle.superexec_secret.read_text() not in "\n".join(out)
+
+
+def test_launcher_cli_names_missing_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("ZK0_SUPERLINK", "ZK0_CA_CERT", "ZK0_SITE_KEY", "ZK0_SITE_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    parser = argparse.ArgumentParser()
+    launcher.add_cli(parser.add_subparsers())
+    code = launcher.run_cli(parser.parse_args(["supernode", "--superlink", "x:1"]))
+    err = capsys.readouterr().err
+    assert code == launcher.EXIT_CONFIG_ERROR
+    assert "--site-key / ZK0_SITE_KEY" in err and "--ca-cert / ZK0_CA_CERT" in err
+
+
+# -- e2e: a real federation ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, bundle: CertBundle) -> Iterator[LocalCluster]:
+    root = tmp_path_factory.mktemp("cluster")
+    app = write_echo_app(root)
+    sites = [_node(s, root) for s in SITES]
+    c = LocalCluster(app, sites, root / "work", bundle=bundle, startup_timeout=90)
+    try:
+        t0 = time.monotonic()
+        c.start()
+        print(f"cluster up in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.mark.e2e
+def test_run_reaches_every_site(cluster: LocalCluster, tmp_path: Path) -> None:
+    out = tmp_path / "replies.json"
+    result = cluster.run({"out-file": str(out), "expected-nodes": len(SITES)}, timeout=300)
+    print(f"run {result.run_id}: {result.status} in {result.duration_s:.1f} s", file=sys.stderr)
+    assert result.returncode == 0, result.output
+    assert result.run_id is not None
+    assert result.status == "finished:completed", (result.details, result.output)
+    replies = json.loads(out.read_text())
+    assert sorted(replies.values()) == SITES
+    assert set(replies) == {str(cluster.node_ids[s]) for s in SITES}
+    runs = flower.list_runs(cluster.flwr_home, cluster.connection)
+    assert any(str(r["run-id"]) == str(result.run_id) for r in runs)
+
+
+def _assert_refused(proc: ManagedProcess, within: float) -> str:
+    """The SuperNode exits by itself within ``within`` s with Flower code 305; returns its log."""
+    t0 = time.monotonic()
+    code = proc.wait(within + 10)
+    took = time.monotonic() - t0
+    log = proc.log_text()
+    assert code is not None, f"still running after {within + 10} s:\n{proc.log_tail()}"
+    assert code == 1, log  # flwr 1.42 exits 1 for every error code; the code is only logged
+    assert flower.flower_exit_code(proc) == flower.EXIT_SUPERNODE_CONNECTION_ERROR, log
+    assert took < within, f"refusal took {took:.1f} s"
+    print(f"{proc.name} refused in {took:.1f} s", file=sys.stderr)
+    return log
+
+
+@pytest.mark.e2e
+def test_unregistered_key_is_refused(cluster: LocalCluster, bundle: CertBundle) -> None:
+    rogue = NodeConfig.parse({"site-name": "rogue", "dataset-root": "/nonexistent"}, "test")
+    site = cluster.start_supernode(rogue, bundle.site_keys["rogue"][0], name="rogue")
+    log = _assert_refused(site.supernode, within=10)
+    assert "[code: 2004] Failed to activate SuperNode" in log
+    online = flower.list_supernodes(cluster.flwr_home, cluster.connection)
+    assert {n["node-id"] for n in online} == {str(i) for i in cluster.node_ids.values()}
+
+
+@pytest.mark.e2e
+def test_wrong_ca_is_refused(
+    cluster: LocalCluster, bundle: CertBundle, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = ensure_bundle(tmp_path_factory.mktemp("other-ca"), sans=["127.0.0.1"], sites=[])
+    node = NodeConfig.parse({"site-name": "lab-a", "dataset-root": "/nonexistent"}, "test")
+    site = cluster.start_supernode(
+        node, bundle.site_keys["lab-a"][0], root_certificates=other.ca_cert, name="lab-a-wrong-ca"
+    )
+    log = _assert_refused(site.supernode, within=10)
+    assert "CERTIFICATE_VERIFY_FAILED" in log
+
+
+@pytest.mark.e2e
+def test_runtime_apis_need_tls_and_the_secret(cluster: LocalCluster) -> None:
+    """Anonymous local processes can neither read plain HTTP nor acquire a task (and its token)."""
+    import httpx
+
+    site = cluster._site_procs["lab-a"]
+    apis = {
+        "superlink": (cluster.address, cluster.bundle.ca_cert),
+        "lab-a": (
+            f"127.0.0.1:{site.runtime_port}",
+            cluster.work_dir / "sites" / "lab-a" / "runtime-tls" / "ca.crt",
+        ),
+    }
+    for name, (address, ca) in apis.items():
+        assert flower.https_ok(address, ca), name
+        res = httpx.post(
+            f"https://{address}/v1/runtime/acquire-task",
+            verify=ssl.create_default_context(cafile=str(ca)),
+            content=b"",
+            headers={"content-type": "application/protobuf"},
+        )
+        assert res.status_code == 401, (name, res.status_code, res.text)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{address}/health", timeout=5)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The launcher as an operator runs it, minus the dataset preflight (no dataset here).
+_LAUNCHER = (
+    "import argparse, sys\n"
+    "from supernode import launcher\n"
+    "launcher._preflight = lambda: None\n"
+    "parser = argparse.ArgumentParser()\n"
+    "launcher.add_cli(parser.add_subparsers())\n"
+    "sys.exit(launcher.run_cli(parser.parse_args(sys.argv[1:])))\n"
+)
+
+
+def _launcher(cluster: LocalCluster, key: Path, site: str, work: Path) -> ManagedProcess:
+    args = [
+        "supernode",
+        "--superlink", cluster.address,
+        "--ca-cert", str(cluster.bundle.ca_cert),
+        "--site-key", str(key),
+        "--site-name", site,
+        "--dataset-root", str(work / "data"),
+        "--runtime-port", str(free_port()),
+        "--work-dir", str(work / "site"),
+    ]  # fmt: skip
+    env = flower.child_env(work / "home", {"PYTHONPATH": str(REPO_ROOT)})
+    return ManagedProcess(
+        f"launcher-{site}", [sys.executable, "-c", _LAUNCHER, *args], work / "launcher.log",
+        env=env, cwd=work,
+    ).start()  # fmt: skip
+
+
+def _procs_mentioning(text: str) -> list[int]:
+    """PIDs whose command line mentions ``text`` (to find leftovers; never used to kill)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.e2e
+def test_launcher_explains_unregistered_key(
+    cluster: LocalCluster, bundle: CertBundle, tmp_path: Path
+) -> None:
+    proc = _launcher(cluster, bundle.site_keys["rogue"][0], "rogue", tmp_path)
+    try:
+        code = proc.wait(30)
+        log = proc.log_text()
+        assert code == 1, log
+        assert "Flower code 305" in log and "not registered" in log
+    finally:
+        proc.stop()
+    assert _procs_mentioning(str(tmp_path / "site")) == []
+
+
+@pytest.mark.e2e
+def test_launcher_runs_site_and_stops_on_sigterm(
+    cluster: LocalCluster, bundle: CertBundle, tmp_path: Path
+) -> None:
+    priv, pub = bundle.site_keys["lab-c"]
+    node_id = flower.register_supernode(cluster.flwr_home, cluster.connection, pub, "lab-c")
+    proc = _launcher(cluster, priv, "lab-c", tmp_path)
+    try:
+        cluster.wait_online([node_id], 90)
+        assert stat.S_IMODE((tmp_path / "site" / "superexec.secret").stat().st_mode) == 0o600
+        assert len(_procs_mentioning(str(tmp_path / "site"))) >= 2  # supernode + superexec
+        os.kill(proc.pid, signal.SIGTERM)  # what `docker stop` / systemd send
+        assert proc.wait(30) == 0, proc.log_tail()
+    finally:
+        proc.stop()
+    assert _procs_mentioning(str(tmp_path / "site")) == []
+    assert f"site 'lab-c' connected as node {node_id}" in proc.log_text()
+
+
+@pytest.mark.e2e
+def test_stop_leaves_no_process(cluster: LocalCluster) -> None:
+    pids = cluster.all_pids()
+    assert len(pids) >= 2 + 2 * len(SITES)
+    t0 = time.monotonic()
+    cluster.stop()
+    print(f"cluster stopped in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    assert cluster.alive_pids() == []
+    assert [p for p in pids if pid_alive(p)] == []
+
+
+@pytest.mark.e2e
+def test_restart_keeps_registrations_and_runs(cluster: LocalCluster) -> None:
+    """A new cluster on the same work dir (state.db) reuses keys, node ids and run history."""
+    cluster.stop()
+    again = LocalCluster(
+        cluster.app_dir, cluster.sites, cluster.work_dir, bundle=cluster.bundle, startup_timeout=90
+    )
+    try:
+        again.start()
+        assert again.node_ids == cluster.node_ids
+        runs = {
+            str(r["run-id"]): r["status"] for r in flower.list_runs(again.flwr_home, "zk0-local")
+        }
+        for earlier in cluster.results:  # runs of this module's earlier tests
+            assert runs[str(earlier.run_id)] == earlier.status
+    finally:
+        again.stop()
+    assert again.alive_pids() == []
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
