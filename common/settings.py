@@ -147,11 +147,18 @@ class NodeConfig(_Strict):
         """``--node-config`` value for flower-supernode (TOML values, strings quoted)."""
         parts = []
         for key, value in self.to_flwr().items():
-            if isinstance(value, str):
-                escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-                parts.append(f'{key}="{escaped}"')
-            else:
+            if not isinstance(value, str):
                 parts.append(f"{key}={value}")
+            # flwr matches "..." or '...' without escapes, then parses the value as TOML
+            elif '"' not in value and "\\" not in value:
+                parts.append(f'{key}="{value}"')
+            elif "'" not in value:  # a TOML literal string keeps backslashes as they are
+                parts.append(f"{key}='{value}'")
+            else:
+                raise SettingsError(
+                    f"node config: key '{key}': {value!r} holds both quote kinds, which "
+                    "flower-supernode --node-config cannot carry"
+                )
         return " ".join(parts)
 
 

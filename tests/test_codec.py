@@ -65,7 +65,7 @@ def test_update_encoding_keeps_precision_of_small_changes():
     for k in base:
         # the 1e-4 change survives: error is fp16 rounding of the *update*, not of the weight
         np.testing.assert_allclose(out[k] - base[k], local[k] - base[k], rtol=2e-3, atol=1e-8)
-    with pytest.raises(ValueError, match="needs the base weights"):
+    with pytest.raises(ValueError, match=r"needs the base weights"):
         codec.decode(payload)
 
 
@@ -93,10 +93,10 @@ def test_swapped_arrays_are_refused():
 def test_digest_count_mismatch_is_refused():
     payload = codec.encode(_state(), "float32")
     payload.meta["digests"] = list(payload.meta["digests"])[:-1]
-    with pytest.raises(codec.PayloadIntegrityError, match="digests"):
+    with pytest.raises(codec.PayloadIntegrityError, match=r"digests"):
         codec.verify(payload)
 
 
 def test_unknown_wire_dtype_is_refused():
-    with pytest.raises(ValueError, match="wire dtype"):
+    with pytest.raises(ValueError, match=r"wire dtype"):
         codec.encode(_state(), "int8")

@@ -21,19 +21,19 @@ def test_split_is_seeded_disjoint_and_complete():
 
 
 def test_split_needs_a_training_episode():
-    with pytest.raises(ds.DatasetError, match="need at least 3"):
+    with pytest.raises(ds.DatasetError, match=r"need at least 3"):
         ds.split_episodes(2, 2, seed=0)
 
 
 def test_missing_root_is_named(tmp_path):
     node = NodeConfig(site_name="a", dataset_root=str(tmp_path / "nope"))
-    with pytest.raises(ds.DatasetError, match="nope.*does not exist"):
+    with pytest.raises(ds.DatasetError, match=r"nope.*does not exist"):
         ds.open_metadata(node)
 
 
 def test_folder_that_is_not_a_dataset_is_named(tmp_path):
     node = NodeConfig(site_name="a", dataset_root=str(tmp_path))
-    with pytest.raises(ds.DatasetError, match="info.json is missing"):
+    with pytest.raises(ds.DatasetError, match=r"info.json is missing"):
         ds.open_metadata(node)
 
 
@@ -43,7 +43,7 @@ def test_old_format_is_refused(demo_root, tmp_path):
     info = json.loads((copy / "meta" / "info.json").read_text())
     info["codebase_version"] = "v2.1"
     (copy / "meta" / "info.json").write_text(json.dumps(info))
-    with pytest.raises(ds.DatasetError, match="v2.1.*v3"):
+    with pytest.raises(ds.DatasetError, match=r"v2.1.*v3"):
         ds.open_metadata(NodeConfig(site_name="a", dataset_root=str(copy)))
 
 
@@ -59,7 +59,7 @@ def test_feature_spec_and_comparison(demo_root):
     with pytest.raises(ds.DatasetError, match=r"'action': float32\[6\].*expects float32\[7\]"):
         ds.compare_specs("lab-b", spec, wider)
     no_wrist = {k: v for k, v in spec.items() if k != "observation.images.wrist"}
-    with pytest.raises(ds.DatasetError, match="lab-b.*extra feature 'observation.images.wrist'"):
+    with pytest.raises(ds.DatasetError, match=r"lab-b.*extra feature 'observation.images.wrist'"):
         ds.compare_specs("lab-b", spec, no_wrist)
     other_res = json.loads(json.dumps(spec))
     other_res["observation.images.top"]["shape"] = [480, 640, 3]

@@ -40,9 +40,9 @@ def test_record_round_trip_is_exact():
 def test_sites_with_different_features_are_refused():
     a = {"action": Moments.of(np.ones((2, 6)))}
     b = {"observation.state": Moments.of(np.ones((2, 6)))}
-    with pytest.raises(ValueError, match="different numeric features"):
+    with pytest.raises(ValueError, match=r"different numeric features"):
         merge_all([a, b])
-    with pytest.raises(ValueError, match="dims differ"):
+    with pytest.raises(ValueError, match=r"dims differ"):
         Moments.of(np.ones((2, 6))).merge(Moments.of(np.ones((2, 5))))
 
 

@@ -56,7 +56,7 @@ def test_load_trainable_refuses_wrong_names_and_shapes(features, tiny_run):
     policy = build_policy(tiny_run, features, _stats()).policy
     state = trainable_state(policy)
     name = next(iter(state))
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match=r"missing"):
         load_trainable(policy, {k: v for k, v in state.items() if k != name})
     state[name] = torch.zeros(3)
     with pytest.raises(ValueError, match=f"parameter {name}: shape"):
@@ -79,7 +79,7 @@ def test_checkpoint_reloads_with_lerobot(features, tiny_run, tmp_path):
     reloaded = trainable_state(policy)
     for k, v in weights.items():
         np.testing.assert_array_equal(reloaded[k].numpy(), v)
-    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path))
+    pre, _ = make_pre_post_processors(policy.config, pretrained_path=str(path))
     norm = next(s for s in pre.steps if type(s).__name__ == "NormalizerProcessorStep")
     np.testing.assert_allclose(np.asarray(norm.stats["action"]["mean"]), stats["action"]["mean"])
     np.testing.assert_allclose(np.asarray(norm.stats["observation.state"]["std"]),

@@ -24,12 +24,12 @@ def test_good_site_summary(demo_root):
 
 
 def test_missing_root(tmp_path):
-    with pytest.raises(SiteCheckError, match="lab-a.*missing-dir.*does not exist"):
+    with pytest.raises(SiteCheckError, match=r"lab-a.*missing-dir.*does not exist"):
         check_site(_node(tmp_path / "missing-dir"))
 
 
 def test_too_few_episodes(demo_root):
-    with pytest.raises(SiteCheckError, match="6 episode.*eval-episodes=6"):
+    with pytest.raises(SiteCheckError, match=r"6 episode.*eval-episodes=6"):
         check_site(_node(demo_root / "site-0", eval_episodes=6))
 
 
@@ -38,7 +38,7 @@ def test_missing_data_file(demo_root, tmp_path):
     shutil.copytree(demo_root / "site-0", copy)
     for f in (copy / "data").rglob("*.parquet"):
         f.unlink()
-    with pytest.raises(SiteCheckError, match="lab-a"):
+    with pytest.raises(SiteCheckError, match=r"lab-a"):
         check_site(_node(copy))
 
 
@@ -58,5 +58,5 @@ def test_dataset_without_camera(tmp_path):
                          "action": np.zeros(6, np.float32), "task": "t"})
         d.save_episode()
     d.finalize()
-    with pytest.raises(SiteCheckError, match="no camera feature"):
+    with pytest.raises(SiteCheckError, match=r"no camera feature"):
         check_site(_node(root, eval_episodes=1))

@@ -33,9 +33,9 @@ def test_wrong_types_and_values_name_the_key(key, value, expect):
 
 
 def test_unknown_run_config_key_is_refused():
-    with pytest.raises(SettingsError, match="unknown key"):
+    with pytest.raises(SettingsError, match=r"unknown key"):
         RunConfig.with_overrides({"local_steps": 3})
-    with pytest.raises(SettingsError, match="unknown key 'bogus'"):
+    with pytest.raises(SettingsError, match=r"unknown key 'bogus'"):
         RunConfig.parse({**RunConfig.defaults_from_pyproject(), "bogus": 1}, "run config")
 
 
@@ -45,38 +45,38 @@ def test_int_is_accepted_for_float_keys():
 
 def test_unknown_policy_is_refused_with_choices():
     run = RunConfig.with_overrides({"policy": "gpt-robot"})
-    with pytest.raises(SettingsError, match="unknown policy 'gpt-robot'.*smolvla-tiny"):
+    with pytest.raises(SettingsError, match=r"unknown policy 'gpt-robot'.*smolvla-tiny"):
         make_policy_config(run)
 
 
 def test_tiny_preset_refuses_a_pretrained_path():
     run = RunConfig.with_overrides({"policy": "smolvla-tiny", "pretrained-path": "x/y"})
-    with pytest.raises(SettingsError, match="pretrained-path"):
+    with pytest.raises(SettingsError, match=r"pretrained-path"):
         make_policy_config(run)
 
 
 def test_node_config_needs_a_dataset_and_a_clean_site_name():
-    with pytest.raises(SettingsError, match="dataset-root"):
+    with pytest.raises(SettingsError, match=r"dataset-root"):
         NodeConfig.parse({"site-name": "lab-a"}, "node config")
-    with pytest.raises(SettingsError, match="site-name"):
+    with pytest.raises(SettingsError, match=r"site-name"):
         NodeConfig.parse({"site-name": "lab a/../x", "dataset-root": "/d"}, "node config")
-    with pytest.raises(SettingsError, match="eval-episodes"):
+    with pytest.raises(SettingsError, match=r"eval-episodes"):
         NodeConfig.parse({"site-name": "a", "dataset-root": "/d", "eval-episodes": "2"}, "n")
 
 
 def test_node_config_round_trips_through_flower_syntax():
-    import tomllib
+    from flwr.common.config import parse_config_args
 
-    node = NodeConfig(site_name="lab-a", dataset_root='/data/we"ird', eval_episodes=3)
-    parsed = {}
-    for part in node.to_flwr_arg().split(" "):
-        key, value = part.split("=", 1)
-        parsed[key] = tomllib.loads(f"v = {value}")["v"]
-    assert NodeConfig.parse(parsed, "node config") == node
+    for root in ("/data/lab-a", '/data/we"ird', "C:\\data", "/my data/lab a"):
+        node = NodeConfig(site_name="lab-a", dataset_root=root, eval_episodes=3)
+        parsed = parse_config_args([node.to_flwr_arg()])  # flower-supernode's own parser
+        assert NodeConfig.parse(parsed, "node config") == node
+    with pytest.raises(SettingsError, match=r"dataset-root.*both quote kinds"):
+        NodeConfig(site_name="a", dataset_root="/it's \"x\"").to_flwr_arg()
 
 
 def test_parse_overrides_uses_toml_values():
     assert parse_overrides(["local-steps=5", "lr=0.003", 'policy="smolvla-tiny"', "x=word"]) == {
         "local-steps": 5, "lr": 0.003, "policy": "smolvla-tiny", "x": "word"}
-    with pytest.raises(SettingsError, match="key=value"):
+    with pytest.raises(SettingsError, match=r"key=value"):
         parse_overrides(["novalue"])
