@@ -1,0 +1,136 @@
+"""End to end: a real SuperLink and 4 authenticated SuperNodes over TLS train SmolVLA (tiny).
+
+Real processes (flower-superlink, flower-superexec, flower-supernode) on 127.0.0.1 with TLS,
+node authentication and process isolation; real LeRobot datasets on disk; the real SmolVLA code
+path. Checks the run's outputs, not just that it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.norm_stats import merge_all
+from common.settings import NodeConfig
+from deploy import flower
+from deploy.local_cluster import LocalCluster
+
+REPO = Path(__file__).resolve().parent.parent
+SITES = 4
+ROUNDS = 2
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def federation(demo_root, tmp_path_factory):
+    """One federated run on a fresh local cluster; the cluster stays up for the checks."""
+    work = tmp_path_factory.mktemp("cluster")
+    nodes = [
+        NodeConfig(site_name=f"site-{i}", dataset_root=str(demo_root / f"site-{i}"),
+                   torch_threads=1)
+        for i in range(SITES)
+    ]
+    cluster = LocalCluster(REPO, nodes, work, echo_run=False)
+    cluster.start()
+    try:
+        result = cluster.run(
+            {
+                "policy": "smolvla-tiny",
+                "num-server-rounds": ROUNDS,
+                "local-steps": 25,
+                "batch-size": 8,
+                "eval-samples": 32,
+                "min-sites": SITES,
+                "round-timeout": 600.0,
+                "output-dir": str(work / "runs"),
+            },
+            timeout=1200,
+        )
+        yield cluster, result, work / "runs" / f"run-{result.run_id}", nodes
+    finally:
+        cluster.stop()
+        assert cluster.alive_pids() == [], "processes left running after stop()"
+
+
+def test_run_completed_and_every_site_replied(federation):
+    _, result, run_dir, nodes = federation
+    assert result.ok, f"status {result.status}\n{result.output[-3000:]}"
+    names = {n.site_name for n in nodes}
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert set(meta["sites"]) == names
+    assert meta["parameters"]["trainable"] < meta["parameters"]["total"]
+    for r in range(1, ROUNDS + 1):
+        entry = json.loads((run_dir / "rounds" / f"round_{r:03d}.json").read_text())
+        assert set(entry["sites"]) == names and entry["failures"] == []
+        assert entry["steps"] == 25 * SITES and entry["samples"] == 25 * 8 * SITES
+        for site in entry["sites"].values():
+            assert np.isfinite(site["train_loss"]) and site["train_loss"] > 0
+            assert site["payload_bytes"] > 0
+        # only trainable params travel, in float16: ~2 bytes per trainable parameter
+        trainable = meta["parameters"]["trainable"]
+        assert 2 * trainable <= entry["downlink_bytes_per_site"] < 2 * trainable * 1.1
+        assert entry["eval"] is not None, f"round {r} has no eval of its global model"
+
+
+def test_eval_mse_recorded_per_site_and_falls(federation):
+    _, _, run_dir, nodes = federation
+    history = json.loads((run_dir / "eval_history.json").read_text())
+    assert history["rounds"] == list(range(ROUNDS + 1))  # initial model, then after each round
+    for node in nodes:
+        values = history["per_site"][node.site_name]
+        assert all(v is not None and v > 0 for v in values), values
+        assert values[-1] < values[0], f"{node.site_name}: {values}"
+    weighted = history["weighted"]
+    assert weighted[-1] < weighted[1] < weighted[0], weighted
+    assert (run_dir / "eval_mse.png").stat().st_size > 1000
+    logs = (run_dir / "logs.jsonl").read_text().splitlines()
+    events = {json.loads(line)["event"] for line in logs}
+    assert {"run_started", "site_joined", "round_finished", "run_finished"} <= events
+
+
+def test_checkpoint_reloads_with_lerobot_and_predicts(federation):
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    from supernode.site import Site
+
+    _, _, run_dir, nodes = federation
+    ckpt = run_dir / "checkpoints" / "last" / "pretrained_model"
+    assert ckpt.resolve().parent.name == f"{ROUNDS:06d}"
+    policy = SmolVLAPolicy.from_pretrained(ckpt)
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(ckpt))
+
+    # the stored normalization stats are the federated ones: pooled over every site's train set
+    sites = [Site.open(n.to_flwr(), {"policy": "smolvla-tiny"}) for n in nodes]
+    pooled = merge_all(s.moments() for s in sites)["action"].finalize()
+    norm = next(s for s in pre.steps if type(s).__name__ == "NormalizerProcessorStep")
+    np.testing.assert_allclose(np.asarray(norm.stats["action"]["mean"]), pooled["mean"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(norm.stats["action"]["std"]), pooled["std"],
+                               rtol=1e-4)
+
+    frame = sites[0].eval_dataset()[0]
+    batch = pre({k: v for k, v in frame.items() if k != "action"})
+    chunk = post(policy.predict_action_chunk(batch))
+    assert chunk.shape == (1, policy.config.n_action_steps, 6)
+    assert np.isfinite(chunk.numpy()).all()
+
+
+def test_unregistered_key_is_refused(federation, tmp_path):
+    from certs.make import make_site_key
+
+    cluster, _, _, nodes = federation
+    key, _ = make_site_key(tmp_path, "intruder")
+    intruder = NodeConfig(site_name="intruder", dataset_root=nodes[0].dataset_root)
+    site = cluster.start_supernode(intruder, key)
+    deadline = time.monotonic() + 30
+    while site.supernode.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert site.supernode.returncode is not None, "SuperNode with an unregistered key kept running"
+    assert flower.flower_exit_code(site.supernode) == 305
+    assert "Failed to activate SuperNode" in site.supernode.log_text()
