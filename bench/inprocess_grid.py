@@ -1,0 +1,99 @@
+"""Run zk0's unchanged ServerApp against zk0's unchanged ClientApp in one process.
+
+The real cluster pays Flower's transport (TLS, chunked uploads, a new ClientApp process per
+message, 1-3 s polling). For learning-quality sweeps over many seeds and strategies that cost
+is irrelevant to the result, so :class:`InProcessGrid` implements Flower's ``Grid`` interface by
+calling ``supernode.client_app.app`` directly, with each site's node config, while
+``superlink.federation.run_federation`` drives the rounds exactly as in a deployment. The
+maths is identical to a cluster run with the same seeds (bench/quality.py checks that on one
+configuration); only the transport is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+
+FIRST_NODE_ID = 1001
+
+
+class InProcessGrid(Grid):
+    """A ``Grid`` whose nodes are ClientApp calls in this process, one per node config."""
+
+    def __init__(self, client_app, node_configs: list[Mapping[str, Any]],
+                 run_config: Mapping[str, Any], run_id: int = 1) -> None:
+        self.client_app = client_app
+        self.run_id = run_id
+        self.contexts = {
+            FIRST_NODE_ID + i: Context(
+                run_id=run_id,
+                node_id=FIRST_NODE_ID + i,
+                node_config=dict(cfg),
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i, cfg in enumerate(node_configs)
+        }
+        self._replies: dict[str, Message] = {}
+        self._counter = 0
+
+    # Grid interface ------------------------------------------------------------------------
+    def set_run(self, run_id) -> None:  # pragma: no cover - not used in-process
+        self.run_id = run_id
+
+    @property
+    def run(self):  # pragma: no cover - not used in-process
+        return self.run_id
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            self._counter += 1
+            msg.metadata.__dict__["_message_id"] = f"m{self._counter}"
+            msg.metadata.__dict__["_src_node_id"] = 1
+            context = self.contexts[msg.metadata.dst_node_id]
+            try:
+                reply = self.client_app(msg, context)
+            except Exception as err:  # what a SuperNode turns an exception into
+                reply = Message(Error(code=2, reason=f"{type(err).__name__}: {err}"),
+                                reply_to=msg)
+            self._replies[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(m) for m in list(message_ids) if m in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+def run_inprocess(run_config: Mapping[str, Any], node_configs: list[Mapping[str, Any]],
+                  run_id: int = 1):
+    """Run a whole federation in this process; return the run folder."""
+    from superlink.federation import run_federation
+    from supernode.client_app import app
+
+    grid = InProcessGrid(app, node_configs, run_config, run_id)
+    return run_federation(grid, server_context(run_config, run_id))
+
+
+def server_context(run_config: Mapping[str, Any], run_id: int) -> Context:
+    """The ServerApp's Context, with Flower's task identity set as a ServerApp process has it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # Flower stamps every new Message with the identity of the task process that creates it.
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, run_id
+    return Context(run_id=run_id, node_id=1, node_config={}, state=RecordDict(),
+                   run_config=dict(run_config))
