@@ -33,7 +33,11 @@ class TrainResult:
 def proximal_term(
     params: Mapping[str, torch.Tensor], global_params: Mapping[str, torch.Tensor], mu: float
 ) -> torch.Tensor:
-    """``(mu / 2) * sum ||w - w_global||^2`` over ``params`` (FedProx, Li et al. 2018, eq. 2)."""
+    """``(mu / 2) * sum ||w - w_global||^2`` (FedProx, Li et al. 2018, eq. 2), by autograd.
+
+    The definition; the training loop uses :func:`add_proximal_gradient`, which the tests hold
+    to this.
+    """
     device = next(iter(params.values())).device
     total = torch.zeros((), device=device)
     if mu == 0.0:
@@ -41,6 +45,28 @@ def proximal_term(
     for name, w in params.items():
         total = total + torch.sum((w - global_params[name]) ** 2)
     return 0.5 * mu * total
+
+
+def add_proximal_gradient(
+    params: list[torch.Tensor], anchors: list[torch.Tensor], mu: float
+) -> float:
+    """Add the FedProx term's gradient ``mu * (w - w_global)`` to each ``.grad`` in place.
+
+    Same gradient as back-propagating :func:`proximal_term`, without building its autograd
+    graph over every trainable tensor (on an H200 that graph cost 20 % of a batch-8 SmolVLA
+    step). Returns the term's value for logging.
+    """
+    if mu == 0.0:
+        return 0.0
+    with torch.no_grad():
+        diffs = torch._foreach_sub([p.detach() for p in params], anchors)
+        value = 0.5 * mu * float(sum(n.square() for n in torch._foreach_norm(diffs)))
+        for p, d in zip(params, diffs, strict=True):
+            if p.grad is None:
+                p.grad = mu * d
+            else:
+                p.grad.add_(d, alpha=mu)
+    return value
 
 
 def lr_at(run: RunConfig, peak: float, global_step: int) -> float:
@@ -68,12 +94,12 @@ def train_round(
 ) -> TrainResult:
     """Run ``run.local_steps`` optimizer steps from the global weights already in the policy."""
     policy, cfg = bundle.policy, bundle.config
-    params = trainable_parameters(policy)
-    anchor = {n: p.detach().clone() for n, p in params.items()}
+    params = list(trainable_parameters(policy).values())
+    anchors = [p.detach().clone() for p in params]
     preset = cfg.get_optimizer_preset()
     peak = learning_rate(run, cfg)
     preset.lr = peak
-    optimizer = preset.build(list(params.values()))
+    optimizer = preset.build(params)
     clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
 
     policy.train()
@@ -86,14 +112,14 @@ def train_round(
             group["lr"] = lr_at(run, peak, first_step + step)
         batch = bundle.preprocessor(next(batches))
         loss, _ = policy.forward(batch)
-        prox = proximal_term(params, anchor, proximal_mu)
-        (loss + prox).backward()
+        loss.backward()
+        prox = add_proximal_gradient(params, anchors, proximal_mu)
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(params.values()), clip)
+            torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-        proxes.append(float(prox.detach()))
+        proxes.append(prox)
     if not all(math.isfinite(v) for v in losses):
         raise FloatingPointError(
             f"training loss became non-finite in round {server_round} (lr {peak:g}); "

@@ -8,7 +8,7 @@ import torch
 
 from common.policy_factory import trainable_state
 from common.settings import RunConfig
-from supernode.training import lr_at, proximal_term
+from supernode.training import add_proximal_gradient, lr_at, proximal_term
 
 
 def test_proximal_term_value_and_gradient():
@@ -17,11 +17,35 @@ def test_proximal_term_value_and_gradient():
     g = {k: v.detach() + torch.randn_like(v) for k, v in w.items()}
     mu = 0.37
     term = proximal_term(w, g, mu)
-    want = 0.5 * mu * sum(float(((w[k] - g[k]) ** 2).sum()) for k in w)
+    want = 0.5 * mu * sum(float(((w[k].detach() - g[k]) ** 2).sum()) for k in w)
     assert math.isclose(float(term), want, rel_tol=1e-6)
     term.backward()
     for k in w:  # d/dw (mu/2)||w - g||^2 = mu (w - g)
         torch.testing.assert_close(w[k].grad, mu * (w[k].detach() - g[k]))
+
+
+def test_injected_proximal_gradient_equals_autograd():
+    """The training loop adds mu (w - w_g) to the loss gradients: same as backprop of the term."""
+    torch.manual_seed(1)
+    shapes = [(4, 3), (5,), (2, 2, 2)]
+    w = [torch.randn(s, requires_grad=True) for s in shapes]
+    anchors = [p.detach() + 0.1 * torch.randn_like(p) for p in w]
+    mu = 0.05
+
+    def loss_fn(params):
+        return sum((p**3).sum() for p in params)
+
+    loss_fn(w).backward()
+    value = add_proximal_gradient(w, anchors, mu)
+    injected = [p.grad.clone() for p in w]
+
+    w2 = [p.detach().clone().requires_grad_(True) for p in w]
+    term = proximal_term(dict(enumerate(w2)), dict(enumerate(anchors)), mu)
+    (loss_fn(w2) + term).backward()
+    for a, b in zip(injected, [p.grad for p in w2], strict=True):
+        torch.testing.assert_close(a, b)
+    assert math.isclose(value, float(term), rel_tol=1e-5)
+    assert add_proximal_gradient(w, anchors, 0.0) == 0.0
 
 
 def test_proximal_term_is_zero_at_the_anchor_and_for_mu_zero():
