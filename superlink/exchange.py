@@ -21,7 +21,7 @@ POLL_SECONDS = 1.0
 @dataclass
 class Exchange:
     replies: list[Message]
-    missing: list[int]  # node ids that never replied before the timeout
+    missing: list[int]  # node ids that never replied before the timeout (or were never sent to)
     routes: dict[str, int]  # message id -> destination node id
     seconds: float
 
@@ -34,11 +34,8 @@ def exchange(
 ) -> Exchange:
     start = time.monotonic()
     ids = list(grid.push_messages(messages))
-    routes = {
-        mid: msg.metadata.dst_node_id
-        for mid, msg in zip(ids, messages, strict=True)
-        if mid
-    }
+    routes = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True) if mid}
+    unsent = [msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True) if not mid]
     pending = set(routes)
     replies: list[Message] = []
     deadline = None if not timeout else start + timeout
@@ -53,7 +50,7 @@ def exchange(
             time.sleep(POLL_SECONDS)
     return Exchange(
         replies=replies,
-        missing=[routes[m] for m in pending],
+        missing=[routes[m] for m in pending] + unsent,
         routes=routes,
         seconds=time.monotonic() - start,
     )

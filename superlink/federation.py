@@ -12,12 +12,14 @@ episodes before training. Only the final model needs one evaluate message.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp import Grid
 
+from common import atomic
 from common import logging as zlog
 from common.norm_stats import stats_to_record
 from common.policy_factory import build_policy, frozen_fingerprint, trainable_state
@@ -66,11 +68,26 @@ def _send(grid, strategy: CodecStrategy, messages, run: RunConfig, label: str):
 
 
 def run_federation(grid: Grid, context: Context) -> Path:
-    """Run the whole federation; return the run folder."""
+    """Run the whole federation; return the run folder.
+
+    A run that fails leaves its reason in ``run.json`` and ``logs.jsonl`` next to the rounds
+    and checkpoints it completed, then re-raises so Flower marks the run failed.
+    """
     run = RunConfig.parse(context.run_config, "run config")  # fails before any work
     run_dir = (Path(run.output_dir).expanduser() / f"run-{context.run_id}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     zlog.configure(json_file=run_dir / "logs.jsonl")
+    try:
+        return _federate(grid, context, run, run_dir)
+    except BaseException as err:
+        log.error("run_failed", run_dir=str(run_dir), error=f"{type(err).__name__}: {err}")
+        meta_path = run_dir / "run.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        atomic.write_json(meta_path, {**meta, "failed": f"{type(err).__name__}: {err}"})
+        raise
+
+
+def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Path:
     started = time.time()
     log.info(
         "run_started",

@@ -87,10 +87,10 @@ class CodecStrategy(Strategy):
         self._global = {k: v.numpy() for k, v in arrays.items()}
         payload = codec.encode(self._global, self.wire_dtype)
         self.downlink_bytes = payload.nbytes
-        content = messages[0].content  # Flower shares one RecordDict across the messages
-        content[ARRAYS] = payload.arrays
-        content[CODEC] = payload.meta
-        content[NORM_STATS] = self.norm_stats
+        for msg in messages:  # Flower's strategies share one RecordDict: this is cheap
+            msg.content[ARRAYS] = payload.arrays
+            msg.content[CODEC] = payload.meta
+            msg.content[NORM_STATS] = self.norm_stats
         return messages
 
     def configure_train(

@@ -92,3 +92,15 @@ def test_bad_run_config_fails_before_any_site_is_contacted(demo_root, run_config
     with pytest.raises(ValueError, match=r"key 'local-steps'"):
         _run(InProcessGrid(counting_app, _nodes(demo_root), bad), bad, 13)
     assert calls == []
+
+
+def test_too_few_usable_sites_fails_the_run_with_the_reason_on_disk(demo_root, tmp_path,
+                                                                       run_config):
+    from superlink.federated_stats import FederationSetupError
+    from supernode.client_app import app
+
+    nodes = [_nodes(demo_root, 1)[0], {"site-name": "lab-x", "dataset-root": str(tmp_path / "x")}]
+    with pytest.raises(FederationSetupError, match=r"1 site\(s\) answered.*min-sites is 2"):
+        _run(InProcessGrid(app, nodes, run_config), run_config, run_id=14)
+    meta = json.loads((tmp_path / "runs" / "run-14" / "run.json").read_text())
+    assert "FederationSetupError" in meta["failed"] and "does not exist" in meta["failed"]
