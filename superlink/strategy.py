@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     FedAdagrad,
@@ -104,8 +104,11 @@ class CodecStrategy(Strategy):
         messages = self.inner.configure_evaluate(server_round, arrays, config, grid)
         return self._encoded(messages, arrays)
 
-    def _check_replies(self, replies: Iterable[Message], decode: bool) -> list[Message]:
-        """Record each reply's report or failure; return the usable ones (decoded if asked)."""
+    def _check_replies(
+        self, replies: Iterable[Message], decode: bool, verify: bool = False
+    ) -> list[Message]:
+        """Record each reply's report or failure; return the usable ones (decoded if asked,
+        or only verified and checked against the global model's names and shapes)."""
         self.last = RoundReplies()
         usable = []
         for msg in replies:
@@ -116,13 +119,22 @@ class CodecStrategy(Strategy):
                 continue
             try:
                 report = SiteReport.from_record(msg.content.metric_records[METRICS])
-                if decode:
+                if verify:
+                    payload = codec.from_content(msg.content, ARRAYS, CODEC)
+                    codec.verify(payload)
+                    if payload.meta.get("encoding") != "update":
+                        raise ValueError("expected an update payload")
+                    shapes = {k: tuple(v.shape) for k, v in payload.arrays.items()}
+                    if shapes != {k: v.shape for k, v in self._global.items()}:
+                        raise ValueError("payload names or shapes differ from the global model's")
+                    self.last.uplink_bytes[site] = payload.nbytes
+                elif decode:
                     payload = codec.from_content(msg.content, ARRAYS, CODEC)
                     weights = codec.decode(payload, base=self._global)
                     self.last.uplink_bytes[site] = payload.nbytes
                     msg.content = RecordDict(
                         {
-                            ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
+                            ARRAYS: ArrayRecord({k: codec.to_array(v) for k, v in weights.items()}),
                             METRICS: MetricRecord(
                                 {"num-examples": report.num_examples,
                                  "train-loss": report.train_loss}
@@ -139,10 +151,38 @@ class CodecStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if type(self.inner) in (FedAvg, FedProx):
+            return self._weighted_mean(replies)
         usable = self._check_replies(replies, decode=True)
         if not usable:
             return None, None
         return self.inner.aggregate_train(server_round, usable)
+
+    def _weighted_mean(self, replies: Iterable[Message]):
+        """Flower FedAvg/FedProx's weighted mean, as ``global + sum_i w_i * update_i``.
+
+        The same mean (to float32 rounding) as decoding every reply to float32 weights and
+        calling Flower's ``aggregate_arrayrecords``, which copies each site's arrays three
+        times and makes a temporary per term; this reads each reply's wire bytes once.
+        """
+        usable = self._check_replies(replies, decode=False, verify=True)
+        if not usable:
+            return None, None
+        reports = [SiteReport.from_record(m.content.metric_records[METRICS]) for m in usable]
+        total = sum(r.num_examples for r in reports)
+        mean = {k: v.copy() for k, v in self._global.items()}
+        for msg, report in zip(usable, reports, strict=True):
+            payload = codec.from_content(msg.content, ARRAYS, CODEC)
+            codec.accumulate(mean, payload, report.num_examples / total)
+        metrics = self.inner.train_metrics_aggr_fn(
+            [
+                RecordDict({METRICS: MetricRecord({"num-examples": r.num_examples,
+                                                   "train-loss": r.train_loss})})
+                for r in reports
+            ],
+            self.inner.weighted_by_key,
+        )
+        return ArrayRecord({k: codec.to_array(v) for k, v in mean.items()}), metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

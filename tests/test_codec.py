@@ -100,3 +100,28 @@ def test_digest_count_mismatch_is_refused():
 def test_unknown_wire_dtype_is_refused():
     with pytest.raises(ValueError, match=r"wire dtype"):
         codec.encode(_state(), "int8")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_accumulate_equals_weighted_sum_of_decoded_updates(dtype):
+    """The server's in-place weighted mean reads the wire bytes directly: same as decoding."""
+    base = _state(0)
+    sites = [{k: v + 1e-3 * np.float32(i + 1) for k, v in _state(i + 1).items()}
+             for i in range(3)]
+    payloads = [codec.encode(s, dtype, base=base) for s in sites]
+    weights = [0.5, 0.3, 0.2]
+    acc = {k: v.copy() for k, v in base.items()}
+    for p, w in zip(payloads, weights, strict=True):
+        codec.accumulate(acc, p, w)
+    want = {k: sum(w * codec.decode(p, base=base)[k] for p, w in zip(payloads, weights,
+                                                                    strict=True))
+            for k in base}
+    for k in base:
+        np.testing.assert_allclose(acc[k], want[k], rtol=1e-6, atol=1e-6)
+
+
+def test_to_array_and_wire_view_match_flower():
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float16)
+    ours, flowers = codec.to_array(x), Array(x)
+    assert ours.data == flowers.data and ours.dtype == flowers.dtype
+    np.testing.assert_array_equal(codec.wire_view(ours), x)
