@@ -268,15 +268,11 @@ def _ski(key: ec.EllipticCurvePublicKey) -> x509.SubjectKeyIdentifier:
 # --------------------------------------------------------------------------- makers
 
 
-def make_ca(
-    out_dir: Path | str, common_name: str = "zk0 CA", days: int = 3650
-) -> tuple[Path, Path]:
-    """Create an EC P-384 CA key and self-signed cert as ``ca.key``/``ca.crt`` in ``out_dir``.
-
-    Overwrites existing files (use :func:`ensure_bundle` to keep them). Returns (cert, key).
-    """
+def build_ca(
+    common_name: str = "zk0 CA", days: int = 3650
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """An EC P-384 CA key and its self-signed certificate, in memory (nothing written)."""
     _check_days(days)
-    out = _ensure_dir(Path(out_dir))
     key = ec.generate_private_key(_CURVE())
     now = _now()
     subject = _name(common_name)
@@ -310,27 +306,36 @@ def make_ca(
         )
         .sign(key, _HASH())
     )
+    return key, cert
+
+
+def make_ca(
+    out_dir: Path | str, common_name: str = "zk0 CA", days: int = 3650
+) -> tuple[Path, Path]:
+    """Create an EC P-384 CA key and self-signed cert as ``ca.key``/``ca.crt`` in ``out_dir``.
+
+    Overwrites existing files (use :func:`ensure_bundle` to keep them). Returns (cert, key).
+    """
+    key, cert = build_ca(common_name, days)
+    out = _ensure_dir(Path(out_dir))
     key_path = _write_private(out / f"{CA_NAME}.key", _pem_key(key))
     cert_path = _write_public(out / f"{CA_NAME}.crt", cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 
-def make_server_cert(
-    out_dir: Path | str,
-    ca_cert_path: Path | str,
-    ca_key_path: Path | str,
+def build_server_cert(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
     sans: Sequence[str],
     name: str = SERVER_NAME,
     days: int = 825,
     *,
     not_before: dt.datetime | None = None,
-) -> tuple[Path, Path]:
-    """Create an EC P-384 key and a CA-signed serverAuth cert as ``<name>.key``/``<name>.crt``.
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """An EC P-384 key and a serverAuth certificate signed by ``ca_key``, in memory.
 
     Every entry of ``sans`` becomes a SubjectAlternativeName (IP if it parses as one, else DNS):
-    clients check the name they dial against these, never against the CN. ``not_before``
-    (default: now minus a small clock-skew allowance) exists so tests can build expired certs.
-    Returns (cert, key).
+    clients check the name they dial against these, never against the CN.
     """
     _check_days(days)
     names = [parse_san(s) for s in sans]
@@ -339,11 +344,6 @@ def make_server_cert(
     unique: dict[str, x509.GeneralName] = {}
     for n in names:
         unique.setdefault(_san_key(n), n)
-    ca_cert = check_ca(ca_cert_path)
-    ca_key = _load_pem_key(Path(ca_key_path), "CA key")
-    if not _same_public_key(ca_key.public_key(), ca_cert.public_key()):
-        raise CertError(f"CA key {ca_key_path} does not match CA certificate {ca_cert_path}")
-    out = _ensure_dir(Path(out_dir))
     key = ec.generate_private_key(_CURVE())
     start = not_before if not_before is not None else _now() - CLOCK_SKEW
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -379,9 +379,40 @@ def make_server_cert(
         )
         .sign(ca_key, _HASH())
     )
-    key_path = _write_private(out / f"{name}.key", _pem_key(key))
-    cert_path = _write_public(out / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
+def write_key_and_cert(
+    key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, key_path: Path, cert_path: Path
+) -> tuple[Path, Path]:
+    """Write a private key (0600) and its certificate (0644), each atomically. (cert, key)."""
+    _write_private(key_path, _pem_key(key))
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def make_server_cert(
+    out_dir: Path | str,
+    ca_cert_path: Path | str,
+    ca_key_path: Path | str,
+    sans: Sequence[str],
+    name: str = SERVER_NAME,
+    days: int = 825,
+    *,
+    not_before: dt.datetime | None = None,
+) -> tuple[Path, Path]:
+    """Create ``<name>.key``/``<name>.crt`` in ``out_dir``: a server cert signed by the CA.
+
+    ``not_before`` (default: now minus a small clock-skew allowance) exists so tests can build
+    expired certs. Returns (cert, key).
+    """
+    ca_cert = check_ca(ca_cert_path)
+    ca_key = _load_pem_key(Path(ca_key_path), "CA key")
+    if not _same_public_key(ca_key.public_key(), ca_cert.public_key()):
+        raise CertError(f"CA key {ca_key_path} does not match CA certificate {ca_cert_path}")
+    key, cert = build_server_cert(ca_key, ca_cert, sans, name, days, not_before=not_before)
+    out = _ensure_dir(Path(out_dir))
+    return write_key_and_cert(key, cert, out / f"{name}.key", out / f"{name}.crt")
 
 
 def _check_site_name(site_name: str) -> None:

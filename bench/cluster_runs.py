@@ -1,0 +1,97 @@
+"""Shared helpers for benchmarks that run the real local TLS cluster: demo data, a cluster
+with a process-tree memory sampler, and reading a finished run's round reports."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.settings import NodeConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def demo_nodes(root: Path, sites: int, threads: int = 1) -> list[NodeConfig]:
+    """Demo datasets for ``sites`` sites under ``root`` (generated once) as node configs."""
+    from deploy.cluster_cli import ensure_demo_data, site_configs
+
+    ensure_demo_data(root, sites)
+    return site_configs(root, sites, eval_episodes=2, threads=threads)
+
+
+@dataclass
+class RssSampler:
+    """Peak RSS per process kind (ServerApp, ClientApp, SuperLink, ...) of a cluster's tree."""
+
+    interval: float = 0.25
+    peaks: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @staticmethod
+    def kind(cmdline: list[str]) -> str:
+        text = " ".join(cmdline)
+        for name in ("flwr-serverapp", "flwr-clientapp", "flower-superlink",
+                     "flower-supernode", "flower-superexec"):
+            if name in text:
+                return name
+        return "other"
+
+    def sample(self, pids: list[int]) -> None:
+        import psutil
+
+        for pid in pids:
+            try:
+                p = psutil.Process(pid)
+                kind, rss = self.kind(p.cmdline()), p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            self.peaks[kind] = max(self.peaks.get(kind, 0), rss)
+
+    @contextmanager
+    def watching(self, cluster) -> Iterator[RssSampler]:
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.sample(cluster.alive_pids())
+                self._stop.wait(self.interval)
+
+        thread = threading.Thread(target=loop, daemon=True, name="rss-sampler")
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join()
+
+
+def run_federation(work: Path, nodes: list[NodeConfig], overrides: dict[str, Any],
+                   sampler: RssSampler | None = None) -> dict[str, Any]:
+    """One federation on a fresh cluster; the run's reports plus cluster start/run seconds."""
+    from deploy.local_cluster import LocalCluster
+
+    values = {"min-sites": len(nodes), "output-dir": str(work / "runs"), **overrides}
+    t0 = time.perf_counter()
+    cluster = LocalCluster(REPO, nodes, work, echo_run=False)
+    with cluster:
+        started = time.perf_counter() - t0
+        if sampler is None:
+            result = cluster.run(values)
+        else:
+            with sampler.watching(cluster):
+                result = cluster.run(values)
+    if not result.ok:
+        raise RuntimeError(f"benchmark run ended {result.status}: {result.output[-2000:]}")
+    run_dir = work / "runs" / f"run-{result.run_id}"
+    rounds = [json.loads(p.read_text()) for p in sorted((run_dir / "rounds").glob("*.json"))]
+    return {
+        "run_dir": str(run_dir),
+        "cluster_start_seconds": started,
+        "run_seconds": result.duration_s,
+        "rounds": rounds,
+        "meta": json.loads((run_dir / "run.json").read_text()),
+    }
