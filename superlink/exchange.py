@@ -4,6 +4,11 @@ Flower's ``Grid.send_and_receive`` blocks silently until every reply is in or th
 passes. A lab coordinator watching a round that takes an hour wants to see which sites have
 answered; this loop uses the same ``push_messages``/``pull_messages`` primitives and reports
 every reply and every site that never answered.
+
+It also outlives the SuperLink's transient errors: with ``--database`` Flower 1.42 keeps
+messages in SQLite with a 5 s lock timeout, and while sites upload hundreds of MB a poll can
+fail with HTTP 500 "database is locked". Flower's own loop lets that kill the ServerApp (and
+the run); here a failed poll is logged and retried with backoff.
 """
 
 from __future__ import annotations
@@ -15,7 +20,13 @@ from dataclasses import dataclass
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-POLL_SECONDS = 1.0
+from common.logging import get_logger
+
+POLL_SECONDS = 2.0
+MAX_POLL_FAILURES = 20  # consecutive failed polls before the ServerApp gives up
+BACKOFF_CAP = 30.0  # seconds between retries, at most
+
+log = get_logger("zk0.superlink")
 
 
 @dataclass
@@ -39,8 +50,20 @@ def exchange(
     pending = set(routes)
     replies: list[Message] = []
     deadline = None if not timeout else start + timeout
+    failures = 0
     while pending and (deadline is None or time.monotonic() < deadline):
-        got = list(grid.pull_messages(list(pending)))
+        try:
+            got = list(grid.pull_messages(list(pending)))
+            failures = 0
+        except Exception as err:  # the grid raises what its HTTP client raised
+            failures += 1
+            if failures > MAX_POLL_FAILURES:
+                raise
+            wait = min(POLL_SECONDS * 2**failures, BACKOFF_CAP)
+            log.warning("poll_failed", attempt=failures, retry_in=wait,
+                        error=f"{type(err).__name__}: {str(err)[:200]}")
+            time.sleep(wait)
+            continue
         for msg in got:
             pending.discard(msg.metadata.reply_to_message_id)
             replies.append(msg)
