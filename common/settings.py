@@ -81,6 +81,7 @@ class RunConfig(_Strict):
     lr: float = Field(0.0, ge=0.0)  # 0.0 = the policy preset's learning rate
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
+    optimizer_state: Literal["keep", "reset"] = "reset"  # a site's AdamW moments across rounds
     # Exchange
     wire_dtype: WireDtype = "float16"
     # Evaluation
@@ -131,6 +132,7 @@ class NodeConfig(_Strict):
     video_backend: str = "pyav"
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes
     torch_threads: int = Field(0, ge=0)  # 0 = torch's default (all cores)
+    state_dir: str = ""  # per-run local state (optimizer moments); "" = $ZK0_CACHE/sites/<site>
 
     @model_validator(mode="after")
     def _one_dataset_source(self) -> NodeConfig:

@@ -81,6 +81,7 @@ def train(msg: Message, context: Context) -> Message:
     result = train_round(
         bundle, site.train_loader(instructions.server_round), site.run,
         instructions.server_round, instructions.proximal_mu,
+        site.optimizer_state_file(context.run_id),
     )
     update = codec.encode(
         trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -123,6 +124,17 @@ class Site:
             generator=generator,
             pin_memory=self.device.startswith("cuda"),
         )
+
+    def optimizer_state_file(self, run_id: int) -> Path | None:
+        """Where this site keeps its optimizer moments between the rounds of run ``run_id``."""
+        if self.run.optimizer_state == "reset":
+            return None
+        from common.local_vlm import default_cache_dir
+
+        root = Path(self.node.state_dir) if self.node.state_dir else (
+            default_cache_dir() / "sites" / self.node.site_name
+        )
+        return root.expanduser() / f"run-{run_id}" / "optimizer.pt"
 
     def eval_dataset(self):
         return ds.open_dataset(self.node, self.split.eval, self._delta_timestamps())

@@ -8,14 +8,17 @@ so every site sees the same lr at the same point of the run, whatever the round.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from common import atomic
 from common.policy_factory import PolicyBundle, learning_rate, trainable_parameters
 from common.settings import RunConfig
 
@@ -91,8 +94,14 @@ def train_round(
     run: RunConfig,
     server_round: int,
     proximal_mu: float,
+    optimizer_state: Path | None = None,
 ) -> TrainResult:
-    """Run ``run.local_steps`` optimizer steps from the global weights already in the policy."""
+    """Run ``run.local_steps`` optimizer steps from the global weights already in the policy.
+
+    With ``optimizer_state``, the site's AdamW moments carry over from its previous round
+    (read before, written after, atomically): a fresh Adam makes its first steps ~lr-sized
+    sign steps in every coordinate, which a 20-step round cannot amortize.
+    """
     policy, cfg = bundle.policy, bundle.config
     params = list(trainable_parameters(policy).values())
     anchors = [p.detach().clone() for p in params]
@@ -100,6 +109,8 @@ def train_round(
     peak = learning_rate(run, cfg)
     preset.lr = peak
     optimizer = preset.build(params)
+    if optimizer_state is not None and optimizer_state.is_file():
+        optimizer.load_state_dict(torch.load(optimizer_state, map_location=params[0].device))
     clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
 
     policy.train()
@@ -125,6 +136,10 @@ def train_round(
             f"training loss became non-finite in round {server_round} (lr {peak:g}); "
             "lower lr in the run config"
         )
+    if optimizer_state is not None:
+        buffer = io.BytesIO()
+        torch.save(optimizer.state_dict(), buffer)
+        atomic.write_bytes(optimizer_state, buffer.getvalue(), mode=0o600)
     return TrainResult(
         steps=run.local_steps,
         samples=run.local_steps * (loader.batch_size or 1),

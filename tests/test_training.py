@@ -86,3 +86,29 @@ def test_a_round_on_real_data_moves_only_trainable_params(demo_root, tiny_run):
     for n, p in bundle.policy.named_parameters():
         if n in frozen:
             assert torch.equal(frozen[n], p.detach()), n
+
+
+def test_optimizer_moments_carry_over_between_rounds(demo_root, tiny_run, tmp_path):
+    """With optimizer-state=keep a site's AdamW resumes where its last round left off."""
+    from common.norm_stats import global_stats
+    from supernode.site import Site
+    from supernode.training import train_round
+
+    run_config = {**tiny_run.to_flwr(), "optimizer-state": "keep"}
+    node = {"site-name": "site-0", "dataset-root": str(demo_root / "site-0"),
+            "state-dir": str(tmp_path / "state")}
+    site = Site.open(node, run_config)
+    state_file = site.optimizer_state_file(run_id=5)
+    assert state_file == tmp_path / "state" / "run-5" / "optimizer.pt"
+    stats = global_stats(site.moments(), ["observation.images.top", "observation.images.wrist"])
+    bundle = site.policy(site.spec, stats, None)
+    train_round(bundle, site.train_loader(1), site.run, 1, 0.0, state_file)
+    assert oct(state_file.stat().st_mode & 0o777) == "0o600"
+    first = torch.load(state_file)
+    assert all(int(s["step"]) == 3 for s in first["state"].values())
+    train_round(bundle, site.train_loader(2), site.run, 2, 0.0, state_file)
+    second = torch.load(state_file)
+    assert all(int(s["step"]) == 6 for s in second["state"].values())  # resumed, not reset
+
+    reset = Site.open(node, {**run_config, "optimizer-state": "reset"})
+    assert reset.optimizer_state_file(run_id=5) is None
