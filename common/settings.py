@@ -68,10 +68,11 @@ class RunConfig(_Strict):
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     min_sites: int = Field(2, ge=1)
     round_timeout: float = Field(3600.0, ge=0.0)  # seconds; 0 = wait forever
-    strategy: StrategyName = "fedprox"
-    proximal_mu: float = Field(0.001, ge=0.0)
-    server_momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    server_lr: float = Field(1.0, gt=0.0)
+    # Defaults measured on the heterogeneous demo sites (README, "Learning quality").
+    strategy: StrategyName = "fedavgm"
+    proximal_mu: float = Field(0.0, ge=0.0)  # the sites' FedProx term, with any strategy
+    server_momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    server_lr: float = Field(2.0, gt=0.0)
     # Policy
     policy: str = "smolvla"
     pretrained_path: str = ""  # "" = the preset default (smolvla: lerobot/smolvla_base)
@@ -81,7 +82,7 @@ class RunConfig(_Strict):
     lr: float = Field(0.0, ge=0.0)  # 0.0 = the policy preset's learning rate
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
-    optimizer_state: Literal["keep", "reset"] = "reset"  # a site's AdamW moments across rounds
+    optimizer_state: Literal["keep", "reset"] = "keep"  # a site's AdamW moments across rounds
     # Exchange
     wire_dtype: WireDtype = "float16"
     # Evaluation
@@ -92,6 +93,17 @@ class RunConfig(_Strict):
     # Outputs
     output_dir: str = "runs"
     keep_checkpoints: int = Field(0, ge=0)  # 0 = keep every round's checkpoint
+
+    @model_validator(mode="after")
+    def _server_lr_fits_the_strategy(self) -> RunConfig:
+        # FedAdam/FedYogi/FedAdagrad move each weight by about server-lr per round: a value
+        # meant for FedAvgM (a multiple of the mean update) makes them diverge at once.
+        if self.strategy in ("fedadam", "fedyogi", "fedadagrad") and self.server_lr > 0.1:
+            raise ValueError(
+                f"server-lr {self.server_lr} is far too large for strategy {self.strategy!r} "
+                "(it moves every weight by about server-lr per round); use e.g. 0.01"
+            )
+        return self
 
     @property
     def total_steps(self) -> int:

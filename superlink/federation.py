@@ -140,7 +140,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
     def instructions(server_round: int, evaluate: bool, train: bool = True):
         return RoundInstructions(
             server_round=server_round,
-            proximal_mu=0.0 if run.strategy == "fedavg" else run.proximal_mu,
+            proximal_mu=run.proximal_mu,
             features=data.features,
             fingerprint=fingerprint,
             evaluate=evaluate,

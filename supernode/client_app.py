@@ -78,6 +78,7 @@ def train(msg: Message, context: Context) -> Message:
     report: dict = {"num_examples": site.info().train_frames, "setup_seconds": setup}
     if instructions.evaluate:
         report |= _evaluate(site, bundle)
+    site.seed_round(instructions.server_round)
     result = train_round(
         bundle, site.train_loader(instructions.server_round), site.run,
         instructions.server_round, instructions.proximal_mu,

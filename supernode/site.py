@@ -7,11 +7,13 @@ locally stored backbone plus the trainable weights that came in the message.
 
 from __future__ import annotations
 
+import random
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -108,13 +110,25 @@ class Site:
 
         return resolve_delta_timestamps(make_policy_config(self.run, "cpu"), self.meta)
 
+    def round_seed(self, server_round: int) -> int:
+        """The seed of this site's round: same run seed, round and site -> same training.
+
+        Python's hash() of a str changes per process; crc32 is stable across rounds and hosts.
+        """
+        site_key = zlib.crc32(self.node.site_name.encode())
+        return (self.run.seed * 1_000_003 + server_round * 7919 + site_key) % 2**63
+
+    def seed_round(self, server_round: int) -> None:
+        """Seed every generator local training draws from (SmolVLA's flow-matching noise and
+        time come from torch's global one): each ClientApp process starts unseeded otherwise."""
+        seed = self.round_seed(server_round)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
     def train_loader(self, server_round: int) -> DataLoader:
         dataset = ds.open_dataset(self.node, self.split.train, self._delta_timestamps())
-        # Python's hash() of a str changes per process; crc32 is stable across rounds and hosts.
-        site_key = zlib.crc32(self.node.site_name.encode())
-        generator = torch.Generator().manual_seed(
-            (self.run.seed * 1_000_003 + server_round * 7919 + site_key) % 2**63
-        )
+        generator = torch.Generator().manual_seed(self.round_seed(server_round))
         return DataLoader(
             dataset,
             batch_size=self.run.batch_size,

@@ -10,7 +10,8 @@ from common.settings import NodeConfig, RunConfig, SettingsError, parse_override
 
 def test_pyproject_defaults_parse():
     run = RunConfig.with_overrides({})
-    assert run.strategy == "fedprox" and run.policy == "smolvla"
+    assert run.strategy == "fedavgm" and run.policy == "smolvla"
+    assert run.server_momentum == 0.0 and run.server_lr == 2.0 and run.proximal_mu == 0.0
     assert run.total_steps == run.num_server_rounds * run.local_steps
 
 
@@ -30,6 +31,12 @@ def test_wrong_types_and_values_name_the_key(key, value, expect):
     with pytest.raises(SettingsError, match=expect) as err:
         RunConfig.with_overrides({key: value})
     assert repr(value) in str(err.value)
+
+
+def test_server_lr_must_suit_a_server_optimizer():
+    with pytest.raises(SettingsError, match=r"server-lr 2.0 is far too large for strategy 'fedadam'"):
+        RunConfig.with_overrides({"strategy": "fedadam"})
+    assert RunConfig.with_overrides({"strategy": "fedadam", "server-lr": 0.01}).server_lr == 0.01
 
 
 def test_unknown_run_config_key_is_refused():
