@@ -151,19 +151,36 @@ class CodecStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        if type(self.inner) in (FedAvg, FedProx):
-            return self._weighted_mean(replies)
+        step = self._server_step()
+        if step is not None:
+            arrays, metrics = self._weighted_mean(replies, step)
+            if arrays is not None and isinstance(self.inner, FedAvgM):
+                self.inner.current_arrays = arrays  # as Flower's FedAvgM keeps it
+            return arrays, metrics
         usable = self._check_replies(replies, decode=True)
         if not usable:
             return None, None
         return self.inner.aggregate_train(server_round, usable)
 
-    def _weighted_mean(self, replies: Iterable[Message]):
-        """Flower FedAvg/FedProx's weighted mean, as ``global + sum_i w_i * update_i``.
+    def _server_step(self) -> float | None:
+        """The server step when the new global is ``global + step * mean update``, else None.
 
-        The same mean (to float32 rounding) as decoding every reply to float32 weights and
-        calling Flower's ``aggregate_arrayrecords``, which copies each site's arrays three
-        times and makes a temporary per term; this reads each reply's wire bytes once.
+        True for FedAvg/FedProx (step 1) and for FedAvgM without momentum (step = its server
+        learning rate: ``old - lr * (old - mean)``); the others keep state and go through
+        Flower's own ``aggregate_train``.
+        """
+        if type(self.inner) in (FedAvg, FedProx):
+            return 1.0
+        if type(self.inner) is FedAvgM and self.inner.server_momentum == 0.0:
+            return float(self.inner.server_learning_rate)
+        return None
+
+    def _weighted_mean(self, replies: Iterable[Message], step: float = 1.0):
+        """``global + step * sum_i w_i * update_i``, from the wire bytes, in place.
+
+        The same result (to float32 rounding) as decoding every reply to float32 weights and
+        calling Flower's aggregation, which copies each site's arrays three times and makes a
+        temporary per term; this reads each reply's wire bytes once.
         """
         usable = self._check_replies(replies, decode=False, verify=True)
         if not usable:
@@ -173,7 +190,7 @@ class CodecStrategy(Strategy):
         mean = {k: v.copy() for k, v in self._global.items()}
         for msg, report in zip(usable, reports, strict=True):
             payload = codec.from_content(msg.content, ARRAYS, CODEC)
-            codec.accumulate(mean, payload, report.num_examples / total)
+            codec.accumulate(mean, payload, step * report.num_examples / total)
         metrics = self.inner.train_metrics_aggr_fn(
             [
                 RecordDict({METRICS: MetricRecord({"num-examples": r.num_examples,

@@ -34,7 +34,7 @@ def test_wrong_types_and_values_name_the_key(key, value, expect):
 
 
 def test_server_lr_must_suit_a_server_optimizer():
-    with pytest.raises(SettingsError, match=r"server-lr 2.0 is far too large for strategy 'fedadam'"):
+    with pytest.raises(SettingsError, match=r"server-lr 2.0 is far too large for .*'fedadam'"):
         RunConfig.with_overrides({"strategy": "fedadam"})
     assert RunConfig.with_overrides({"strategy": "fedadam", "server-lr": 0.01}).server_lr == 0.01
 
