@@ -38,7 +38,9 @@ from common import codec
 from common.protocol import ARRAYS, CODEC, METRICS, SITE, SiteReport
 
 GOAL = 2.0  # times the physical limit (memcpy / numpy weighted sum of the same bytes)
-STRATEGIES = ("fedprox", "fedavg")
+# fedavgm (no momentum) is zk0's default path; measured at server-lr 1 so that its result is
+# the plain weighted mean checked below (its server step only scales the accumulation).
+STRATEGIES = ("fedprox", "fedavg", "fedavgm")
 MEMCPY = "memcpy"  # into arrays already paged in: memory bandwidth, the physical limit
 MEMCPY_NEW = "memcpy into new arrays"
 NUMPY_SUM = "numpy weighted sum"
@@ -237,8 +239,11 @@ def run_aggregation(ctx: BenchContext) -> list[Section]:
     ]
     global_arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
     strategies = {
-        name: make_strategy(ctx.run_config(**{"strategy": name, "min-sites": ctx.sites}),
-                            ArrayRecord())
+        name: make_strategy(
+            ctx.run_config(**{"strategy": name, "min-sites": ctx.sites, "server-lr": 1.0,
+                              "server-momentum": 0.0}),
+            ArrayRecord(),
+        )
         for name in STRATEGIES
     }
     details: dict[str, Any] = {"sites": ctx.sites, "wire_dtype": wire, "num_examples": examples}
