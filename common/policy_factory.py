@@ -9,6 +9,7 @@ fingerprint of it lets a site refuse to train on a backbone that differs from th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,19 +76,39 @@ PRESETS = {name: _smolvla_config for name in ("smolvla", "smolvla-tiny", "smolvl
 
 
 def make_policy_config(run: RunConfig, device: str = "cpu"):
-    """LeRobot config for ``run.policy``: a zk0 preset or any registered LeRobot policy type."""
+    """LeRobot config for ``run.policy``: a zk0 preset or any registered LeRobot policy type,
+    with ``run.policy_options`` (a JSON object of the config's own fields) applied on top."""
+    options = run.policy_options_dict()
     if run.policy in PRESETS:
-        return PRESETS[run.policy](run, device)
-    from lerobot.configs import PreTrainedConfig
+        cfg = PRESETS[run.policy](run, device)
+    else:
+        from lerobot.configs import PreTrainedConfig
 
-    known = sorted(set(PRESETS) | set(PreTrainedConfig.get_known_choices()))
-    if run.policy not in known:
-        raise SettingsError(
-            f"run config: key 'policy': unknown policy {run.policy!r}; expected one of {known}"
-        )
-    cfg = PreTrainedConfig.get_choice_class(run.policy)(device=device)
-    if run.pretrained_path:
-        cfg.pretrained_path = run.pretrained_path
+        known = sorted(set(PRESETS) | set(PreTrainedConfig.get_known_choices()))
+        if run.policy not in known:
+            raise SettingsError(
+                f"run config: key 'policy': unknown policy {run.policy!r}; expected one of {known}"
+            )
+        config_cls = PreTrainedConfig.get_choice_class(run.policy)
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise SettingsError(
+                f"run config: key 'policy-options': {unknown} are not fields of "
+                f"{config_cls.__name__}"
+            )
+        # Constructed with the options: LeRobot configs validate them in __post_init__.
+        cfg = config_cls(device=device, **options)
+        options = {}
+        if run.pretrained_path:
+            cfg.pretrained_path = run.pretrained_path
+    for key, value in options.items():
+        if not hasattr(cfg, key):
+            raise SettingsError(
+                f"run config: key 'policy-options': {key!r} is not a field of "
+                f"{type(cfg).__name__}"
+            )
+        setattr(cfg, key, value)
     return cfg
 
 

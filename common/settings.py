@@ -8,6 +8,7 @@ so both are parsed into strict pydantic models first and every problem is report
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,6 +77,7 @@ class RunConfig(_Strict):
     # Policy
     policy: str = "smolvla"
     pretrained_path: str = ""  # "" = the preset default (smolvla: lerobot/smolvla_base)
+    policy_options: str = ""  # JSON object of the LeRobot policy config's own fields
     # Local training
     local_steps: int = Field(50, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -104,6 +106,20 @@ class RunConfig(_Strict):
                 "(it moves every weight by about server-lr per round); use e.g. 0.01"
             )
         return self
+
+    def policy_options_dict(self) -> dict[str, Any]:
+        if not self.policy_options:
+            return {}
+        try:
+            value = json.loads(self.policy_options)
+        except json.JSONDecodeError as err:
+            raise SettingsError(
+                f"run config: key 'policy-options': not JSON ({err}); expected an object such "
+                'as \'{"chunk_size": 20}\''
+            ) from None
+        if not isinstance(value, dict):
+            raise SettingsError("run config: key 'policy-options': expected a JSON object")
+        return value
 
     @property
     def total_steps(self) -> int:

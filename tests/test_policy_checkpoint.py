@@ -16,7 +16,7 @@ from common.policy_factory import (
     load_trainable,
     trainable_state,
 )
-from common.settings import NodeConfig
+from common.settings import NodeConfig, RunConfig
 from superlink.checkpoints import save_checkpoint
 
 
@@ -90,3 +90,39 @@ def test_checkpoint_reloads_with_lerobot(features, tiny_run, tmp_path):
         save_checkpoint(tmp_path, r, bundle, weights, {"round": r}, keep=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["000004", "000005", "last"]
+
+
+def test_another_lerobot_policy_by_name_trains_offline(demo_root, tmp_path):
+    """ACT, chosen by run config (small dims, no pretrained backbone download), trains a step
+    and predicts an action chunk through the same site code path as SmolVLA."""
+    from common.norm_stats import global_stats
+    from supernode.evaluation import evaluate_action_mse
+    from supernode.site import Site
+    from supernode.training import train_round
+
+    options = ('{"pretrained_backbone_weights": null, "dim_model": 32, "dim_feedforward": 64, '
+               '"n_encoder_layers": 1, "n_decoder_layers": 1, "n_heads": 2, "chunk_size": 5, '
+               '"n_action_steps": 5, "use_vae": false}')
+    run = {"policy": "act", "policy-options": options, "local-steps": 2, "batch-size": 2,
+           "lr": 1e-4}
+    site = Site.open({"site-name": "s", "dataset-root": str(demo_root / "site-0")},
+                     {**RunConfig.defaults_from_pyproject(), **run})
+    cams = ["observation.images.top", "observation.images.wrist"]
+    bundle = site.policy(site.spec, global_stats(site.moments(), cams), None)
+    assert type(bundle.policy).__name__ == "ACTPolicy" and bundle.config.chunk_size == 5
+    result = train_round(bundle, site.train_loader(1), site.run, 1, 0.0)
+    assert result.steps == 2 and np.isfinite(result.loss_mean)
+    ev = evaluate_action_mse(bundle, site.eval_dataset(), 4, 2, 0)
+    assert np.isfinite(ev.action_mse) and ev.samples == 4
+
+
+def test_policy_options_are_checked():
+    from common.policy_factory import make_policy_config
+    from common.settings import SettingsError
+
+    run = RunConfig.with_overrides({"policy": "act", "policy-options": '{"no_such": 1}'})
+    with pytest.raises(SettingsError, match=r"policy-options.*no_such"):
+        make_policy_config(run)
+    run = RunConfig.with_overrides({"policy": "act", "policy-options": "{broken"})
+    with pytest.raises(SettingsError, match=r"policy-options.*not JSON"):
+        make_policy_config(run)
