@@ -108,6 +108,8 @@ class SiteSettings(BaseSettings):
             "split-seed": self.split_seed,
             "num-workers": self.num_workers,
             "torch-threads": self.torch_threads,
+            # the site's per-run state (optimizer moments) stays in its work dir
+            "state-dir": str((self.work_dir / "state").expanduser().resolve()),
         }
         return NodeConfig.parse({k: v for k, v in values.items() if v is not None}, "site settings")
 
@@ -162,17 +164,6 @@ def _check_secret_file(path: Path) -> str | None:
     return None
 
 
-def _preflight() -> Callable[[NodeConfig], object] | None:
-    """``supernode.preflight.check_site`` if that module exists (it loads the ML stack)."""
-    try:
-        from supernode import preflight
-    except ModuleNotFoundError as err:
-        if err.name == "supernode.preflight":
-            return None
-        raise
-    return preflight.check_site
-
-
 def check_settings(settings: SiteSettings, *, dataset: bool = True) -> NodeConfig:
     """Every check that can fail before start; raises :class:`SiteConfigError` listing all."""
     from certs.make import check_ca, check_site_key
@@ -197,11 +188,13 @@ def check_settings(settings: SiteSettings, *, dataset: bool = True) -> NodeConfi
         node = settings.node_config()
     except SettingsError as err:
         problems.extend(str(err).splitlines())
-    if node is not None and dataset and (check_site := _preflight()) is not None:
+    if node is not None and dataset:
+        from supernode.preflight import SiteCheckError, check_site  # loads the ML stack
+
         try:
             check_site(node)
-        except ValueError as err:  # SiteCheckError
-            problems.append(f"dataset check for site {node.site_name!r}: {err}")
+        except SiteCheckError as err:
+            problems.append(str(err))
     if problems or node is None:
         raise SiteConfigError("\n".join(problems))
     return node
