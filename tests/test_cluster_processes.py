@@ -463,6 +463,7 @@ def test_launcher_cli_flags_override_env(
 
 def test_launcher_reads_dotenv_and_check_prints_commands(
     bundle: CertBundle,
+    demo_root: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -470,13 +471,12 @@ def test_launcher_reads_dotenv_and_check_prints_commands(
     monkeypatch.chdir(tmp_path)
     for var in ("ZK0_SUPERLINK", "ZK0_CA_CERT", "ZK0_SITE_KEY", "ZK0_SITE_NAME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(launcher, "_preflight", lambda: None)  # no dataset here
     (tmp_path / ".env").write_text(
         "ZK0_SUPERLINK=link.example.org:8000\n"
         f"ZK0_CA_CERT={bundle.ca_cert}\n"
         f"ZK0_SITE_KEY={bundle.site_keys['lab-b'][0]}\n"
         "ZK0_SITE_NAME=lab-b\n"
-        "ZK0_DATASET_REPO_ID=lab/so100\n"
+        f"ZK0_DATASET_ROOT={demo_root / 'site-1'}\n"
         "ZK0_RUNTIME_PORT=9311\n"
     )
     parser = argparse.ArgumentParser()
@@ -602,25 +602,26 @@ def test_runtime_apis_need_tls_and_the_secret(cluster: LocalCluster) -> None:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# The launcher as an operator runs it, minus the dataset preflight (no dataset here).
+# The launcher as an operator runs it (dataset preflight included).
 _LAUNCHER = (
     "import argparse, sys\n"
     "from supernode import launcher\n"
-    "launcher._preflight = lambda: None\n"
     "parser = argparse.ArgumentParser()\n"
     "launcher.add_cli(parser.add_subparsers())\n"
     "sys.exit(launcher.run_cli(parser.parse_args(sys.argv[1:])))\n"
 )
 
 
-def _launcher(cluster: LocalCluster, key: Path, site: str, work: Path) -> ManagedProcess:
+def _launcher(
+    cluster: LocalCluster, key: Path, site: str, work: Path, data: Path
+) -> ManagedProcess:
     args = [
         "supernode",
         "--superlink", cluster.address,
         "--ca-cert", str(cluster.bundle.ca_cert),
         "--site-key", str(key),
         "--site-name", site,
-        "--dataset-root", str(work / "data"),
+        "--dataset-root", str(data),
         "--runtime-port", str(free_port()),
         "--work-dir", str(work / "site"),
     ]  # fmt: skip
@@ -646,9 +647,10 @@ def _procs_mentioning(text: str) -> list[int]:
 
 @pytest.mark.e2e
 def test_launcher_explains_unregistered_key(
-    cluster: LocalCluster, bundle: CertBundle, tmp_path: Path
+    cluster: LocalCluster, bundle: CertBundle, demo_root: Path, tmp_path: Path
 ) -> None:
-    proc = _launcher(cluster, bundle.site_keys["rogue"][0], "rogue", tmp_path)
+    proc = _launcher(cluster, bundle.site_keys["rogue"][0], "rogue", tmp_path,
+                     demo_root / "site-0")
     try:
         code = proc.wait(30)
         log = proc.log_text()
@@ -661,11 +663,11 @@ def test_launcher_explains_unregistered_key(
 
 @pytest.mark.e2e
 def test_launcher_runs_site_and_stops_on_sigterm(
-    cluster: LocalCluster, bundle: CertBundle, tmp_path: Path
+    cluster: LocalCluster, bundle: CertBundle, demo_root: Path, tmp_path: Path
 ) -> None:
     priv, pub = bundle.site_keys["lab-c"]
     node_id = flower.register_supernode(cluster.flwr_home, cluster.connection, pub, "lab-c")
-    proc = _launcher(cluster, priv, "lab-c", tmp_path)
+    proc = _launcher(cluster, priv, "lab-c", tmp_path, demo_root / "site-0")
     try:
         cluster.wait_online([node_id], 90)
         assert stat.S_IMODE((tmp_path / "site" / "superexec.secret").stat().st_mode) == 0o600
