@@ -1,10 +1,10 @@
 """``python -m bench``: run the named benchmarks, write results.json + results.md, print the table.
 
 Adding a benchmark: write ``bench/<name>.py`` with ``run(ctx: BenchContext) -> list[Section]``
-(see ``bench/payload.py`` for a small one) and list it in :data:`BENCHMARKS`. The entries for
-``overhead``, ``quality`` and ``memory`` are already there, pointing at ``bench.<name>:run``:
-``--only <name>`` runs one as soon as that function exists. They are left out of the default
-run (``default=False``), which must stay a few minutes long; flip the flag for a quick one.
+(see ``bench/payload.py`` for a small one) and list it in :data:`BENCHMARKS`. The default run
+must stay a few minutes long on 2 CPU cores; longer ones (``overhead``: ~10 min through the real
+cluster, ``memory``: real-size training, ``quality``: the stored study, see ``bench.quality``)
+have ``default=False`` and run with ``--only <name>``.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         "bench.codec_speed:run_aggregation",
         "FedProx/FedAvg server aggregation of N sites vs a numpy weighted sum",
     ),
-    # Planned, each in its own module; run with --only once bench.<name>:run exists.
+    # Long ones: --only <name>.
     "overhead": Benchmark(
         "bench.overhead:run", "federation overhead through the real cluster", default=False
     ),

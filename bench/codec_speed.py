@@ -314,40 +314,15 @@ def run_aggregation(ctx: BenchContext) -> list[Section]:
         details=details | {"seconds": best},
     )
     section.add(Metric(NUMPY_SUM + " (reference)", t_ref, "s", 1.0, NUMPY_SUM))
-    for n in STRATEGIES:
-        inner = strategies[n].inner.__class__.__name__
-        section.add(
-            Metric(
-                f"Flower {inner}.aggregate_train, decoded fp32 replies",
-                best[f"Flower {inner}.aggregate_train"],
-                "s",
-                best[f"Flower {inner}.aggregate_train"] / t_ref,
-                NUMPY_SUM,
-                goal=GOAL,
-                note="Flower's aggregation step alone",
-            )
-        )
-    for n in STRATEGIES:
-        inner = strategies[n].inner.__class__.__name__
-        section.add(
-            Metric(
-                f"zk0 CodecStrategy({inner}).aggregate_train: verify + decode + aggregate",
-                best[f"zk0 {n}"],
-                "s",
-                best[f"zk0 {n}"] / t_ref,
-                NUMPY_SUM,
-                goal=GOAL,
-                note="the server's real step, Flower Message replies in",
-            )
-        )
-    section.add(
-        Metric(
-            f"sha256 floor: the {ctx.sites} replies' wire bytes, all cores",
-            best["sha256 floor"],
-            "s",
-            best["sha256 floor"] / t_ref,
-            NUMPY_SUM,
-            note="what verifying the digests costs at the least",
-        )
-    )
+    for key, label, note in (
+        ("Flower {inner}.aggregate_train", "Flower {inner}.aggregate_train, decoded fp32 replies",
+         "Flower's aggregation step alone"),
+        ("zk0 {n}", "zk0 CodecStrategy({inner}).aggregate_train: verify + decode + aggregate",
+         "the server's real step, Flower Message replies in"),
+    ):
+        for n in STRATEGIES:
+            names = {"n": n, "inner": strategies[n].inner.__class__.__name__}
+            seconds = best[key.format(**names)]
+            section.add(Metric(label.format(**names), seconds, "s", seconds / t_ref, NUMPY_SUM,
+                               goal=GOAL, note=note))
     return [section]

@@ -45,7 +45,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.results import machine_info
+from bench.results import machine_info, machine_line
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 JSON_NAME = "quality.json"
@@ -482,9 +482,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         "# zk0 learning quality: federated vs centralized vs local-only",
         "",
-        f"{m['date']} · {m['cpu']} · {m['cores_usable']} cores · load "
-        f"{', '.join(f'{x:.2f}' for x in m['load_average'])} · Python {m['python']} · "
-        + " · ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        machine_line(m),
         "",
         f"Command: `{report['command']}` · wall time {report['wall_seconds'] / 60:.1f} min "
         f"(the jobs, one after another: {report['job_seconds_total'] / 60:.1f} min; finished "
@@ -515,10 +513,11 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             f"**{v['name']}** {_overrides(v)}" for v in report["explore_variants"]) + "."]
     if report.get("cluster_check"):
         lines += ["", "## Same configuration through the real TLS cluster", "",
-                  "Training noise is not seeded by zk0 (each ClientApp process draws its own), "
-                  "so the two runs share data order and eval frames but not SmolVLA's "
-                  "flow-matching noise: expect per-site differences of the size of the "
-                  "seed-to-seed spread. Times are wall times on a shared machine.", "",
+                  "The same ServerApp and ClientApp code with the same seeds (every round is "
+                  "seeded from run seed, round and site), once in one process and once as "
+                  "SuperLink + SuperNodes over TLS, each ClientApp in its own process: what is "
+                  "left is floating-point nondeterminism (thread counts differ). Times are wall "
+                  "times on a shared machine.", "",
                   "| Variant | Seed | In-process site mean | Cluster site mean | Difference | "
                   "Largest per-site difference | In-process time | Cluster time |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]

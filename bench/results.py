@@ -164,15 +164,22 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """One Markdown line naming the machine and load a result came from (results drift)."""
+    ram = f" · {_gib(m['ram_bytes'])} RAM" if m.get("ram_bytes") else ""
+    return (
+        f"{m['date']} · {m['cpu']} · {m['cores_usable']} cores{ram} · "
+        f"load {', '.join(f'{x:.2f}' for x in m['load_average'])} · Python {m['python']} · "
+        + " · ".join(f"{k} {v}" for k, v in m["versions"].items())
+    )
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: a header with the machine, then one table per section."""
-    m = report["machine"]
     lines = [
         "# zk0 benchmarks",
         "",
-        f"{m['date']} · {m['cpu']} · {m['cores_usable']} cores · {_gib(m['ram_bytes'])} RAM · "
-        f"load {', '.join(f'{x:.2f}' for x in m['load_average'])} · Python {m['python']} · "
-        + " · ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        machine_line(report["machine"]),
         "",
         f"Command: `{report['command']}` · benchmarks' wall time {report['wall_seconds']:.1f} s · "
         f"peak RSS {_gib(report['peak_rss_bytes'])}",

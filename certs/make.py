@@ -233,17 +233,25 @@ def _load_cert(path: Path, what: str) -> x509.Certificate:
         raise CertError(f"{what} {path}: not a PEM X.509 certificate") from None
 
 
-def _load_pem_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
+def _load_ec_key(path: Path, what: str, fmt: str, expected: str) -> ec.EllipticCurvePrivateKey:
+    """Read an unencrypted EC private key (``fmt``: PEM or OpenSSH), naming the file on error."""
+    load = (serialization.load_pem_private_key if fmt == "PEM"
+            else serialization.load_ssh_private_key)
     data = _read(path, what)
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        key = load(data, password=None)
     except TypeError:
-        raise CertError(f"{what} {path}: key is passphrase-protected; expected none") from None
+        raise CertError(f"{what} {path}: passphrase-protected; {expected}") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise CertError(f"{what} {path}: not a PEM private key") from None
+        article = "an" if fmt[0] in "AEIOU" else "a"
+        raise CertError(f"{what} {path}: not {article} {fmt} private key; {expected}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CertError(f"{what} {path}: expected an EC private key, got {type(key).__name__}")
+        raise CertError(f"{what} {path}: {type(key).__name__}; {expected}")
     return key
+
+
+def _load_pem_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
+    return _load_ec_key(path, what, "PEM", "expected an unencrypted PEM EC private key")
 
 
 def _check_validity(cert: x509.Certificate, path: Path, what: str) -> None:
@@ -518,15 +526,7 @@ def check_site_key(path: Path | str) -> ec.EllipticCurvePrivateKey:
     """
     path = Path(path)
     expected = "expected an unencrypted OpenSSH EC private key on a NIST curve (e.g. P-384)"
-    data = _read(path, "site key")
-    try:
-        key = serialization.load_ssh_private_key(data, password=None)
-    except TypeError:
-        raise CertError(f"site key {path}: passphrase-protected; {expected}") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise CertError(f"site key {path}: not an OpenSSH private key; {expected}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CertError(f"site key {path}: {type(key).__name__}; {expected}")
+    key = _load_ec_key(path, "site key", "OpenSSH", expected)
     if not isinstance(key.curve, _NIST_CURVES):
         raise CertError(f"site key {path}: curve {key.curve.name}; {expected}")
     return key
