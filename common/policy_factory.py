@@ -82,6 +82,7 @@ def make_policy_config(run: RunConfig, device: str = "cpu"):
     if run.policy in PRESETS:
         cfg = PRESETS[run.policy](run, device)
     else:
+        import lerobot.policies  # noqa: F401  registers every policy type's config class
         from lerobot.configs import PreTrainedConfig
 
         known = sorted(set(PRESETS) | set(PreTrainedConfig.get_known_choices()))
@@ -90,26 +91,26 @@ def make_policy_config(run: RunConfig, device: str = "cpu"):
                 f"run config: key 'policy': unknown policy {run.policy!r}; expected one of {known}"
             )
         config_cls = PreTrainedConfig.get_choice_class(run.policy)
-        fields = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = sorted(set(options) - fields)
-        if unknown:
-            raise SettingsError(
-                f"run config: key 'policy-options': {unknown} are not fields of "
-                f"{config_cls.__name__}"
-            )
+        _check_options(config_cls, options)
         # Constructed with the options: LeRobot configs validate them in __post_init__.
         cfg = config_cls(device=device, **options)
         options = {}
         if run.pretrained_path:
             cfg.pretrained_path = run.pretrained_path
+    _check_options(type(cfg), options)
     for key, value in options.items():
-        if not hasattr(cfg, key):
-            raise SettingsError(
-                f"run config: key 'policy-options': {key!r} is not a field of "
-                f"{type(cfg).__name__}"
-            )
         setattr(cfg, key, value)
     return cfg
+
+
+def _check_options(config_cls: type, options: Mapping[str, object]) -> None:
+    """Only the config dataclass's own fields: not its methods or properties."""
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise SettingsError(
+            f"run config: key 'policy-options': {unknown} are not fields of "
+            f"{config_cls.__name__}"
+        )
 
 
 def learning_rate(run: RunConfig, cfg) -> float:

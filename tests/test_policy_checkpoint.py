@@ -126,3 +126,33 @@ def test_policy_options_are_checked():
     run = RunConfig.with_overrides({"policy": "act", "policy-options": "{broken"})
     with pytest.raises(SettingsError, match=r"policy-options.*not JSON"):
         make_policy_config(run)
+
+
+def test_policy_options_on_a_preset_set_only_config_fields():
+    """A zk0 preset takes the same options: fields are set, methods and typos are refused."""
+    from common.policy_factory import make_policy_config
+    from common.settings import SettingsError
+
+    run = RunConfig.with_overrides({"policy": "smolvla-tiny",
+                                    "policy-options": '{"n_action_steps": 5}'})
+    assert make_policy_config(run).n_action_steps == 5
+    for bad in ("validate_features", "no_such"):  # a method of the config; not an attribute
+        run = RunConfig.with_overrides({"policy": "smolvla-tiny",
+                                        "policy-options": json.dumps({bad: 1})})
+        with pytest.raises(SettingsError, match=rf"policy-options.*{bad}.*SmolVLAConfig"):
+            make_policy_config(run)
+
+
+def test_any_lerobot_policy_type_is_known_in_a_fresh_process():
+    """A ClientApp is a fresh process: LeRobot registers a policy type only once its config
+    module is imported, so the factory must not depend on what else was imported before."""
+    import subprocess
+    import sys
+
+    code = ("from common.settings import RunConfig\n"
+            "from common.policy_factory import make_policy_config\n"
+            "print(type(make_policy_config(RunConfig.with_overrides({'policy': 'act'}))).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ACTConfig"
