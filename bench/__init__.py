@@ -1,6 +1,6 @@
 """zk0 benchmarks: bytes on the wire, codec speed and aggregation speed, against references.
 
-Run them all (about two minutes on 2 idle CPU cores, three when they are busy; 8 GB peak RSS)::
+Run the default set (about a minute on 2 CPU cores, 7 GB peak RSS; README, Benchmarks)::
 
     HF_HUB_OFFLINE=1 python -m bench            # results in bench/results/results.{json,md}
     HF_HUB_OFFLINE=1 python -m bench --quick    # the tiny preset: seconds, for a smoke check

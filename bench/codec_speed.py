@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
-import math
 import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +31,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from bench import BenchContext, interleaved, simple
+from bench.inprocess_grid import server_identity
 from bench.results import Metric, Section
 from common import codec
 from common.protocol import ARRAYS, CODEC, METRICS, SITE, SiteReport
@@ -72,22 +71,6 @@ def sha256_all(arrays: ArrayRecord, pool: ThreadPoolExecutor) -> list[bytes]:
     return list(pool.map(lambda a: hashlib.sha256(a.data).digest(), arrays.values()))
 
 
-def npy_view(array: Array) -> np.ndarray:
-    """A zero-copy, read-only view of an ``Array``'s .npy bytes: the *same bytes* for numpy."""
-    fp = io.BytesIO(array.data)  # shares the bytes object, copies nothing
-    version = np.lib.format.read_magic(fp)
-    read_header = (
-        np.lib.format.read_array_header_1_0
-        if version == (1, 0)
-        else np.lib.format.read_array_header_2_0
-    )
-    shape, fortran, dtype = read_header(fp)
-    if fortran:
-        return array.numpy()
-    count = math.prod(shape)
-    return np.frombuffer(array.data, dtype, count, fp.tell()).reshape(shape)
-
-
 def weighted_sum(sites: list[Mapping[str, np.ndarray]], factors: list[float]) -> dict:
     """The reference aggregation: ``out = w0*a0; out += w1*a1; ...`` in float32."""
     out = {}
@@ -97,24 +80,6 @@ def weighted_sum(sites: list[Mapping[str, np.ndarray]], factors: list[float]) ->
             acc += arrays[name] * np.float32(f)
         out[name] = acc
     return out
-
-
-@contextlib.contextmanager
-def server_identity() -> Iterator[None]:
-    """Act as a ServerApp process, so Flower lets us build instruction messages.
-
-    Flower stamps every new instruction ``Message`` with the run, node and task ids of the
-    process (set by the ServerApp runtime); outside one they are unset and ``Message()`` raises.
-    """
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
-    try:
-        yield
-    finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 class _Grid:
@@ -221,7 +186,7 @@ def _reply(train_msg: Message, payload: codec.Payload, site: int, examples: int)
 
 
 def _max_abs_diff(got: ArrayRecord, want: Mapping[str, np.ndarray]) -> float:
-    return max(float(np.max(np.abs(npy_view(got[k]) - v))) for k, v in want.items())
+    return max(float(np.max(np.abs(codec.wire_view(got[k]) - v))) for k, v in want.items())
 
 
 def run_aggregation(ctx: BenchContext) -> list[Section]:
@@ -272,7 +237,8 @@ def run_aggregation(ctx: BenchContext) -> list[Section]:
             decoded_msgs.append(msg)
             del decoded
         # numpy sums the very same float32 bytes, viewed in place.
-        site_arrays = [{k: npy_view(a) for k, a in m.content[ARRAYS].items()} for m in decoded_msgs]
+        site_arrays = [{k: codec.wire_view(a) for k, a in m.content[ARRAYS].items()}
+                       for m in decoded_msgs]
         want = weighted_sum(site_arrays, factors)
 
         # zk0's path, once untimed: check that it aggregates correctly before timing it.

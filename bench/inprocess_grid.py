@@ -11,7 +11,8 @@ configuration); only the transport is missing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -89,11 +90,33 @@ def run_inprocess(run_config: Mapping[str, Any], node_configs: list[Mapping[str,
     return run_federation(grid, server_context(run_config, run_id))
 
 
-def server_context(run_config: Mapping[str, Any], run_id: int) -> Context:
-    """The ServerApp's Context, with Flower's task identity set as a ServerApp process has it."""
+def _act_as_serverapp(run_id: int) -> None:
+    """Flower stamps every new instruction ``Message`` with the run, node and task ids of the
+    process creating it (set by the ServerApp runtime); outside one ``Message()`` raises."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
-    # Flower stamps every new Message with the identity of the task process that creates it.
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, run_id
-    return Context(run_id=run_id, node_id=1, node_config={}, state=RecordDict(),
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (
+        run_id, SUPERLINK_NODE_ID, run_id)
+
+
+def server_context(run_config: Mapping[str, Any], run_id: int) -> Context:
+    """The ServerApp's Context, with Flower's task identity set as a ServerApp process has it."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    _act_as_serverapp(run_id)
+    return Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
                    run_config=dict(run_config))
+
+
+@contextlib.contextmanager
+def server_identity(run_id: int = 1) -> Iterator[None]:
+    """Act as a ServerApp process for a while (benchmarks), restoring the identity after."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    _act_as_serverapp(run_id)
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -45,7 +45,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.results import machine_info, machine_line
+from bench.results import machine_info, machine_line, write_files
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 JSON_NAME = "quality.json"
@@ -563,12 +563,7 @@ def _overrides(variant: Mapping[str, Any]) -> str:
 
 def write(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """``quality.json`` (everything, per seed and per round) and ``quality.md`` (the table)."""
-    from common import atomic
-
-    json_path, md_path = out_dir / JSON_NAME, out_dir / MARKDOWN_NAME
-    atomic.write_bytes(json_path, (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
-    atomic.write_bytes(md_path, to_markdown(report).encode())
-    return json_path, md_path
+    return write_files(report, to_markdown(report), out_dir / JSON_NAME, out_dir / MARKDOWN_NAME)
 
 
 # Entry points ----------------------------------------------------------------------------------

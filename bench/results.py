@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import resource
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -227,13 +228,20 @@ def build_report(
     }
 
 
+def write_files(
+    report: Mapping[str, Any], markdown: str, json_path: Path, md_path: Path
+) -> tuple[Path, Path]:
+    """Write a report's JSON (no NaN allowed) and its Markdown, each atomically."""
+    from common import atomic
+
+    atomic.write_bytes(json_path, (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
+    atomic.write_bytes(md_path, markdown.encode())
+    return json_path, md_path
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` into ``out_dir``; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / JSON_NAME, out_dir / MARKDOWN_NAME
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    md_path.write_text(to_markdown(report))
-    return json_path, md_path
+    return write_files(report, to_markdown(report), out_dir / JSON_NAME, out_dir / MARKDOWN_NAME)
 
 
 def all_metric_values(report: dict[str, Any]) -> list[tuple[str, float]]:
