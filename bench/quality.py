@@ -315,10 +315,10 @@ def _local(job: Job) -> dict[str, Any]:
 def run_job(job: Job) -> dict[str, Any]:
     """Run one job (reusing its cached result if the same job already ran) and save it.
 
-    The global RNGs are seeded from the job's seed here, because zk0's code never seeds them:
-    torch's draws SmolVLA's flow-matching noise and time in training, and Python's picks the
-    order in which Flower's strategies sample the sites (which, in one process, decides which
-    site gets which noise). Without this, two runs with the same seed differ.
+    The global RNGs are seeded from the job's seed here: a federated site seeds each of its
+    rounds itself (``Site.seed_round``), but the baselines call ``train_round`` directly
+    (torch's global RNG draws SmolVLA's flow-matching noise), and Python's picks the order in
+    which Flower's strategies sample the sites. Without this, two runs with the same seed differ.
     """
     import random
 
