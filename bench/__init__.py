@@ -87,9 +87,9 @@ class BenchContext:
     def bundle(self):
         """The policy bundle, built offline through zk0's own factory on first use."""
         if self._bundle is None:
-            from common.demo_data import CAMERA_KEYS, DemoSpec, demo_features
             from common.norm_stats import Moments, global_stats
             from common.policy_factory import build_policy
+            from demo_data.generator import CAMERA_KEYS, DemoSpec, demo_features
 
             rng = np.random.default_rng(self.seed)
             moments = {

@@ -31,10 +31,10 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from bench import BenchContext, interleaved, simple
-from bench.inprocess_grid import server_identity
 from bench.results import Metric, Section
 from common import codec
 from common.protocol import ARRAYS, CODEC, METRICS, SITE, SiteReport
+from harness.inprocess_grid import server_identity
 
 GOAL = 2.0  # times the physical limit (memcpy / numpy weighted sum of the same bytes)
 # fedavgm (no momentum) is zk0's default path; measured at server-lr 1 so that its result is

@@ -43,8 +43,8 @@ def lerobot_steps(node: NodeConfig, run: RunConfig, steps: int) -> float:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from lerobot.policies.factory import make_policy, make_pre_post_processors
 
-    from common.datasets import split_episodes
     from common.policy_factory import make_policy_config
+    from supernode.site_dataset import split_episodes
 
     cfg = make_policy_config(run, "cpu")
     meta = LeRobotDatasetMetadata(node.repo_id, root=node.dataset_root)

@@ -6,7 +6,7 @@ held-out action MSE (real units squared) of each site's held-out episodes, on th
 ``eval_samples`` frames with the same denoising noise (both fixed by the run seed).
 
 - federated (FedProx with several ``mu``, FedAvg, FedAvgM, FedAdam): zk0's unchanged ServerApp
-  loop against its unchanged ClientApp, in one process (:mod:`bench.inprocess_grid`) or through
+  loop against its unchanged ClientApp, in one process (:mod:`harness.inprocess_grid`) or through
   the real TLS cluster (``engine="cluster"``), so what is measured is what a deployment does.
 - centralized: one policy trained with the sites' own training step
   (:func:`supernode.training.train_round`) on the pooled training episodes, with the exact
@@ -165,7 +165,7 @@ class Job:
 # Data and configs ------------------------------------------------------------------------------
 def ensure_data(data_dir: Path, spec) -> list[Path]:
     """Generate the demo sites once per study; regenerate only if the spec changed."""
-    from common.demo_data import make_demo_datasets
+    from demo_data.generator import make_demo_datasets
 
     marker = data_dir / "demo_spec.json"
     wanted = asdict(spec)
@@ -202,7 +202,7 @@ def run_config(study: Study, variant: Variant, seed: int, **extra: Any):
 
 # Jobs ------------------------------------------------------------------------------------------
 def _federated_inprocess(job: Job) -> dict[str, Any]:
-    from bench.inprocess_grid import run_inprocess
+    from harness.inprocess_grid import run_inprocess
 
     runs = Path(job.study.out_dir) / "runs" / job.slug
     run = run_config(job.study, job.variant, job.seed, **{"output-dir": str(runs)})
@@ -235,7 +235,7 @@ def _from_history(history: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
 
 
 def _sites(study: Study, run):
-    from supernode.site import Site
+    from supernode.local_site import Site
 
     return [Site.open(node, run.to_flwr()) for node in node_configs(study)]
 
@@ -252,7 +252,7 @@ def _train_alone(
     study: Study, seed: int, train_sites, steps: int, stats
 ) -> tuple[Any, Any]:
     """Train one policy for ``steps`` on the pooled training episodes of ``train_sites``;
-    return (PolicyBundle, TrainResult).
+    return (LoadedPolicy, TrainResult).
 
     The sites' own ``train_round`` with one optimizer and one cosine schedule over all steps:
     the best a single trainer with this data and budget does with zk0's training code.
@@ -597,8 +597,8 @@ def run_quality(
     variant's runs with those seeds). ``eval_every=0``: twice per run. Finished jobs are
     reused from ``out_dir/jobs``, so a study can be resumed or extended.
     """
-    from common.demo_data import DemoSpec
     from common.policy_factory import learning_rate, make_policy_config
+    from demo_data.generator import DemoSpec
 
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -663,7 +663,7 @@ def run(ctx) -> list:
     else:
         import tempfile
 
-        from common.demo_data import DemoSpec
+        from demo_data.generator import DemoSpec
 
         with tempfile.TemporaryDirectory(prefix="zk0-quality-") as tmp:
             report = run_quality(Path(tmp), seeds=(0,), rounds=2, local_steps=5, sites=2,

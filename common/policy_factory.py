@@ -25,7 +25,7 @@ SEED = 1234  # fixed: nodes without a pretrained checkpoint must generate the sa
 
 
 @dataclass(frozen=True)
-class PolicyBundle:
+class LoadedPolicy:
     """A policy with the processors that feed it and undo its normalization."""
 
     policy: Any  # lerobot PreTrainedPolicy (a torch.nn.Module)
@@ -134,7 +134,7 @@ def build_policy(
     features: Mapping[str, Mapping[str, Any]],
     stats: Mapping[str, Mapping[str, Any]],
     device: str = "cpu",
-) -> PolicyBundle:
+) -> LoadedPolicy:
     """Build the policy for ``features`` with frozen weights loaded locally, plus processors.
 
     Mirrors ``lerobot.policies.factory.make_policy`` but takes the features dict instead of a
@@ -163,7 +163,7 @@ def build_policy(
         dataset_stats=torch_stats,
         preprocessor_overrides={"device_processor": {"device": device}},
     )
-    return PolicyBundle(policy, pre, post)
+    return LoadedPolicy(policy, pre, post)
 
 
 def trainable_parameters(policy: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from common import atomic
-from common.policy_factory import PolicyBundle, load_trainable
+from common.policy_factory import LoadedPolicy, load_trainable
 
 PRETRAINED_DIR = "pretrained_model"
 
@@ -29,7 +29,7 @@ def checkpoint_dir(run_dir: Path, server_round: int) -> Path:
 def save_checkpoint(
     run_dir: Path,
     server_round: int,
-    bundle: PolicyBundle,
+    bundle: LoadedPolicy,
     weights: Mapping[str, np.ndarray],
     info: Mapping[str, Any],
     keep: int = 0,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from common.logging import get_logger
+from common.logs import get_logger
 
 POLL_SECONDS = 2.0
 MAX_POLL_FAILURES = 20  # consecutive failed polls before the ServerApp gives up

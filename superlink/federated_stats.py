@@ -15,8 +15,8 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from common import datasets as ds
-from common.logging import get_logger
+from common import features as feat
+from common.logs import get_logger
 from common.norm_stats import Moments, from_record, global_stats, merge_all
 from common.protocol import MOMENTS, SITE, STATS_QUERY, SiteInfo
 from common.settings import RunConfig
@@ -42,7 +42,7 @@ def agree_features(sites: dict[int, SiteInfo]) -> dict[str, Any]:
     """The federation's features: the first site's, after every other site is checked against it."""
     first = next(iter(sites.values()))
     for info in sites.values():
-        ds.compare_specs(info.site_name, info.features, first.features)
+        feat.compare_specs(info.site_name, info.features, first.features)
     names = [s.site_name for s in sites.values()]
     if len(set(names)) != len(names):
         raise FederationSetupError(f"two SuperNodes use the same site-name: {sorted(names)}")
@@ -83,6 +83,6 @@ def collect(grid: Grid, run: RunConfig) -> FederationData:
         sites=sites,
         features=features,
         moments=moments,
-        stats=global_stats(moments, ds.camera_keys(features)),
+        stats=global_stats(moments, feat.camera_keys(features)),
         failures=failures,
     )

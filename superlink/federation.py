@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp import Grid
 
 from common import atomic
-from common import logging as zlog
+from common import logs as zlog
 from common.norm_stats import stats_to_record
 from common.policy_factory import build_policy, frozen_fingerprint, trainable_state
 from common.protocol import METRICS, RoundInstructions, SiteReport

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from common import codec
-from common.logging import get_logger
+from common.logs import get_logger
 from common.norm_stats import stats_from_record, to_record
 from common.policy_factory import load_trainable, trainable_state
 from common.protocol import (
@@ -32,7 +32,7 @@ from common.protocol import (
     SiteReport,
 )
 from supernode.evaluation import evaluate_action_mse
-from supernode.site import Site
+from supernode.local_site import Site
 from supernode.training import train_round
 
 app = ClientApp()

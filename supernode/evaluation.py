@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common.policy_factory import PolicyBundle
+from common.policy_factory import LoadedPolicy
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def _collate(items: list[dict]) -> dict:
 
 @torch.no_grad()
 def evaluate_action_mse(
-    bundle: PolicyBundle, dataset, samples: int, batch_size: int, seed: int
+    bundle: LoadedPolicy, dataset, samples: int, batch_size: int, seed: int
 ) -> EvalResult:
     """Predict the action chunk for fixed held-out frames and compare with recorded actions."""
     policy, cfg = bundle.policy, bundle.config

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common import datasets as ds
+from common import features as feat
 from common.settings import NodeConfig
+from supernode import site_dataset as ds
 
 # SmolVLA pads state and action vectors to 32 dims (max_state_dim / max_action_dim).
 MAX_STATE_DIM = 32
@@ -54,7 +55,7 @@ def _check_features(spec: dict[str, Any]) -> list[str]:
         shape = spec[key]["shape"]
         if len(shape) != 1 or not 1 <= shape[0] <= limit:
             problems.append(f"feature {key!r} has shape {shape}, expected (n,) with n <= {limit}")
-    cameras = ds.camera_keys(spec)
+    cameras = feat.camera_keys(spec)
     if not cameras:
         problems.append("no camera feature (dtype image or video): a VLA policy needs one")
     for cam in cameras:
@@ -71,7 +72,7 @@ def check_site(node: NodeConfig) -> SiteSummary:
         split = ds.split_episodes(meta.total_episodes, node.eval_episodes, node.split_seed)
     except ds.DatasetError as err:
         raise SiteCheckError(f"site {node.site_name!r}: {err}") from None
-    spec = ds.feature_spec(meta.features)
+    spec = feat.feature_spec(meta.features)
     problems = _check_features(spec)
     if problems:
         raise SiteCheckError(
@@ -96,5 +97,5 @@ def check_site(node: NodeConfig) -> SiteSummary:
         train_episodes=split.train,
         eval_episodes=split.eval,
         features=spec,
-        cameras=ds.camera_keys(spec),
+        cameras=feat.camera_keys(spec),
     )

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common import atomic
-from common.policy_factory import PolicyBundle, learning_rate, trainable_parameters
+from common.policy_factory import LoadedPolicy, learning_rate, trainable_parameters
 from common.settings import RunConfig
 
 
@@ -89,7 +89,7 @@ def _batches(loader: DataLoader) -> Iterator[dict]:
 
 
 def train_round(
-    bundle: PolicyBundle,
+    bundle: LoadedPolicy,
     loader: DataLoader,
     run: RunConfig,
     server_round: int,

@@ -24,9 +24,9 @@ import pytest
 from certs.make import CertBundle, ensure_bundle
 from common.settings import NodeConfig
 from deploy import flower
+from deploy import site_launcher as launcher
 from deploy.local_cluster import LocalCluster, free_port
 from deploy.processes import ManagedProcess, ProcessFailed, group_members, pid_alive
-from supernode import launcher
 
 # -- the throwaway app --------------------------------------------------------------------------
 
@@ -605,7 +605,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # The launcher as an operator runs it (dataset preflight included).
 _LAUNCHER = (
     "import argparse, sys\n"
-    "from supernode import launcher\n"
+    "from deploy import site_launcher as launcher\n"
     "parser = argparse.ArgumentParser()\n"
     "launcher.add_cli(parser.add_subparsers())\n"
     "sys.exit(launcher.run_cli(parser.parse_args(sys.argv[1:])))\n"

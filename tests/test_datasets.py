@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from common import datasets as ds
+from common import features as feat
 from common.settings import NodeConfig
+from supernode import site_dataset as ds
 
 
 def test_split_is_seeded_disjoint_and_complete():
@@ -49,18 +50,19 @@ def test_old_format_is_refused(demo_root, tmp_path):
 
 def test_feature_spec_and_comparison(demo_root):
     meta = ds.open_metadata(NodeConfig(site_name="a", dataset_root=str(demo_root / "site-0")))
-    spec = ds.feature_spec(meta.features)
+    spec = feat.feature_spec(meta.features)
     assert set(spec) == {"observation.state", "action", "observation.images.top",
                          "observation.images.wrist"}
-    assert ds.numeric_keys(spec) == ["action", "observation.state"]
-    ds.compare_specs("a", spec, spec)
+    assert feat.numeric_keys(spec) == ["action", "observation.state"]
+    feat.compare_specs("a", spec, spec)
     wider = json.loads(json.dumps(spec))
     wider["action"]["shape"] = [7]
-    with pytest.raises(ds.DatasetError, match=r"'action': float32\[6\].*expects float32\[7\]"):
-        ds.compare_specs("lab-b", spec, wider)
+    mismatch = feat.FeatureMismatchError
+    with pytest.raises(mismatch, match=r"'action': float32\[6\].*expects float32\[7\]"):
+        feat.compare_specs("lab-b", spec, wider)
     no_wrist = {k: v for k, v in spec.items() if k != "observation.images.wrist"}
-    with pytest.raises(ds.DatasetError, match=r"lab-b.*extra feature 'observation.images.wrist'"):
-        ds.compare_specs("lab-b", spec, no_wrist)
+    with pytest.raises(mismatch, match=r"lab-b.*extra feature 'observation.images.wrist'"):
+        feat.compare_specs("lab-b", spec, no_wrist)
     other_res = json.loads(json.dumps(spec))
     other_res["observation.images.top"]["shape"] = [480, 640, 3]
-    ds.compare_specs("a", spec, other_res)  # camera resolutions may differ: SmolVLA resizes
+    feat.compare_specs("a", spec, other_res)  # camera resolutions may differ: SmolVLA resizes

@@ -24,7 +24,7 @@ from lerobot.datasets.lerobot_dataset import (
 )
 
 from common import demo_data
-from common.demo_data import (
+from demo_data.generator import (
     CAMERA_KEYS,
     COLOURS,
     FPS,

@@ -97,7 +97,7 @@ def test_checkpoint_reloads_with_lerobot_and_predicts(federation):
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    from supernode.site import Site
+    from supernode.local_site import Site
 
     _, _, run_dir, nodes = federation
     ckpt = run_dir / "checkpoints" / "last" / "pretrained_model"

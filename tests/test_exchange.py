@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from bench.inprocess_grid import InProcessGrid, server_context
+from harness.inprocess_grid import InProcessGrid, server_context
 from superlink import exchange as ex
 
 

@@ -2,7 +2,7 @@
 failures naming the site and the reason, and the round goes on with the healthy sites.
 
 Runs the unchanged ServerApp (``superlink.federation``) against the unchanged ClientApp in one
-process (``bench.inprocess_grid``): the transport is the only thing left out, and it is covered
+process (``harness.inprocess_grid``): the transport is the only thing left out, and it is covered
 by tests/test_e2e_federation.py.
 """
 
@@ -13,9 +13,9 @@ import json
 import pytest
 from flwr.app import Array
 
-from bench.inprocess_grid import InProcessGrid, server_context
 from common.protocol import ARRAYS
 from common.settings import RunConfig
+from harness.inprocess_grid import InProcessGrid, server_context
 
 
 def _run(grid: InProcessGrid, run_config: dict, run_id: int):

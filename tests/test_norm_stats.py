@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import datasets as ds
+from common import features as feat
 from common.norm_stats import (
     Moments,
     from_record,
@@ -15,7 +15,8 @@ from common.norm_stats import (
     stats_to_record,
     to_record,
 )
-from supernode.site import Site
+from supernode import site_dataset as ds
+from supernode.local_site import Site
 
 
 def test_merge_equals_pooled_on_random_parts():
@@ -59,7 +60,7 @@ def test_federated_stats_equal_pooled_stats_of_training_episodes(demo_root, tiny
         frames = ds.open_dataset(s.node, s.split.train)
         for key in pooled:  # read frame by frame through LeRobot's own __getitem__
             pooled[key].append(np.stack([frames[i][key].numpy() for i in range(len(frames))]))
-    cams = ds.camera_keys(sites[0].spec)
+    cams = feat.camera_keys(sites[0].spec)
     stats = stats_from_record(stats_to_record(global_stats(merged, cams)))
     for key, chunks in pooled.items():
         data = np.concatenate(chunks).astype(np.float64)

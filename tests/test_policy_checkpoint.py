@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from common import datasets as ds
 from common.norm_stats import Moments, global_stats
 from common.policy_factory import (
     build_policy,
@@ -18,6 +17,7 @@ from common.policy_factory import (
 )
 from common.settings import NodeConfig, RunConfig
 from superlink.checkpoints import save_checkpoint
+from supernode import site_dataset as ds
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_another_lerobot_policy_by_name_trains_offline(demo_root, tmp_path):
     and predicts an action chunk through the same site code path as SmolVLA."""
     from common.norm_stats import global_stats
     from supernode.evaluation import evaluate_action_mse
-    from supernode.site import Site
+    from supernode.local_site import Site
     from supernode.training import train_round
 
     options = ('{"pretrained_backbone_weights": null, "dim_model": 32, "dim_feedforward": 64, '

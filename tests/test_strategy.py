@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from bench.inprocess_grid import InProcessGrid, server_context
 from common import codec
 from common.protocol import ARRAYS, CODEC, METRICS, SITE, SiteReport
 from common.settings import RunConfig
+from harness.inprocess_grid import InProcessGrid, server_context
 from superlink.strategy import make_strategy
 
 SHAPES = {"a.weight": (8, 4), "a.bias": (8,), "b.weight": (3, 8)}

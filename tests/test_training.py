@@ -68,7 +68,7 @@ def test_lr_schedule_spans_the_federated_run():
 def test_a_round_on_real_data_moves_only_trainable_params(demo_root, tiny_run):
     """A real SmolVLA (tiny) round on a real dataset: loss finite, frozen weights untouched."""
     from common.norm_stats import global_stats
-    from supernode.site import Site
+    from supernode.local_site import Site
     from supernode.training import train_round
 
     site = Site.open({"site-name": "site-0", "dataset-root": str(demo_root / "site-0")},
@@ -91,7 +91,7 @@ def test_a_round_on_real_data_moves_only_trainable_params(demo_root, tiny_run):
 def test_optimizer_moments_carry_over_between_rounds(demo_root, tiny_run, tmp_path):
     """With optimizer-state=keep a site's AdamW resumes where its last round left off."""
     from common.norm_stats import global_stats
-    from supernode.site import Site
+    from supernode.local_site import Site
     from supernode.training import train_round
 
     run_config = {**tiny_run.to_flwr(), "optimizer-state": "keep"}

@@ -1,23 +1,17 @@
-"""Dataset helpers: a site's LeRobotDataset, its train/eval split and the features it offers.
-
-Each site's data stays where it is; what leaves the site is a description of its features
-(names, dtypes, shapes) so the SuperLink can build the same policy, and count-level statistics.
+"""A site's own LeRobotDataset: where it is, how it splits into train and held-out episodes,
+and how it is opened for training, evaluation and statistics. It never leaves the site.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from common.settings import NodeConfig
-
-# Bookkeeping columns every LeRobotDataset has; they are never policy inputs.
-_BOOKKEEPING = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
 
 
 class DatasetError(ValueError):
@@ -52,8 +46,6 @@ def split_episodes(total: int, eval_episodes: int, seed: int) -> Split:
 
 def dataset_root(node: NodeConfig) -> Path | None:
     return Path(node.dataset_root).expanduser() if node.dataset_root else None
-
-
 def open_metadata(node: NodeConfig):
     """The dataset's metadata, or a :class:`DatasetError` naming the path and what was expected.
 
@@ -86,50 +78,6 @@ def open_metadata(node: NodeConfig):
         where = str(root) if root else f"Hub repo {node.repo_id!r}"
         raise DatasetError(f"cannot read LeRobotDataset at {where}: {err}") from err
 
-
-def feature_spec(features: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The policy-relevant features (observations, actions) as JSON-able dicts."""
-    spec = {}
-    for key, ft in features.items():
-        if key in _BOOKKEEPING or not (key.startswith("observation.") or key == "action"):
-            continue
-        spec[key] = {
-            "dtype": str(ft["dtype"]),
-            "shape": [int(s) for s in ft["shape"]],
-            "names": ft.get("names"),
-        }
-    return spec
-
-
-def camera_keys(spec: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return sorted(k for k, f in spec.items() if f["dtype"] in ("image", "video"))
-
-
-def numeric_keys(spec: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return sorted(k for k, f in spec.items() if f["dtype"] not in ("image", "video", "string"))
-
-
-def compare_specs(site: str, local: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """Refuse a dataset whose features differ from the federation's (names, dtypes, shapes).
-
-    Camera resolutions may differ between labs (SmolVLA resizes every image); the set of
-    cameras, and the state/action dimensions, may not.
-    """
-    problems = []
-    for key in sorted(set(expected) - set(local)):
-        problems.append(f"missing feature {key!r} (expected {expected[key]['shape']})")
-    for key in sorted(set(local) - set(expected)):
-        problems.append(f"extra feature {key!r} not in the federation's policy")
-    for key in sorted(set(local) & set(expected)):
-        a, b = local[key], expected[key]
-        is_cam = a["dtype"] in ("image", "video") and b["dtype"] in ("image", "video")
-        if not is_cam and (a["dtype"] != b["dtype"] or list(a["shape"]) != list(b["shape"])):
-            problems.append(
-                f"feature {key!r}: {a['dtype']}{a['shape']} but the federation expects "
-                f"{b['dtype']}{b['shape']}"
-            )
-    if problems:
-        raise DatasetError(f"site {site!r}: dataset features do not match: " + "; ".join(problems))
 
 
 def open_dataset(node: NodeConfig, episodes: Sequence[int], delta_timestamps=None):

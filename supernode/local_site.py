@@ -17,16 +17,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common import datasets as ds
+from common import features as feat
 from common.norm_stats import Moments
 from common.policy_factory import (
-    PolicyBundle,
+    LoadedPolicy,
     build_policy,
     frozen_fingerprint,
     make_policy_config,
 )
 from common.protocol import SiteInfo
 from common.settings import NodeConfig, RunConfig
+from supernode import site_dataset as ds
 
 
 class SiteMismatchError(ValueError):
@@ -64,7 +65,7 @@ class Site:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return ds.feature_spec(self.meta.features)
+        return feat.feature_spec(self.meta.features)
 
     def info(self) -> SiteInfo:
         frames = self.meta.episodes["length"] if self.meta.episodes is not None else None
@@ -86,14 +87,14 @@ class Site:
     def moments(self) -> dict[str, Moments]:
         """Sufficient statistics of the numeric features over the training episodes only."""
         dataset = ds.open_dataset(self.node, self.split.train)
-        columns = ds.numeric_columns(dataset, ds.numeric_keys(self.spec))
+        columns = ds.numeric_columns(dataset, feat.numeric_keys(self.spec))
         return {key: Moments.of(values) for key, values in columns.items()}
 
     def policy(
         self, expected: dict[str, Any], stats: dict, fingerprint: str | None
-    ) -> PolicyBundle:
+    ) -> LoadedPolicy:
         """The local policy, after checking the data and backbone agree with the server's."""
-        ds.compare_specs(self.node.site_name, self.spec, expected)
+        feat.compare_specs(self.node.site_name, self.spec, expected)
         bundle = build_policy(self.run, self.meta.features, stats, self.device)
         if fingerprint is not None:
             mine = frozen_fingerprint(bundle.policy)

@@ -1,0 +1,65 @@
+"""What a site's data looks like to the policy, without the data: feature names, dtypes, shapes.
+
+Sites describe their LeRobotDataset's features with :func:`feature_spec`; the SuperLink builds
+the one global policy from that description and refuses sites whose description differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Bookkeeping columns every LeRobotDataset has; they are never policy inputs.
+_BOOKKEEPING = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+CAMERA_DTYPES = ("image", "video")
+
+
+class FeatureMismatchError(ValueError):
+    """A site's dataset features differ from the federation's (names, dtypes, shapes)."""
+
+
+def feature_spec(features: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The policy-relevant features (observations, actions) as JSON-able dicts."""
+    spec = {}
+    for key, ft in features.items():
+        if key in _BOOKKEEPING or not (key.startswith("observation.") or key == "action"):
+            continue
+        spec[key] = {
+            "dtype": str(ft["dtype"]),
+            "shape": [int(s) for s in ft["shape"]],
+            "names": ft.get("names"),
+        }
+    return spec
+
+
+def camera_keys(spec: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return sorted(k for k, f in spec.items() if f["dtype"] in CAMERA_DTYPES)
+
+
+def numeric_keys(spec: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return sorted(k for k, f in spec.items() if f["dtype"] not in (*CAMERA_DTYPES, "string"))
+
+
+def compare_specs(site: str, local: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Refuse a dataset whose features differ from the federation's (names, dtypes, shapes).
+
+    Camera resolutions may differ between labs (SmolVLA resizes every image); the set of
+    cameras, and the state/action dimensions, may not.
+    """
+    problems = []
+    for key in sorted(set(expected) - set(local)):
+        problems.append(f"missing feature {key!r} (expected {expected[key]['shape']})")
+    for key in sorted(set(local) - set(expected)):
+        problems.append(f"extra feature {key!r} not in the federation's policy")
+    for key in sorted(set(local) & set(expected)):
+        a, b = local[key], expected[key]
+        is_cam = a["dtype"] in CAMERA_DTYPES and b["dtype"] in CAMERA_DTYPES
+        if not is_cam and (a["dtype"] != b["dtype"] or list(a["shape"]) != list(b["shape"])):
+            problems.append(
+                f"feature {key!r}: {a['dtype']}{a['shape']} but the federation expects "
+                f"{b['dtype']}{b['shape']}"
+            )
+    if problems:
+        raise FeatureMismatchError(
+            f"site {site!r}: dataset features do not match: " + "; ".join(problems)
+        )

@@ -1,0 +1,1 @@
+"""In-process federation for tests and benchmarks: ServerApp against ClientApp, no transport."""
