@@ -8,9 +8,9 @@ and one seeded update per site):
   encoder must at least do). The SHA-256 of the wire bytes alone, on all cores, is reported
   too: it is the floor the digests put under the codec, whatever the codec does.
 - ``aggregation``: the server's step with N sites' replies through zk0's real path
-  (``CodecStrategy`` wrapping Flower's ``FedProx``/``FedAvg``, as ``make_strategy`` builds it,
-  given real Flower reply ``Message``s), and Flower's own ``aggregate_train`` on the decoded
-  float32 replies, against a numpy weighted sum of the same float32 bytes.
+  (Flower's ``FedProx``/``FedAvg``/``FedAvgM`` over zk0's ``CodecFedAvg``, as ``make_strategy``
+  builds them, given real Flower reply ``Message``s), and Flower's own ``aggregate_train`` on the
+  decoded float32 replies, against a numpy weighted sum of the same float32 bytes.
 
 Throughputs are float32 parameter bytes per second (4 bytes per trainable parameter, whatever
 the wire dtype), so encode and decode numbers compare with each other and with the memcpy.
@@ -29,17 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flwr
 
 from bench import BenchContext, interleaved, simple
 from bench.results import Metric, Section
 from common import codec
 from common.protocol import ARRAYS, CODEC, METRICS, SITE, SiteReport
 from harness.inprocess_grid import server_identity
+from superlink.strategy import TRAIN
 
 GOAL = 2.0  # times the physical limit (memcpy / numpy weighted sum of the same bytes)
-# fedavgm (no momentum) is zk0's default path; measured at server-lr 1 so that its result is
-# the plain weighted mean checked below (its server step only scales the accumulation).
+# fedavgm is zk0's default strategy; measured at server-lr 1 (its result is the plain weighted
+# mean, checked below) and at the default server-lr 2 (Flower's FedAvgM step on that mean).
 STRATEGIES = ("fedprox", "fedavg", "fedavgm")
+DEFAULT = "fedavgm server-lr 2 (default)"
 MEMCPY = "memcpy"  # into arrays already paged in: memory bandwidth, the physical limit
 MEMCPY_NEW = "memcpy into new arrays"
 NUMPY_SUM = "numpy weighted sum"
@@ -203,13 +206,19 @@ def run_aggregation(ctx: BenchContext) -> list[Section]:
         for i in range(ctx.sites)
     ]
     global_arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
-    strategies = {
-        name: make_strategy(
-            ctx.run_config(**{"strategy": name, "min-sites": ctx.sites, "server-lr": 1.0,
-                              "server-momentum": 0.0}),
-            ArrayRecord(),
-        )
-        for name in STRATEGIES
+    sites = {node: f"site-{i}" for i, node in enumerate(_Grid(ctx.sites).node_ids)}
+
+    def strategy(name: str, server_lr: float):
+        config = ctx.run_config(**{"strategy": name, "min-sites": ctx.sites,
+                                   "server-lr": server_lr, "server-momentum": 0.0})
+        return make_strategy(config, ArrayRecord(), sites)
+
+    strategies = {name: strategy(name, 1.0) for name in STRATEGIES}
+    strategies[DEFAULT] = strategy("fedavgm", 2.0)
+    flower = {  # Flower's own classes, fed the decoded float32 replies
+        "fedprox": flwr.FedProx(proximal_mu=0.0), "fedavg": flwr.FedAvg(),
+        "fedavgm": flwr.FedAvgM(server_learning_rate=1.0),
+        DEFAULT: flwr.FedAvgM(server_learning_rate=2.0),
     }
     details: dict[str, Any] = {"sites": ctx.sites, "wire_dtype": wire, "num_examples": examples}
 
@@ -218,6 +227,9 @@ def run_aggregation(ctx: BenchContext) -> list[Section]:
             name: s.configure_train(1, global_arrays, ConfigRecord(), _Grid(ctx.sites))
             for name, s in strategies.items()
         }
+        for name, msgs in train_msgs.items():  # the ids a grid gives messages it pushes
+            for i, msg in enumerate(msgs):
+                msg.metadata.__dict__["_message_id"] = f"{name}-{i}"
         details["downlink_bytes_per_site"] = strategies["fedprox"].downlink_bytes
 
         def replies(name: str) -> list[Message]:
@@ -242,11 +254,15 @@ def run_aggregation(ctx: BenchContext) -> list[Section]:
         want = weighted_sum(site_arrays, factors)
 
         # zk0's path, once untimed: check that it aggregates correctly before timing it.
-        for name, strategy in strategies.items():
-            got, _ = strategy.aggregate_train(1, replies(name))
-            if got is None or strategy.last.failures:
-                raise RuntimeError(f"{name}: aggregation failed: {strategy.last.failures}")
-            details[f"{name}_max_abs_diff_vs_numpy"] = _max_abs_diff(got, want)
+        for name, zk0 in strategies.items():
+            got, _ = zk0.aggregate_train(1, replies(name))
+            failures = zk0.replies(TRAIN, 1).failures
+            if got is None or failures:
+                raise RuntimeError(f"{name}: aggregation failed: {failures}")
+            lr = 2.0 if name == DEFAULT else 1.0  # global + lr * (mean - global)
+            details[f"{name}_max_abs_diff_vs_numpy"] = _max_abs_diff(
+                got, {k: weights[k] + lr * (v - weights[k]) for k, v in want.items()})
+            flower[name].configure_train(1, global_arrays, ConfigRecord(), _Grid(ctx.sites))
             del got
         del want
 
@@ -261,12 +277,12 @@ def run_aggregation(ctx: BenchContext) -> list[Section]:
         cases = {
             NUMPY_SUM: simple(lambda: weighted_sum(site_arrays, factors)),
             **{
-                f"Flower {strategies[n].inner.__class__.__name__}.aggregate_train": simple(
-                    lambda n=n: strategies[n].inner.aggregate_train(1, decoded_msgs)
+                f"Flower {n}.aggregate_train": simple(
+                    lambda n=n: flower[n].aggregate_train(1, decoded_msgs)
                 )
-                for n in STRATEGIES
+                for n in strategies
             },
-            **{f"zk0 {n}": zk0_case(n) for n in STRATEGIES},
+            **{f"zk0 {n}": zk0_case(n) for n in strategies},
             "sha256 floor": simple(lambda: [sha256_all(p.arrays, pool) for p in payloads]),
         }
         best = interleaved(cases, ctx.repeats)
@@ -281,13 +297,13 @@ def run_aggregation(ctx: BenchContext) -> list[Section]:
     )
     section.add(Metric(NUMPY_SUM + " (reference)", t_ref, "s", 1.0, NUMPY_SUM))
     for key, label, note in (
-        ("Flower {inner}.aggregate_train", "Flower {inner}.aggregate_train, decoded fp32 replies",
-         "Flower's aggregation step alone"),
-        ("zk0 {n}", "zk0 CodecStrategy({inner}).aggregate_train: verify + decode + aggregate",
+        ("Flower {n}.aggregate_train", "Flower {inner}.aggregate_train ({n}), decoded fp32 "
+         "replies", "Flower's aggregation step alone"),
+        ("zk0 {n}", "zk0 {inner}.aggregate_train ({n}): verify + decode + aggregate",
          "the server's real step, Flower Message replies in"),
     ):
-        for n in STRATEGIES:
-            names = {"n": n, "inner": strategies[n].inner.__class__.__name__}
+        for n in strategies:
+            names = {"n": n, "inner": type(flower[n]).__name__}
             seconds = best[key.format(**names)]
             section.add(Metric(label.format(**names), seconds, "s", seconds / t_ref, NUMPY_SUM,
                                goal=GOAL, note=note))

@@ -144,7 +144,7 @@ def encode(
         for name, value in state.items():
             x = _as_numpy(value)
             if base is not None:
-                x = (_torch(x) - _torch(np.asarray(base[name]))).numpy()
+                x = (_torch(x) - _torch(_as_numpy(base[name]))).numpy()
             arrays[name] = array = to_array(_to_wire(x, wire_dtype))
             # hash this array while the next one is converted
             pending.append(_HASH_POOL.submit(_array_digest, name, array))
@@ -230,6 +230,33 @@ def accumulate(into: Mapping[str, np.ndarray], payload: Payload, factor: float) 
             if x.shape != acc.shape:
                 raise ValueError(f"parameter {name}: shape {tuple(x.shape)} != {tuple(acc.shape)}")
             acc.add_(x.to(torch.float32), alpha=factor)
+
+
+def check_layout(payload: Payload, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise :class:`PayloadIntegrityError` unless the payload holds exactly the parameters of
+    ``shapes`` (names and shapes) in its declared wire dtype; reads headers only."""
+    wire_dtype = str(payload.meta.get("wire-dtype"))
+    if wire_dtype not in _WIRE_NUMPY:
+        raise PayloadIntegrityError(f"unknown wire dtype {wire_dtype!r}")
+    names = set(payload.arrays.keys())
+    if names != set(shapes):
+        missing, extra = sorted(set(shapes) - names), sorted(names - set(shapes))
+        raise PayloadIntegrityError(
+            f"parameter names differ from the model's: missing {missing[:3]}, unexpected "
+            f"{extra[:3]} ({len(missing)} missing, {len(extra)} unexpected)"
+        )
+    want = np.dtype(_WIRE_NUMPY[wire_dtype])
+    for name, array in payload.arrays.items():
+        view = wire_view(array)
+        if tuple(view.shape) != tuple(shapes[name]):
+            raise PayloadIntegrityError(
+                f"parameter {name!r}: shape {tuple(view.shape)}, the model's is "
+                f"{tuple(shapes[name])}"
+            )
+        if view.dtype != want:
+            raise PayloadIntegrityError(
+                f"parameter {name!r}: dtype {view.dtype}, wire dtype {wire_dtype} needs {want}"
+            )
 
 
 def from_content(content, arrays_key: str = "arrays", meta_key: str = "codec") -> Payload:

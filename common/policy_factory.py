@@ -37,13 +37,10 @@ class LoadedPolicy:
         return self.policy.config
 
 
-def _smolvla_config(run: RunConfig, device: str):
+def _generated_smolvla_config(run: RunConfig, device: str):
+    """The offline presets: SmolVLA's architecture around a VLM generated from a fixed seed."""
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
-    if run.policy == "smolvla":
-        cfg = SmolVLAConfig(device=device)
-        cfg.pretrained_path = run.pretrained_path or SMOLVLA_BASE
-        return cfg
     if run.pretrained_path:
         raise SettingsError(
             f"run config: key 'pretrained-path' must be empty for policy '{run.policy}' "
@@ -71,13 +68,38 @@ def _smolvla_config(run: RunConfig, device: str):
     )
 
 
-# zk0 presets; any other name is looked up among LeRobot's registered policy types.
-PRESETS = {name: _smolvla_config for name in ("smolvla", "smolvla-tiny", "smolvla-random")}
+# zk0 presets generated offline; every other name is a LeRobot policy type.
+PRESETS = {name: _generated_smolvla_config for name in ("smolvla-tiny", "smolvla-random")}
+# Where a LeRobot policy type starts from when the run config names no checkpoint.
+DEFAULT_PRETRAINED = {"smolvla": SMOLVLA_BASE}
+
+
+def _pretrained_config(path: str, policy_type: str, device: str):
+    """The config stored with a checkpoint (a local folder or a Hub repo), as ``lerobot-train
+    --policy.path`` reads it: the checkpoint's own architecture, not the type's defaults."""
+    from lerobot.configs import PreTrainedConfig
+
+    try:
+        cfg = PreTrainedConfig.from_pretrained(path)
+    except Exception as err:  # local file errors, Hub errors, draccus parse errors
+        raise SettingsError(
+            f"run config: key 'pretrained-path': cannot read a LeRobot policy config from "
+            f"{path!r}: {type(err).__name__}: {err}"
+        ) from err
+    if cfg.type != policy_type:
+        raise SettingsError(
+            f"run config: key 'pretrained-path': {path!r} holds a {cfg.type!r} policy, but key "
+            f"'policy' is {policy_type!r}"
+        )
+    cfg.device = device
+    cfg.pretrained_path = path
+    return cfg
 
 
 def make_policy_config(run: RunConfig, device: str = "cpu"):
-    """LeRobot config for ``run.policy``: a zk0 preset or any registered LeRobot policy type,
-    with ``run.policy_options`` (a JSON object of the config's own fields) applied on top."""
+    """LeRobot config for ``run.policy``: a zk0 preset or any registered LeRobot policy type
+    (from ``pretrained-path``'s own config when there is one), with ``run.policy_options`` (a
+    JSON object of the config's own fields) applied on top."""
     options = run.policy_options_dict()
     if run.policy in PRESETS:
         cfg = PRESETS[run.policy](run, device)
@@ -92,11 +114,13 @@ def make_policy_config(run: RunConfig, device: str = "cpu"):
             )
         config_cls = PreTrainedConfig.get_choice_class(run.policy)
         _check_options(config_cls, options)
-        # Constructed with the options: LeRobot configs validate them in __post_init__.
-        cfg = config_cls(device=device, **options)
-        options = {}
-        if run.pretrained_path:
-            cfg.pretrained_path = run.pretrained_path
+        path = run.pretrained_path or DEFAULT_PRETRAINED.get(run.policy, "")
+        if path:
+            cfg = _pretrained_config(path, run.policy, device)
+        else:
+            # Constructed with the options: LeRobot configs validate them in __post_init__.
+            cfg = config_cls(device=device, **options)
+            options = {}
     _check_options(type(cfg), options)
     for key, value in options.items():
         setattr(cfg, key, value)

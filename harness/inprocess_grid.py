@@ -12,6 +12,7 @@ configuration); only the transport is missing.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -25,9 +26,13 @@ class InProcessGrid(Grid):
     """A ``Grid`` whose nodes are ClientApp calls in this process, one per node config."""
 
     def __init__(self, client_app, node_configs: list[Mapping[str, Any]],
-                 run_config: Mapping[str, Any], run_id: int = 1) -> None:
+                 run_config: Mapping[str, Any], run_id: int = 1,
+                 late: Mapping[tuple[str, str], float] | None = None) -> None:
+        """``late`` maps (site name, message type) to how many seconds after such a message is
+        pushed its reply becomes available: a slow or stalled site."""
         self.client_app = client_app
         self.run_id = run_id
+        self.late = dict(late or {})
         self.contexts = {
             FIRST_NODE_ID + i: Context(
                 run_id=run_id,
@@ -38,7 +43,9 @@ class InProcessGrid(Grid):
             )
             for i, cfg in enumerate(node_configs)
         }
-        self._replies: dict[str, Message] = {}
+        # message id -> (message, when its reply may be pulled); replies are computed when
+        # pulled, as a SuperNode works while the ServerApp waits
+        self._pending: dict[str, tuple[Message, float]] = {}
         self._counter = 0
 
     # Grid interface ------------------------------------------------------------------------
@@ -58,22 +65,27 @@ class InProcessGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
+        now = time.monotonic()
         for msg in messages:
             self._counter += 1
             msg.metadata.__dict__["_message_id"] = f"m{self._counter}"
             msg.metadata.__dict__["_src_node_id"] = 1
-            context = self.contexts[msg.metadata.dst_node_id]
-            try:
-                reply = self.client_app(msg, context)
-            except Exception as err:  # what a SuperNode turns an exception into
-                reply = Message(Error(code=2, reason=f"{type(err).__name__}: {err}"),
-                                reply_to=msg)
-            self._replies[msg.metadata.message_id] = reply
+            site = self.contexts[msg.metadata.dst_node_id].node_config.get("site-name")
+            delay = self.late.get((str(site), msg.metadata.message_type), 0.0)
+            self._pending[msg.metadata.message_id] = (msg, now + delay)
             ids.append(msg.metadata.message_id)
         return ids
 
+    def _answer(self, msg: Message) -> Message:
+        try:
+            return self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+        except Exception as err:  # what a SuperNode turns an exception into
+            return Message(Error(code=2, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(m) for m in list(message_ids) if m in self._replies]
+        due = [m for m in list(message_ids)
+               if m in self._pending and self._pending[m][1] <= time.monotonic()]
+        return [self._answer(self._pending.pop(m)[0]) for m in due]
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
@@ -81,12 +93,14 @@ class InProcessGrid(Grid):
 
 
 def run_inprocess(run_config: Mapping[str, Any], node_configs: list[Mapping[str, Any]],
-                  run_id: int = 1):
-    """Run a whole federation in this process; return the run folder."""
+                  run_id: int = 1, *, client_app=None,
+                  late: Mapping[tuple[str, str], float] | None = None):
+    """Run a whole federation in this process (zk0's ClientApp unless ``client_app`` is
+    given); return the run folder."""
     from superlink.federation import run_federation
     from supernode.client_app import app
 
-    grid = InProcessGrid(app, node_configs, run_config, run_id)
+    grid = InProcessGrid(client_app or app, node_configs, run_config, run_id, late=late)
     return run_federation(grid, server_context(run_config, run_id))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message
@@ -29,14 +30,18 @@ from superlink import federated_stats
 from superlink.checkpoints import save_checkpoint
 from superlink.exchange import exchange
 from superlink.reports import RunReport
-from superlink.strategy import CodecStrategy, Failure, make_strategy
+from superlink.strategy import EVALUATE, TRAIN, CodecFedAvg, Failure, make_strategy
 
 log = zlog.get_logger("zk0.superlink")
 
 
-def _progress(strategy: CodecStrategy, label: str):
+def _site_name(sites: Mapping[int, str], node: int) -> str:
+    return sites.get(node, f"node-{node}")
+
+
+def _progress(sites: Mapping[int, str], label: str):
     def on_reply(msg: Message, node: int) -> None:
-        site = strategy.node_sites.get(node, f"node-{node}")
+        site = _site_name(sites, node)
         if msg.has_error():
             log.warning(f"{label}_failed", site=site, reason=(msg.error.reason or "")[:300])
             return
@@ -52,16 +57,12 @@ def _progress(strategy: CodecStrategy, label: str):
     return on_reply
 
 
-def _send(grid, strategy: CodecStrategy, messages, run: RunConfig, label: str):
-    result = exchange(grid, messages, run.round_timeout or None, _progress(strategy, label))
-    strategy.routes = result.routes
+def _send(grid: Grid, sites: Mapping[int, str], messages, run: RunConfig, label: str):
+    """Exchange ``messages``; the replies, and a timeout failure for every silent site."""
+    result = exchange(grid, messages, run.round_timeout or None, _progress(sites, label))
     timeouts = [
-        Failure(
-            n,
-            strategy.node_sites.get(n, f"node-{n}"),
-            "timeout",
-            f"no reply within round-timeout={run.round_timeout}s",
-        )
+        Failure(n, _site_name(sites, n), "timeout",
+                f"no reply within round-timeout={run.round_timeout}s")
         for n in result.missing
     ]
     return result, timeouts
@@ -134,8 +135,8 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
         sites=len(data.sites),
     )
 
-    strategy = make_strategy(run, stats_to_record(data.stats))
-    strategy.node_sites = {node: info.site_name for node, info in data.sites.items()}
+    sites = {node: info.site_name for node, info in data.sites.items()}
+    strategy: CodecFedAvg = make_strategy(run, stats_to_record(data.stats), sites)
 
     def instructions(server_round: int, evaluate: bool, train: bool = True):
         return RoundInstructions(
@@ -162,9 +163,9 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             sites=len(messages),
             downlink_bytes_per_site=strategy.downlink_bytes,
         )
-        result, timeouts = _send(grid, strategy, messages, run, "train")
+        result, timeouts = _send(grid, sites, messages, run, "train")
         aggregated, _ = strategy.aggregate_train(server_round, result.replies)
-        replies = strategy.last
+        replies = strategy.replies(TRAIN, server_round)
         failures = replies.failures + timeouts
         if evaluate_incoming:
             report.record_eval(server_round - 1, replies.reports, failures)
@@ -210,11 +211,10 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
         instructions(final_round, evaluate=True, train=False),
         grid,
     )
-    result, timeouts = _send(grid, strategy, messages, run, "eval")
+    result, timeouts = _send(grid, sites, messages, run, "eval")
     strategy.aggregate_evaluate(final_round, result.replies)
-    final = report.record_eval(
-        final_round, strategy.last.reports, strategy.last.failures + timeouts
-    )
+    evaluated = strategy.replies(EVALUATE, final_round)
+    final = report.record_eval(final_round, evaluated.reports, evaluated.failures + timeouts)
     report.update_meta(finished=time.time(), seconds=time.time() - started, final_eval=final)
     log.info("run_finished", run_dir=str(run_dir), seconds=round(time.time() - started, 1))
     print(

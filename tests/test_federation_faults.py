@@ -37,7 +37,7 @@ def _nodes(demo_root, n=3):
             for i in range(n)]
 
 
-def test_site_with_missing_dataset_is_recorded_and_the_round_goes_on(
+def test_site_with_missing_dataset_is_left_out_with_its_reason_and_the_rest_go_on(
     demo_root, tmp_path, run_config
 ):
     from supernode.client_app import app
@@ -52,8 +52,8 @@ def test_site_with_missing_dataset_is_recorded_and_the_round_goes_on(
     entry = json.loads((run_dir / "rounds" / "round_001.json").read_text())
     assert set(entry["sites"]) == {"site-0", "site-1"}
     assert entry["aggregated"] is True
-    [failure] = entry["failures"]
-    assert failure["kind"] == "error" and "does not exist" in failure["reason"]
+    # a site that could not join at stage 0 is not asked to train (it would fail every round)
+    assert entry["failures"] == []
     assert (run_dir / "checkpoints" / "000001" / "pretrained_model" / "model.safetensors").exists()
 
 

@@ -156,3 +156,61 @@ def test_any_lerobot_policy_type_is_known_in_a_fresh_process():
                          timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ACTConfig"
+
+
+def test_default_policy_path_loads_a_checkpoint_laid_out_like_smolvla_base(
+    features, tiny_run, demo_root, tmp_path
+):
+    """``policy=smolvla`` starts from ``lerobot/smolvla_base`` on the Hub, which these machines
+    cannot reach; the same loading code runs here on a local folder with that repository's
+    layout (config.json, model.safetensors, processors), given as ``pretrained-path``: its own
+    config and weights are used, the ServerApp and the sites build the same model, and a
+    federated round trains it offline."""
+    from common.policy_factory import make_policy_config
+    from harness.inprocess_grid import run_inprocess
+
+    source = build_policy(tiny_run, features, _stats())
+    frozen = next(p for p in source.policy.parameters() if not p.requires_grad)
+    with torch.no_grad():  # pretrained weights that a fresh build would not have
+        frozen.add_(0.25)
+    base = tmp_path / "smolvla_base"
+    for part in (source.policy, source.preprocessor, source.postprocessor):
+        part.save_pretrained(base)
+    assert {"config.json", "model.safetensors"} <= {p.name for p in base.iterdir()}
+
+    run = RunConfig.with_overrides({
+        "policy": "smolvla", "pretrained-path": str(base), "num-server-rounds": 1,
+        "local-steps": 2, "batch-size": 4, "eval-samples": 4, "min-sites": 2,
+        "output-dir": str(tmp_path / "runs"),
+    })
+    cfg = make_policy_config(run)
+    assert type(cfg).__name__ == "SmolVLAConfig" and cfg.pretrained_path == str(base)
+    assert cfg.chunk_size == 10  # the checkpoint's own config, not SmolVLAConfig's default 50
+    loaded = build_policy(run, features, _stats())
+    assert frozen_fingerprint(loaded.policy) == frozen_fingerprint(source.policy)
+    assert frozen_fingerprint(loaded.policy) != frozen_fingerprint(
+        build_policy(tiny_run, features, _stats()).policy)
+
+    nodes = [{"site-name": f"site-{i}", "dataset-root": str(demo_root / f"site-{i}"),
+              "state-dir": str(tmp_path / "state")} for i in range(2)]
+    run_dir = run_inprocess(run.to_flwr(), nodes, run_id=31)
+    entry = json.loads((run_dir / "rounds" / "round_001.json").read_text())
+    assert set(entry["sites"]) == {"site-0", "site-1"} and entry["failures"] == []
+    saved = json.loads((run_dir / "checkpoints" / "last" / "pretrained_model" / "config.json")
+                       .read_text())
+    assert saved["type"] == "smolvla" and saved["chunk_size"] == 10
+
+
+def test_a_pretrained_path_of_another_policy_type_is_refused(tmp_path):
+    from common.policy_factory import make_policy_config
+    from common.settings import SettingsError
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"type": "act"}))
+    run = RunConfig.with_overrides({"policy": "smolvla", "pretrained-path": str(tmp_path / "ckpt")})
+    with pytest.raises(SettingsError, match=r"holds a 'act' policy, but key 'policy' is"):
+        make_policy_config(run)
+    missing = RunConfig.with_overrides({"policy": "smolvla",
+                                        "pretrained-path": str(tmp_path / "nothing")})
+    with pytest.raises(SettingsError, match=r"pretrained-path.*nothing"):
+        make_policy_config(missing)

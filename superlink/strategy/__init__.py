@@ -1,0 +1,68 @@
+"""The aggregation strategy: Flower's strategies over zk0's codec and reply checks.
+
+- :mod:`.codec_fedavg`: ``CodecFedAvg``, FedAvg's steps over the wire codec (encode the global,
+  check every reply, weighted mean of the updates from the wire bytes);
+- :mod:`.flower_strategies`: Flower's FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad,
+  each with ``CodecFedAvg`` behind it;
+- :mod:`.node_selection`: which sites take part in a round (seeded);
+- :mod:`.replies`: accepted replies and failures of one exchange.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flwr.app import ArrayRecord
+
+from common.settings import RunConfig
+from superlink.strategy.codec_fedavg import EVALUATE, TRAIN, CodecFedAvg, ExchangeSettings
+from superlink.strategy.flower_strategies import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedProx,
+    FedYogi,
+)
+from superlink.strategy.replies import AcceptedReply, Failure, RoundReplies
+
+__all__ = [
+    "EVALUATE",
+    "TRAIN",
+    "AcceptedReply",
+    "CodecFedAvg",
+    "ExchangeSettings",
+    "Failure",
+    "RoundReplies",
+    "make_strategy",
+]
+
+
+def make_strategy(
+    run: RunConfig, norm_stats: ArrayRecord, sites: Mapping[int, str]
+) -> CodecFedAvg:
+    """The strategy named by ``run.strategy`` for the sites that joined (node id -> name)."""
+    settings = ExchangeSettings(
+        wire_dtype=run.wire_dtype,
+        norm_stats=norm_stats,
+        sites=dict(sites),
+        fraction_train=run.fraction_train,
+        min_sites=run.min_sites,
+        seed=run.seed,
+    )
+    match run.strategy:
+        case "fedavg":
+            return FedAvg(settings)
+        case "fedprox":
+            return FedProx(settings, proximal_mu=run.proximal_mu)
+        case "fedavgm":
+            return FedAvgM(
+                settings, server_learning_rate=run.server_lr, server_momentum=run.server_momentum
+            )
+        case "fedadam":
+            return FedAdam(settings, eta=run.server_lr)
+        case "fedyogi":
+            return FedYogi(settings, eta=run.server_lr)
+        case "fedadagrad":
+            return FedAdagrad(settings, eta=run.server_lr)
+    raise ValueError(f"unknown strategy {run.strategy!r}")  # RunConfig allows no other
