@@ -9,11 +9,13 @@ so both are parsed into strict pydantic models first and every problem is report
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -175,21 +177,48 @@ class NodeConfig(_Strict):
 
     def to_flwr_arg(self) -> str:
         """``--node-config`` value for flower-supernode (TOML values, strings quoted)."""
-        parts = []
-        for key, value in self.to_flwr().items():
-            if not isinstance(value, str):
-                parts.append(f"{key}={value}")
-            # flwr matches "..." or '...' without escapes, then parses the value as TOML
-            elif '"' not in value and "\\" not in value:
-                parts.append(f'{key}="{value}"')
-            elif "'" not in value:  # a TOML literal string keeps backslashes as they are
-                parts.append(f"{key}='{value}'")
-            else:
-                raise SettingsError(
-                    f"node config: key '{key}': {value!r} holds both quote kinds, which "
-                    "flower-supernode --node-config cannot carry"
-                )
-        return " ".join(parts)
+        return " ".join(flwr_config_pairs(self.to_flwr(), "node config"))
+
+
+_CONFIG_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def flwr_config_value(value: Any, key: str, source: str) -> str:
+    """One value as Flower's ``key=value`` config syntax reads it back unchanged.
+
+    Flower (``flwr.common.config.parse_config_args``, behind ``flwr run -c`` and
+    ``flower-supernode --node-config``) cuts each value with the regex
+    ``'[^']*'|"[^"]*"|\\S+`` and only then parses it as TOML. So a string is a TOML basic string
+    ("...", escapes written by tomli_w) when it has no double quote, else a literal string
+    ('...', no escapes at all) when it has no single quote and no control character; a string
+    with both quote kinds cannot be carried and is refused, naming ``source`` and ``key``.
+    """
+    where = f"{source}: key '{key}'"
+    if not isinstance(value, bool | int | float | str):
+        raise SettingsError(f"{where}: {value!r} is not a bool, int, float or string")
+    if not isinstance(value, str) or '"' not in value:
+        return tomli_w.dumps({"v": value}).removeprefix("v = ").rstrip("\n")
+    if "'" in value:
+        raise SettingsError(
+            f"{where}: {value!r} holds both quote kinds, which Flower's config syntax "
+            "(flwr run -c, flower-supernode --node-config) cannot carry"
+        )
+    if any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in value):
+        raise SettingsError(
+            f"{where}: {value!r} holds a double quote and a control character, which "
+            "Flower's config syntax cannot carry together"
+        )
+    return f"'{value}'"
+
+
+def flwr_config_pairs(values: Mapping[str, Any], source: str) -> list[str]:
+    """``{"num-server-rounds": 3}`` -> ``["num-server-rounds=3"]``, each pair checked."""
+    pairs = []
+    for key, value in values.items():
+        if not _CONFIG_KEY.fullmatch(key):
+            raise SettingsError(f"{source}: key {key!r}: only letters, digits, '-', '_', '.'")
+        pairs.append(f"{key}={flwr_config_value(value, key, source)}")
+    return pairs
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -591,13 +591,15 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``demo-data`` subcommand."""
+    """Register the ``demo-data`` subcommand (as ``zk0`` does: :func:`deploy.cli.add_command`)."""
+    from deploy.cli import add_command
+
+    add_command(subparsers, "demo-data")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``zk0 demo-data`` flags (``deploy.cli`` makes the parser and calls this)."""
     d = DemoSpec()
-    p = subparsers.add_parser(
-        "demo-data",
-        help="write synthetic per-site SO-100 datasets (one task archetype per site)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
     p.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder")
     p.add_argument("--sites", type=int, default=d.num_sites)
     p.add_argument("--episodes", type=int, default=d.episodes_per_site, help="per site")
@@ -608,7 +610,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--video", action="store_true", help="store cameras as AV1 video")
     p.add_argument("--overwrite", action="store_true", help="replace existing site folders")
-    p.set_defaults(func=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -1,6 +1,13 @@
 """Process orchestration for a real Flower deployment (SuperLink, SuperExec, SuperNodes).
 
+``cli``: the ``zk0`` command (one table of sub-commands).
 ``processes``: one child process, started in its own process group and stopped by PID.
-``flower``: the exact Flower 1.42 command lines and the ``flwr`` CLI helpers.
+``flower_env``: Flower's executables and the environment of every Flower child process.
+``flower_commands``: the exact Flower 1.42 command lines (TLS, node auth, process isolation).
+``runtime_tls``: TLS for a SuperNode's own Runtime API.
+``flwr_cli``: the ``flwr`` CLI (``--format json``): runs, node registration, connection config.
+``flower_logs``: what only Flower's logs say (exit reasons, a SuperNode's node id).
+``health``: ``/health`` over HTTPS.
 ``local_cluster``: a whole federation on 127.0.0.1 (tests, demos, benchmarks).
+``cluster_cli``: ``zk0 cluster``. ``site_launcher``: ``zk0 supernode`` (a lab's box).
 """

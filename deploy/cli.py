@@ -1,25 +1,89 @@
-"""The ``zk0`` command: certificates, demo data, a lab's SuperNode, a local cluster."""
+"""The ``zk0`` command: certificates, demo data, a lab's SuperNode, a local cluster.
+
+One table lists the commands; each command module exposes ``add_arguments(parser)`` (its flags
+only) and ``run_cli(args) -> int``. Modules are imported when the parser is built, so a command
+that needs the ML stack loads it only inside ``run_cli``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``zk0`` sub-command and the module that implements it."""
+
+    name: str
+    module: str  # exposes add_arguments(parser) -> None and run_cli(args) -> int
+    help: str
+    description: str | None = None  # None: the module's docstring, shown as written
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "certs",
+        "certs.cli",
+        help="create (or keep) the federation's CA, SuperLink cert, site keys and secret",
+        description=(
+            "Create what is missing under --out and keep what exists, so a restarted cluster "
+            "keeps its CA and registered site keys. Prints paths only, never key material."
+        ),
+    ),
+    Command(
+        "demo-data",
+        "demo_data.generator",
+        help="write synthetic per-site SO-100 datasets (one task archetype per site)",
+        description=(
+            "Synthetic SO-100 demonstrations, one task archetype per site, written as LeRobot v3 "
+            "datasets."
+        ),
+    ),
+    Command(
+        "supernode",
+        "deploy.site_launcher",
+        help="run this lab's SuperNode and SuperExec",
+        description=(
+            "Run this lab's SuperNode + SuperExec. Each flag overrides the matching "
+            "ZK0_<NAME> environment variable (and .env)."
+        ),
+    ),
+    Command(
+        "cluster",
+        "deploy.cluster_cli",
+        help="run a federation on a local TLS cluster (SuperLink + SuperNodes on 127.0.0.1)",
+    ),
+)
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    """Register the command ``name`` of :data:`COMMANDS` (its flags and ``func=run_cli``)."""
+    command = next(c for c in COMMANDS if c.name == name)
+    module = importlib.import_module(command.module)
+    if command.description is None:
+        p = subparsers.add_parser(
+            name,
+            help=command.help,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    else:
+        p = subparsers.add_parser(name, help=command.help, description=command.description)
+    module.add_arguments(p)
+    p.set_defaults(func=module.run_cli)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from certs.make import add_cli as certs_cli
-    from demo_data.generator import add_cli as demo_cli
-    from deploy.cluster_cli import add_cli as cluster_cli
-    from deploy.site_launcher import add_cli as supernode_cli
-
     parser = argparse.ArgumentParser(
         prog="zk0", description="Federated SmolVLA fine-tuning across robot labs."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    certs_cli(sub)
-    demo_cli(sub)
-    supernode_cli(sub)
-    cluster_cli(sub)
+    for command in COMMANDS:
+        add_command(sub, command.name)
     return parser
 
 

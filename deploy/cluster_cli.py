@@ -87,13 +87,8 @@ def run_cluster(
     return {"run_dir": str(run_dir), "history": history, "seconds": result.duration_s}
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "cluster",
-        help="run a federation on a local TLS cluster (SuperLink + SuperNodes on 127.0.0.1)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``zk0 cluster`` flags (the parser itself is made by :mod:`deploy.cli`)."""
     p.add_argument("--sites", type=int, default=4)
     p.add_argument("--work-dir", type=Path, default=Path(".zk0/cluster"),
                    help="certs, SuperLink state, logs and runs (default: .zk0/cluster)")
@@ -106,7 +101,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=None, help="stop the run after N seconds")
     p.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",
                    help="run config override, as for `flwr run -c` (repeatable)")
-    p.set_defaults(func=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ Layout (every process in its own process group, stopped by PID in reverse order)
     superexec-link       flower-superexec  -> SuperLink Runtime API (runs the ServerApp)
     supernode-<site>     flower-supernode  TLS + site key -> SuperLink; own HTTPS runtime port
     superexec-<site>     flower-superexec  -> that SuperNode's Runtime API (runs ClientApps)
-    flwr-run             flwr run --stream (only while :meth:`LocalCluster.run` is active)
+    flwr-log             flwr log RUN --stream (only while :meth:`LocalCluster.run` is active)
 
 It is the same topology a real deployment has (one SuperLink host, one box per lab), only on
 one machine: tests exercise TLS, node authentication and process isolation for real.
@@ -30,28 +30,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
+from certs.federation import FederationCerts, ensure_federation_certs
+from certs.keys import make_secret
 from common.settings import NodeConfig
-from deploy import flower
+from deploy import flwr_cli
+from deploy.flower_commands import runtime_address, superexec_cmd, superlink_cmd, supernode_cmd
+from deploy.flower_env import child_env
+from deploy.flower_logs import flower_exit_code, logged_node_id, strip_ansi
+from deploy.health import https_ok
 from deploy.processes import ManagedProcess, ProcessFailed
-
-
-class Bundle(Protocol):
-    """What :class:`LocalCluster` needs from ``certs.make.CertBundle``."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-    superexec_secret: Path
-    site_keys: dict[str, tuple[Path, Path]]
+from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
 
 
 @dataclass
 class RunResult:
     """Outcome of :meth:`LocalCluster.run`. ``status`` is Flower's, e.g. ``finished:completed``."""
 
-    run_id: int | None
+    run_id: int
     status: str | None
     returncode: int | None
     duration_s: float
@@ -101,7 +98,7 @@ class LocalCluster:
         sites: Sequence[NodeConfig],
         work_dir: Path,
         *,
-        bundle: Bundle | None = None,
+        certs: FederationCerts | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         connection: str = "zk0-local",
@@ -121,32 +118,30 @@ class LocalCluster:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.echo_run = echo_run
-        self._bundle = bundle
+        self._certs = certs
         self.flwr_home = self.work_dir / "flwr-home"
         self.logs = self.work_dir / "logs"
         self.node_ids: dict[str, int] = {}
         self.processes: list[ManagedProcess] = []  # start order; stopped in reverse
         self._site_procs: dict[str, SiteProcesses] = {}
         self._run_proc: ManagedProcess | None = None
-        self.results: list[RunResult] = []  # every run() of this instance
 
     # -- properties --------------------------------------------------------------------------
 
     @property
     def address(self) -> str:
-        return flower.runtime_address(self.host, self.port)
+        return runtime_address(self.host, self.port)
 
     @property
-    def bundle(self) -> Bundle:
-        if self._bundle is None:
-            from certs.make import ensure_bundle
-
-            self._bundle = ensure_bundle(
+    def certs(self) -> FederationCerts:
+        """The federation's files (made in ``<work_dir>/certs`` unless given; kept on restart)."""
+        if self._certs is None:
+            self._certs = ensure_federation_certs(
                 self.work_dir / "certs",
                 sans=["127.0.0.1", "localhost"],
                 sites=[s.site_name for s in self.sites],
             )
-        return self._bundle
+        return self._certs
 
     def all_pids(self) -> list[int]:
         """Every PID this cluster ever started (for leak checks)."""
@@ -160,7 +155,7 @@ class LocalCluster:
 
     def _spawn(self, name: str, cmd: list[str], flwr_home: Path) -> ManagedProcess:
         proc = ManagedProcess(
-            name, cmd, self.logs / f"{name}.log", env=flower.child_env(flwr_home), cwd=self.work_dir
+            name, cmd, self.logs / f"{name}.log", env=child_env(flwr_home), cwd=self.work_dir
         )
         self.processes.append(proc)
         return proc.start()
@@ -174,9 +169,9 @@ class LocalCluster:
         try:
             self._start_superlink()
             for node in self.sites:
-                self.register(node.site_name, self.bundle.site_keys[node.site_name][1])
+                self.register(node.site_name, self.certs.site_keys[node.site_name][1])
             spawned = [
-                self.start_supernode(node, self.bundle.site_keys[node.site_name][0])
+                self.start_supernode(node, self.certs.site_keys[node.site_name][0])
                 for node in self.sites
             ]
             for site in spawned:
@@ -188,15 +183,15 @@ class LocalCluster:
         return self
 
     def _start_superlink(self) -> None:
-        b = self.bundle
+        c = self.certs
         self.work_dir.mkdir(parents=True, exist_ok=True)
         link = self._spawn(
             "superlink",
-            flower.superlink_cmd(
-                certfile=b.server_cert,
-                keyfile=b.server_key,
-                ca_certfile=b.ca_cert,
-                secret_file=b.superexec_secret,
+            superlink_cmd(
+                certfile=c.server_cert,
+                keyfile=c.server_key,
+                ca_certfile=c.ca_cert,
+                secret_file=c.superexec_secret,
                 database=self.work_dir / "state.db",
                 host=self.host,
                 port=self.port,
@@ -204,29 +199,30 @@ class LocalCluster:
             self.flwr_home,
         )
         link.wait_healthy(
-            lambda: flower.https_ok(self.address, b.ca_cert),
+            lambda: https_ok(self.address, c.ca_cert),
             self.startup_timeout,
             what=f"answering https://{self.address}/health",
         )
         exec_link = self._spawn(
             "superexec-link",
-            flower.superexec_cmd(self.address, b.ca_cert, b.superexec_secret),
+            superexec_cmd(self.address, c.ca_cert, c.superexec_secret),
             self.flwr_home,
         )
         time.sleep(0.5)
         if exec_link.returncode is not None:
             raise ProcessFailed(f"superexec-link exited at once:\n{exec_link.log_tail()}")
-        flower.write_connection_config(self.flwr_home, self.connection, self.address, b.ca_cert)
+        flwr_cli.write_connection_config(self.flwr_home, self.connection, self.address, c.ca_cert)
 
     def register(self, site: str, pubkey: Path) -> int | None:
         """Register a site's public key; None if this database already has it (a restart).
 
         flwr 1.42 answers "[code: 23] Public key already in use" for a known key and its node
-        list shows neither names nor keys, so the id then comes from the SuperNode's log.
+        list shows neither names nor keys, so the id then comes from the SuperNode's log
+        (:mod:`deploy.flower_logs`).
         """
         try:
-            node_id = flower.register_supernode(self.flwr_home, self.connection, pubkey, site)
-        except flower.FlwrCliError as err:
+            node_id = flwr_cli.register_supernode(self.flwr_home, self.connection, pubkey, site)
+        except flwr_cli.FlwrCliError as err:
             if "already in use" not in str(err):
                 raise
             return None
@@ -236,13 +232,13 @@ class LocalCluster:
     def start_site(self, node: NodeConfig) -> None:
         """Register the site's key (if not yet) and start its SuperNode and SuperExec.
 
-        Also adds a site to a running cluster, if the bundle has a key for it.
+        Also adds a site to a running cluster, if :attr:`certs` has a key for it.
         """
-        if node.site_name not in self.bundle.site_keys:
-            raise KeyError(f"no key for site {node.site_name!r} in {self.bundle.ca_cert.parent}")
+        if node.site_name not in self.certs.site_keys:
+            raise KeyError(f"no key for site {node.site_name!r} in {self.certs.ca_cert.parent}")
         if all(s.site_name != node.site_name for s in self.sites):
             self.sites.append(node)
-        priv, pub = self.bundle.site_keys[node.site_name]
+        priv, pub = self.certs.site_keys[node.site_name]
         self.register(node.site_name, pub)
         self._finish_site(self.start_supernode(node, key=priv))
         self.wait_online([self.node_ids[node.site_name]], self.startup_timeout)
@@ -252,16 +248,16 @@ class LocalCluster:
         TLS, then start the site's SuperExec."""
         name = site.node.site_name
         site_dir = self._site_dir(name)
-        runtime = flower.runtime_address(self.host, site.runtime_port)
-        ca = site_dir / "runtime-tls" / "ca.crt"
+        runtime = runtime_address(self.host, site.runtime_port)
+        ca = RuntimeTls.in_dir(site_dir / "runtime-tls").ca
         site.supernode.wait_healthy(
             lambda: (
-                flower.logged_node_id(site.supernode) is not None and flower.https_ok(runtime, ca)
+                logged_node_id(site.supernode) is not None and https_ok(runtime, ca)
             ),
             self.startup_timeout,
             what="connected to the SuperLink and serving its runtime API",
         )
-        node_id = flower.logged_node_id(site.supernode)
+        node_id = logged_node_id(site.supernode)
         if node_id is None:  # wait_healthy saw it; only a truncated log could get here
             raise ProcessFailed(f"supernode-{name}: no 'SuperNode ID' in {site.supernode.log_path}")
         if self.node_ids.setdefault(name, node_id) != node_id:
@@ -270,7 +266,7 @@ class LocalCluster:
             )
         site.superexec = self._spawn(
             f"superexec-{name}",
-            flower.superexec_cmd(runtime, ca, site_dir / "superexec.secret"),
+            superexec_cmd(runtime, ca, site_dir / "superexec.secret"),
             site_dir / "flwr-home",
         )
 
@@ -293,14 +289,14 @@ class LocalCluster:
         is a :class:`ManagedProcess` owned (and stopped) by the cluster.
         """
         site_dir = self._site_dir(name or node.site_name)
-        tls = flower.ensure_runtime_tls(site_dir / "runtime-tls")
-        secret = flower.ensure_secret_file(site_dir / "superexec.secret")
+        secret = make_secret(site_dir / "superexec.secret", keep_existing=True)
+        tls = ensure_runtime_tls(site_dir / "runtime-tls")
         port = free_port(self.host)
         proc = self._spawn(
             f"supernode-{name or node.site_name}",
-            flower.supernode_cmd(
+            supernode_cmd(
                 superlink=self.address,
-                root_certificates=root_certificates or self.bundle.ca_cert,
+                root_certificates=root_certificates or self.certs.ca_cert,
                 private_key=key,
                 node_config=node,
                 runtime_port=port,
@@ -326,9 +322,9 @@ class LocalCluster:
                 if site.supernode.returncode is not None:
                     raise ProcessFailed(
                         f"supernode-{site.node.site_name} exited (Flower code "
-                        f"{flower.flower_exit_code(site.supernode)}):\n{site.supernode.log_tail()}"
+                        f"{flower_exit_code(site.supernode)}):\n{site.supernode.log_tail()}"
                     )
-            nodes = flower.list_supernodes(self.flwr_home, self.connection)
+            nodes = flwr_cli.list_supernodes(self.flwr_home, self.connection)
             online = {n["node-id"] for n in nodes if n.get("status") == "online"}
             if wanted <= online:
                 return
@@ -344,45 +340,46 @@ class LocalCluster:
         timeout: float | None = None,
         app_dir: Path | None = None,
     ) -> RunResult:
-        """``flwr run <app> <conn> --stream -c ...``; output streamed with a ``[run]`` prefix.
+        """Submit the app (``flwr run --format json``), follow its log with a ``[run]`` prefix.
 
-        Waits for the run to end (the stream ends with the run), or at most ``timeout`` s: then
-        ``flwr stop`` and the client is stopped. The final status comes from ``flwr ls``.
+        Waits for the run to end (the log stream ends with the run), or at most ``timeout`` s:
+        then ``flwr stop`` and the stream is stopped. The final status comes from ``flwr ls``.
+        A run that cannot even start raises :class:`deploy.flwr_cli.FlwrCliError`.
         """
         lines: list[str] = []
         echo = _printer("[run]") if self.echo_run else None
 
         def sink(line: str) -> None:
-            line = flower.strip_ansi(line)
+            line = strip_ansi(line)
             lines.append(line)
             if echo:
                 echo(line)
 
         t0 = time.monotonic()
-        proc = flower.flwr_run(
-            app_dir or self.app_dir,
+        run_id = flwr_cli.start_run(
+            self.flwr_home, self.connection, app_dir or self.app_dir, overrides
+        )
+        sink(f"started run {run_id}")
+        proc = flwr_cli.follow_run(
+            self.flwr_home,
             self.connection,
-            overrides,
-            stream=True,
-            flwr_home=self.flwr_home,
-            log_path=self.logs / f"flwr-run-{time.strftime('%Y%m%d-%H%M%S')}.log",
+            run_id,
+            log_path=self.logs / f"flwr-log-{run_id}.log",
             on_line=sink,
         )
         self.processes.append(proc)
         self._run_proc = proc
         try:
-            code = proc.wait(timeout)
-            output = "\n".join(lines)
-            run_id = flower.parse_run_id(output)
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
+            code = proc.wait(left)
             if code is None:  # timed out
-                if run_id is not None:
-                    flower.stop_run(self.flwr_home, self.connection, run_id)
+                flwr_cli.stop_run(self.flwr_home, self.connection, run_id)
                 code = proc.stop(self.stop_timeout)
             status, details = self._final_status(run_id)
         finally:
             proc.stop(self.stop_timeout)
             self._run_proc = None
-        result = RunResult(
+        return RunResult(
             run_id=run_id,
             status=status,
             returncode=code,
@@ -390,20 +387,16 @@ class LocalCluster:
             output="\n".join(lines),
             details=details,
         )
-        self.results.append(result)
-        return result
 
     def _final_status(
-        self, run_id: int | None, wait: float = 15.0
+        self, run_id: int, wait: float = 15.0
     ) -> tuple[str | None, dict[str, Any]]:
-        if run_id is None:
-            return None, {}
         deadline = time.monotonic() + wait
         row: dict[str, Any] = {}
         while True:
             try:
-                rows = flower.list_runs(self.flwr_home, self.connection, run_id)
-            except flower.FlwrCliError as err:  # SuperLink gone: report, do not mask the run
+                rows = flwr_cli.list_runs(self.flwr_home, self.connection, run_id)
+            except flwr_cli.FlwrCliError as err:  # SuperLink gone: report, do not mask the run
                 return None, {"error": str(err)}
             row = next((r for r in rows if str(r.get("run-id")) == str(run_id)), {})
             status = row.get("status")
@@ -414,7 +407,7 @@ class LocalCluster:
     # -- stop --------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop everything by PID, newest first; the ``flwr run`` client always goes first.
+        """Stop everything by PID, newest first; the ``flwr log`` stream always goes first.
 
         A SuperLink with a streaming client attached can hang on SIGTERM, hence the order
         and :meth:`ManagedProcess.stop`'s SIGKILL fallback.

@@ -23,57 +23,48 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+import psutil
+
 LineSink = Callable[[str], None]
 
-_DEAD_STATES = ("Z", "X")  # zombie / dead: the process no longer runs
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)  # exited: no longer runs anything
 
 
 class ProcessFailed(RuntimeError):
     """A managed process exited early or never became healthy (message has its log tail)."""
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]."""
+def _runs(proc: psutil.Process) -> bool:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw.rsplit(")", 1)[1].split()
+        return proc.status() not in _GONE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # exists, owned by someone else
+        return True
 
 
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie (a zombie no longer runs anything)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return _runs(psutil.Process(pid))
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    stat = _proc_stat(pid)
-    return stat is None or stat[0] not in _DEAD_STATES
 
 
 def group_members(pgid: int) -> list[int]:
     """PIDs of live (non-zombie) processes in process group ``pgid``.
 
-    Scans /proc on Linux; elsewhere only says whether the group still exists.
+    By group, not by parent: a ``flwr-clientapp`` whose SuperExec already exited is re-parented
+    to init but stays in our group, and the group is what :meth:`ManagedProcess.stop` signals.
     """
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        except PermissionError:
-            pass
-        return [pgid]
     members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
+    for proc in psutil.process_iter():
+        try:
+            in_group = os.getpgid(proc.pid) == pgid
+        except (ProcessLookupError, PermissionError):
             continue
-        stat = _proc_stat(int(entry.name))
-        if stat and int(stat[2]) == pgid and stat[0] not in _DEAD_STATES:
-            members.append(int(entry.name))
+        if in_group and _runs(proc):
+            members.append(proc.pid)
     return members
 
 

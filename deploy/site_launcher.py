@@ -14,14 +14,14 @@ Process layout (both in their own process groups, stopped by PID on SIGTERM/SIGI
     flower-superexec  --runtime-api-address 127.0.0.1:9094 --root-certificates <runtime CA>
                       --superexec-auth-secret-file <work>/superexec.secret
 
-Why the local runtime API uses TLS and a secret: see :mod:`deploy.flower`.
+Why the local runtime API uses TLS and a secret: see :mod:`deploy.runtime_tls` and
+:mod:`deploy.flower_commands`.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import re
 import shlex
 import signal
 import stat
@@ -35,14 +35,22 @@ from typing import Any
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from certs.checks import check_ca, check_site_key
+from certs.keys import make_secret
+from certs.names import HOST_RULE, is_host_name
 from common.settings import NodeConfig, SettingsError
-from deploy import flower
-from deploy.processes import ManagedProcess, ProcessFailed
-
-_HOST_RE = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+from deploy.flower_commands import runtime_address, superexec_cmd, supernode_cmd
+from deploy.flower_env import child_env
+from deploy.flower_logs import (
+    EXIT_SUPERNODE_CONNECTION_ERROR,
+    flower_exit_code,
+    logged_node_id,
+    strip_ansi,
 )
+from deploy.health import https_ok
+from deploy.processes import ManagedProcess, ProcessFailed
+from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
+
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 EXIT_CONFIG_ERROR = 2
@@ -138,10 +146,10 @@ def parse_superlink_address(address: str) -> tuple[str, int]:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            if not _HOST_RE.match(host):
+            if not is_host_name(host):
                 raise ValueError(
-                    f"superlink address {address!r}: {host!r} is not a valid host name or IP; "
-                    f"{expected}"
+                    f"superlink address {address!r}: {host!r} is not a valid host name "
+                    f"({HOST_RULE}) or IP; {expected}"
                 ) from None
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"superlink address {address!r}: port {port!r} is not 1-65535")
@@ -166,8 +174,6 @@ def _check_secret_file(path: Path) -> str | None:
 
 def check_settings(settings: SiteSettings, *, dataset: bool = True) -> NodeConfig:
     """Every check that can fail before start; raises :class:`SiteConfigError` listing all."""
-    from certs.make import check_ca, check_site_key
-
     problems: list[str] = []
     try:
         parse_superlink_address(settings.superlink)
@@ -205,13 +211,9 @@ def check_settings(settings: SiteSettings, *, dataset: bool = True) -> NodeConfi
 
 def build_site_processes(settings: SiteSettings) -> list[list[str]]:
     """``[supernode_cmd, superexec_cmd]`` for this site (pure: paths only, nothing created)."""
-    tls = flower.RuntimeTls(
-        settings.runtime_tls_dir / "runtime.crt",
-        settings.runtime_tls_dir / "runtime.key",
-        settings.runtime_tls_dir / "ca.crt",
-    )
+    tls = RuntimeTls.in_dir(settings.runtime_tls_dir)
     node = settings.node_config()
-    supernode = flower.supernode_cmd(
+    supernode = supernode_cmd(
         superlink=settings.superlink,
         root_certificates=_abs(settings.ca_cert),
         private_key=_abs(settings.site_key),
@@ -221,8 +223,8 @@ def build_site_processes(settings: SiteSettings) -> list[list[str]]:
         secret_file=settings.secret_path,
         runtime_host=settings.runtime_host,
     )
-    superexec = flower.superexec_cmd(
-        flower.runtime_address(settings.runtime_connect_host, settings.runtime_port),
+    superexec = superexec_cmd(
+        runtime_address(settings.runtime_connect_host, settings.runtime_port),
         tls.ca,
         settings.secret_path,
     )
@@ -230,9 +232,9 @@ def build_site_processes(settings: SiteSettings) -> list[list[str]]:
 
 
 def _explain_exit(proc: ManagedProcess) -> str:
-    code = flower.flower_exit_code(proc)
+    code = flower_exit_code(proc)
     name = proc.name
-    if code == flower.EXIT_SUPERNODE_CONNECTION_ERROR:
+    if code == EXIT_SUPERNODE_CONNECTION_ERROR:
         return (
             f"{name} exited (Flower code {code}): the SuperLink refused this SuperNode or could "
             "not be reached. Usual "
@@ -243,6 +245,20 @@ def _explain_exit(proc: ManagedProcess) -> str:
     return f"{name} exited (code {code}); see the log above and {proc.log_path}."
 
 
+def prepare_site(settings: SiteSettings) -> list[list[str]]:
+    """Create what the site's processes need, then return :func:`build_site_processes`.
+
+    The SuperExec secret first (0600; its folder, by default the work dir, created 0700), then
+    the runtime API's TLS files (0700 folder inside the work dir). Both are kept when they
+    exist: a restarted site reuses them.
+    """
+    make_secret(settings.secret_path, keep_existing=True)
+    ensure_runtime_tls(
+        settings.runtime_tls_dir, hosts=_runtime_hosts(settings.runtime_connect_host)
+    )
+    return build_site_processes(settings)
+
+
 def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
     """Check, then run SuperNode + SuperExec until a signal or until one of them exits.
 
@@ -251,35 +267,31 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
     """
     check_settings(settings)
     work = settings.work_path
-    flower.ensure_runtime_tls(
-        settings.runtime_tls_dir, hosts=_runtime_hosts(settings.runtime_connect_host)
-    )
-    flower.ensure_secret_file(settings.secret_path)
-    supernode_cmd, superexec_cmd = build_site_processes(settings)
-    env = flower.child_env(work / "flwr-home")
+    node_cmd, exec_cmd = prepare_site(settings)
+    env = child_env(work / "flwr-home")
 
     def sink(prefix: str) -> Callable[[str], None] | None:
         if not echo:
             return None
-        return lambda line: print(f"[{prefix}] {flower.strip_ansi(line)}", flush=True)
+        return lambda line: print(f"[{prefix}] {strip_ansi(line)}", flush=True)
 
     supernode = ManagedProcess(
-        "supernode", supernode_cmd, work / "logs" / "supernode.log",
+        "supernode", node_cmd, work / "logs" / "supernode.log",
         env=env, cwd=work, on_line=sink("supernode"),
     )  # fmt: skip
     superexec = ManagedProcess(
-        "superexec", superexec_cmd, work / "logs" / "superexec.log",
+        "superexec", exec_cmd, work / "logs" / "superexec.log",
         env=env, cwd=work, on_line=sink("superexec"),
     )  # fmt: skip
     stop = threading.Event()
     restore = _install_signal_handlers(stop)
     try:
         supernode.start()
-        tls_ca = settings.runtime_tls_dir / "ca.crt"
-        runtime = flower.runtime_address(settings.runtime_connect_host, settings.runtime_port)
+        tls_ca = RuntimeTls.in_dir(settings.runtime_tls_dir).ca
+        runtime = runtime_address(settings.runtime_connect_host, settings.runtime_port)
         try:
             supernode.wait_healthy(
-                lambda: stop.is_set() or flower.https_ok(runtime, tls_ca),
+                lambda: stop.is_set() or https_ok(runtime, tls_ca),
                 settings.startup_timeout,
                 what=f"serving its runtime API on {runtime}",
             )
@@ -291,7 +303,7 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
             superexec.start()
         announced = False
         while not stop.is_set():
-            if not announced and (node_id := flower.logged_node_id(supernode)) is not None:
+            if not announced and (node_id := logged_node_id(supernode)) is not None:
                 print(f"site {settings.site_name!r} connected as node {node_id}", flush=True)
                 announced = True
             for proc in (supernode, superexec):
@@ -355,14 +367,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
 }
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``supernode`` (run this site); flags override ``ZK0_*`` env and ``.env``."""
-    p = subparsers.add_parser(
-        "supernode",
-        help="run this lab's SuperNode and SuperExec",
-        description="Run this lab's SuperNode + SuperExec. Each flag overrides the matching "
-        "ZK0_<NAME> environment variable (and .env).",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``zk0 supernode`` flags; each overrides its ``ZK0_*`` env variable and ``.env``."""
     for name, (typ, help_text) in _FLAGS.items():
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, type=typ, default=None, help=f"{help_text} [ZK0_{name.upper()}]")
@@ -370,8 +376,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--check", action="store_true", help="run the checks, print the commands and exit"
     )
-    p.set_defaults(func=run_cli)
-    return p
 
 
 def settings_from_args(args: argparse.Namespace) -> SiteSettings:
@@ -397,7 +401,7 @@ def run_cli(args: argparse.Namespace) -> int:
     """``zk0 supernode``: settings, checks, then run (or with ``--check``: print and exit)."""
     try:
         settings = settings_from_args(args)
-        if getattr(args, "check", False):
+        if args.check:
             check_settings(settings)
             for cmd in build_site_processes(settings):
                 print(shlex.join(cmd))

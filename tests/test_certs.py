@@ -26,20 +26,22 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from certs import (
-    CertBundle,
     CertError,
-    add_cli,
+    FederationCerts,
     cert_sans,
     check_ca,
     check_site_key,
-    ensure_bundle,
+    ensure_federation_certs,
+    is_host_name,
     make_ca,
     make_secret,
     make_server_cert,
     make_site_key,
-    run_cli,
+    missing_sans,
     verify_server_cert,
 )
+from certs.cli import run_cli
+from deploy.cli import build_parser
 
 SANS = ["localhost", "127.0.0.1"]
 SITES = ["site-0", "site-1"]
@@ -54,8 +56,8 @@ def _snapshot(out: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def bundle(tmp_path: Path) -> CertBundle:
-    return ensure_bundle(tmp_path / "gen", SANS, SITES)
+def fed(tmp_path: Path) -> FederationCerts:
+    return ensure_federation_certs(tmp_path / "gen", SANS, SITES)
 
 
 # --------------------------------------------------------------------------- TLS handshakes
@@ -111,35 +113,37 @@ def _client(port: int, cafile: Path, hostname: str) -> bytes:
 
 
 @pytest.mark.parametrize("hostname", ["127.0.0.1", "localhost"])
-def test_tls_handshake_with_generated_ca(bundle: CertBundle, tls_server, hostname: str) -> None:
-    port = tls_server(bundle.server_cert, bundle.server_key)
-    assert _client(port, bundle.ca_cert, hostname) == b"ok"
+def test_tls_handshake_with_generated_ca(fed: FederationCerts, tls_server, hostname: str) -> None:
+    port = tls_server(fed.server_cert, fed.server_key)
+    assert _client(port, fed.ca_cert, hostname) == b"ok"
 
 
-def test_tls_handshake_fails_with_other_ca(bundle: CertBundle, tls_server, tmp_path: Path) -> None:
+def test_tls_handshake_fails_with_other_ca(
+    fed: FederationCerts, tls_server, tmp_path: Path
+) -> None:
     other_ca, _ = make_ca(tmp_path / "other")
-    port = tls_server(bundle.server_cert, bundle.server_key)
+    port = tls_server(fed.server_cert, fed.server_key)
     with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
         _client(port, other_ca, "localhost")
 
 
-def test_tls_hostname_not_in_sans_fails(bundle: CertBundle, tls_server) -> None:
-    port = tls_server(bundle.server_cert, bundle.server_key)
+def test_tls_hostname_not_in_sans_fails(fed: FederationCerts, tls_server) -> None:
+    port = tls_server(fed.server_cert, fed.server_key)
     with pytest.raises(ssl.SSLCertVerificationError, match=r"[Hh]ostname mismatch"):
-        _client(port, bundle.ca_cert, "superlink")
+        _client(port, fed.ca_cert, "superlink")
 
 
-def test_added_san_is_served_after_regeneration(bundle: CertBundle, tls_server) -> None:
-    again = ensure_bundle(bundle.out_dir, [*SANS, "superlink"], SITES)
+def test_added_san_is_served_after_regeneration(fed: FederationCerts, tls_server) -> None:
+    again = ensure_federation_certs(fed.out_dir, [*SANS, "superlink"], SITES)
     assert again.actions[again.server_cert].startswith("regenerated: SAN(s) superlink")
     port = tls_server(again.server_cert, again.server_key)
     assert _client(port, again.ca_cert, "superlink") == b"ok"
 
 
-def test_chain_passes_cryptography_webpki_verifier(bundle: CertBundle) -> None:
+def test_chain_passes_cryptography_webpki_verifier(fed: FederationCerts) -> None:
     """A second, stricter RFC 5280 profile than OpenSSL's, for both DNS and IP SANs."""
-    ca = x509.load_pem_x509_certificate(bundle.ca_cert.read_bytes())
-    leaf = x509.load_pem_x509_certificate(bundle.server_cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(fed.ca_cert.read_bytes())
+    leaf = x509.load_pem_x509_certificate(fed.server_cert.read_bytes())
     for name in (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))):
         verifier = PolicyBuilder().store(Store([ca])).build_server_verifier(name)
         assert len(verifier.verify(leaf, [])) == 2
@@ -148,8 +152,8 @@ def test_chain_passes_cryptography_webpki_verifier(bundle: CertBundle) -> None:
 # --------------------------------------------------------------------------- certificate content
 
 
-def test_ca_and_server_cert_extensions(bundle: CertBundle) -> None:
-    ca = check_ca(bundle.ca_cert)
+def test_ca_and_server_cert_extensions(fed: FederationCerts) -> None:
+    ca = check_ca(fed.ca_cert)
     bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca
     ku = ca.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -157,7 +161,7 @@ def test_ca_and_server_cert_extensions(bundle: CertBundle) -> None:
     assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
     assert isinstance(ca.public_key().curve, ec.SECP384R1)
 
-    leaf = verify_server_cert(bundle.ca_cert, bundle.server_cert, bundle.server_key)
+    leaf = verify_server_cert(fed.ca_cert, fed.server_cert, fed.server_key)
     assert isinstance(leaf.public_key().curve, ec.SECP384R1)
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in eku
@@ -167,7 +171,7 @@ def test_ca_and_server_cert_extensions(bundle: CertBundle) -> None:
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
-    assert sorted(bundle.sans) == ["127.0.0.1", "localhost"]
+    assert sorted(fed.sans) == ["127.0.0.1", "localhost"]
 
 
 def test_san_entries_parse_as_ip_or_dns(tmp_path: Path) -> None:
@@ -184,11 +188,30 @@ def test_san_entries_parse_as_ip_or_dns(tmp_path: Path) -> None:
             make_server_cert(tmp_path, ca, ca_key, [bad])
 
 
+def test_host_names_are_one_rule_for_sans_and_addresses() -> None:
+    """``is_host_name`` decides for ``--san`` and for the address a site dials alike."""
+    for good in ("localhost", "zk0_superlink", "link.lab-1.example.org", "fqdn.example.", "x"):
+        assert is_host_name(good), good
+    for bad in ("", "bad name", "-x.example", "x-.example", "a..b", "*.example.org",
+                "a" * 64, ".".join(["a" * 63] * 4) + ".abc", "host:8000", "ex/ample"):
+        assert not is_host_name(bad), bad
+    assert is_host_name("*.example.org", wildcard=True)
+    assert not is_host_name("*.*.example.org", wildcard=True)
+
+
+def test_missing_sans_compares_canonical_names(fed: FederationCerts) -> None:
+    leaf = x509.load_pem_x509_certificate(fed.server_cert.read_bytes())
+    assert missing_sans(leaf, ["LOCALHOST.", "127.0.0.1"]) == []
+    assert missing_sans(leaf, ["superlink", "::1", "SuperLink"]) == ["superlink", "::1"]
+    with pytest.raises(CertError, match="bad name"):
+        missing_sans(leaf, ["bad name"])
+
+
 # --------------------------------------------------------------------------- site keys
 
 
-def test_site_key_is_openssh_p384_and_pub_matches(bundle: CertBundle) -> None:
-    priv_path, pub_path = bundle.site_keys["site-0"]
+def test_site_key_is_openssh_p384_and_pub_matches(fed: FederationCerts) -> None:
+    priv_path, pub_path = fed.site_keys["site-0"]
     assert priv_path.name == "site-0.key" and pub_path.name == "site-0.pub"
     assert priv_path.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     priv = serialization.load_ssh_private_key(priv_path.read_bytes(), password=None)
@@ -198,16 +221,16 @@ def test_site_key_is_openssh_p384_and_pub_matches(bundle: CertBundle) -> None:
     assert isinstance(pub, ec.EllipticCurvePublicKey)
     assert priv.public_key().public_numbers() == pub.public_numbers()
     assert check_site_key(priv_path).public_key().public_numbers() == pub.public_numbers()
-    other = serialization.load_ssh_public_key(bundle.site_keys["site-1"][1].read_bytes())
+    other = serialization.load_ssh_public_key(fed.site_keys["site-1"][1].read_bytes())
     assert other.public_numbers() != pub.public_numbers()
 
 
-def test_flower_register_loader_accepts_pub_and_matches_node_key(bundle: CertBundle) -> None:
+def test_flower_register_loader_accepts_pub_and_matches_node_key(fed: FederationCerts) -> None:
     """What ``flwr supernode register site.pub`` stores must equal what the node presents."""
     from flwr.cli.supernode.register import try_load_public_key
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
-    priv_path, pub_path = bundle.site_keys["site-1"]
+    priv_path, pub_path = fed.site_keys["site-1"]
     registered = try_load_public_key(pub_path)
     node_key = serialization.load_ssh_private_key(priv_path.read_bytes(), None)
     assert isinstance(node_key, ec.EllipticCurvePrivateKey)
@@ -225,13 +248,31 @@ def test_flower_register_loader_accepts_pub_and_matches_node_key(bundle: CertBun
         assert public_key_to_bytes(node_pub) == registered
 
 
-def test_flower_superexec_secret_loader(bundle: CertBundle) -> None:
+def test_flower_superexec_secret_loader(fed: FederationCerts) -> None:
     from flwr.supercore.auth import load_superexec_auth_secret
 
-    raw = load_superexec_auth_secret(str(bundle.superexec_secret))
+    raw = load_superexec_auth_secret(str(fed.superexec_secret))
     assert raw is not None and len(raw) == 64
     assert bytes.fromhex(raw.decode("ascii"))  # hex text, no trailing newline
-    assert make_secret(bundle.out_dir / "s2").read_bytes() != raw
+    assert make_secret(fed.out_dir / "s2").read_bytes() != raw
+
+
+def test_make_secret_keep_existing_creates_once(tmp_path: Path) -> None:
+    """The create-if-missing variant a site's launcher uses: made 0600 in a 0700 folder, then
+    never rewritten (the site's running SuperExec was started with it)."""
+    folder = tmp_path / "site" / "work"
+    old = os.umask(0)
+    try:
+        secret = make_secret(folder / "superexec.secret", keep_existing=True)
+    finally:
+        os.umask(old)
+    assert _mode(secret) == 0o600 and _mode(folder) == 0o700
+    content = secret.read_bytes()
+    assert len(content) == 64 and bytes.fromhex(content.decode("ascii"))
+    assert make_secret(secret, keep_existing=True) == secret
+    assert secret.read_bytes() == content
+    assert make_secret(secret).read_bytes() != content  # the default replaces it
+    assert [p.name for p in folder.iterdir()] == ["superexec.secret"]  # no temp files left
 
 
 def test_check_site_key_rejects_what_flower_refuses(tmp_path: Path) -> None:
@@ -282,7 +323,7 @@ def test_check_site_key_rejects_passphrase(tmp_path: Path) -> None:
 def test_private_files_0600_public_0644_dir_0700(tmp_path: Path) -> None:
     old = os.umask(0)  # a permissive umask must not leak into private files
     try:
-        b = ensure_bundle(tmp_path / "a" / "gen", SANS, SITES)
+        b = ensure_federation_certs(tmp_path / "a" / "gen", SANS, SITES)
     finally:
         os.umask(old)
     assert _mode(b.out_dir) == 0o700
@@ -309,21 +350,21 @@ def test_overwrite_keeps_0600_even_if_file_was_loose(tmp_path: Path) -> None:
     assert _mode(priv) == 0o600
 
 
-# --------------------------------------------------------------------------- ensure_bundle
+# ------------------------------------------------------------------- ensure_federation_certs
 
 
-def test_ensure_bundle_is_idempotent(bundle: CertBundle) -> None:
-    before = _snapshot(bundle.out_dir)
-    again = ensure_bundle(bundle.out_dir, list(reversed(SANS)), SITES)
-    assert _snapshot(bundle.out_dir) == before
+def test_ensure_certs_is_idempotent(fed: FederationCerts) -> None:
+    before = _snapshot(fed.out_dir)
+    again = ensure_federation_certs(fed.out_dir, list(reversed(SANS)), SITES)
+    assert _snapshot(fed.out_dir) == before
     assert set(again.actions.values()) == {"kept"}
-    assert again.site_keys == bundle.site_keys
+    assert again.site_keys == fed.site_keys
 
 
-def test_new_san_regenerates_server_cert_only(bundle: CertBundle) -> None:
-    before = _snapshot(bundle.out_dir)
-    again = ensure_bundle(bundle.out_dir, ["superlink", "10.1.2.3"], SITES)
-    after = _snapshot(bundle.out_dir)
+def test_new_san_regenerates_server_cert_only(fed: FederationCerts) -> None:
+    before = _snapshot(fed.out_dir)
+    again = ensure_federation_certs(fed.out_dir, ["superlink", "10.1.2.3"], SITES)
+    after = _snapshot(fed.out_dir)
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {"superlink.crt", "superlink.key"}
     # names only accumulate: the old ones stay so running nodes keep working
@@ -331,126 +372,132 @@ def test_new_san_regenerates_server_cert_only(bundle: CertBundle) -> None:
     verify_server_cert(again.ca_cert, again.server_cert, again.server_key)
 
 
-def test_new_site_is_added_and_missing_pub_is_rebuilt(bundle: CertBundle) -> None:
-    priv0, pub0 = bundle.site_keys["site-0"]
+def test_new_site_is_added_and_missing_pub_is_rebuilt(fed: FederationCerts) -> None:
+    priv0, pub0 = fed.site_keys["site-0"]
     key_bytes, pub_bytes = priv0.read_bytes(), pub0.read_bytes()
     pub0.unlink()
-    again = ensure_bundle(bundle.out_dir, SANS, [*SITES, "lab-b"])
+    again = ensure_federation_certs(fed.out_dir, SANS, [*SITES, "lab-b"])
     assert priv0.read_bytes() == key_bytes  # a registered identity is never replaced
     assert pub0.read_bytes() == pub_bytes
     assert again.actions[pub0].startswith("regenerated")
     assert again.actions[again.site_keys["lab-b"][0]] == "created"
 
 
-def test_force_regenerates_everything(bundle: CertBundle) -> None:
-    before = _snapshot(bundle.out_dir)
-    again = ensure_bundle(bundle.out_dir, ["localhost"], SITES, force=True)
-    after = _snapshot(bundle.out_dir)
+def test_force_regenerates_everything(fed: FederationCerts) -> None:
+    before = _snapshot(fed.out_dir)
+    again = ensure_federation_certs(fed.out_dir, ["localhost"], SITES, force=True)
+    after = _snapshot(fed.out_dir)
     assert all(before[name] != after[name] for name in before)
     assert again.sans == ("localhost",)
     verify_server_cert(again.ca_cert, again.server_cert, again.server_key)
 
 
-def test_ensure_bundle_refuses_to_replace_broken_ca_or_site_key(bundle: CertBundle) -> None:
-    out = bundle.out_dir
+def test_ensure_certs_refuses_to_replace_broken_ca_or_site_key(fed: FederationCerts) -> None:
+    out = fed.out_dir
     other_cert, other_key = make_ca(out / "other")
-    os.replace(other_key, bundle.ca_key)
+    os.replace(other_key, fed.ca_key)
     with pytest.raises(CertError, match=r"ca\.key does not match"):
-        ensure_bundle(out, SANS, SITES)
-    os.replace(other_cert, bundle.ca_cert)
-    bundle.site_keys["site-1"][0].write_text("garbage")
+        ensure_federation_certs(out, SANS, SITES)
+    os.replace(other_cert, fed.ca_cert)
+    fed.site_keys["site-1"][0].write_text("garbage")
     with pytest.raises(CertError, match=r"site-1\.key"):
-        ensure_bundle(out, SANS, SITES)
+        ensure_federation_certs(out, SANS, SITES)
 
 
-def test_ensure_bundle_reissues_server_cert_from_other_ca(bundle: CertBundle) -> None:
-    make_ca(bundle.out_dir)  # CA rotated by hand: old server cert no longer chains
-    again = ensure_bundle(bundle.out_dir, SANS, SITES)
+def test_ensure_certs_reissues_server_cert_from_other_ca(fed: FederationCerts) -> None:
+    make_ca(fed.out_dir)  # CA rotated by hand: old server cert no longer chains
+    again = ensure_federation_certs(fed.out_dir, SANS, SITES)
     assert again.actions[again.server_cert].startswith("regenerated: server certificate")
     verify_server_cert(again.ca_cert, again.server_cert, again.server_key)
 
 
-def test_ensure_bundle_rejects_bad_names(tmp_path: Path) -> None:
+def test_ensure_certs_rejects_bad_names(tmp_path: Path) -> None:
     for sites in (["ca"], ["superlink"], ["a/b"], ["x", "x"]):
         with pytest.raises(CertError):
-            ensure_bundle(tmp_path, SANS, sites)
+            ensure_federation_certs(tmp_path, SANS, sites)
     with pytest.raises(CertError):
-        ensure_bundle(tmp_path, [], SITES)
+        ensure_federation_certs(tmp_path, [], SITES)
 
 
 # --------------------------------------------------------------------------- verify_server_cert
 
 
-def test_verify_rejects_foreign_ca(bundle: CertBundle, tmp_path: Path) -> None:
+def test_verify_rejects_foreign_ca(fed: FederationCerts, tmp_path: Path) -> None:
     other_ca, _ = make_ca(tmp_path / "other")
     with pytest.raises(CertError, match=r"superlink\.crt is not signed by CA certificate .*other"):
-        verify_server_cert(other_ca, bundle.server_cert, bundle.server_key)
+        verify_server_cert(other_ca, fed.server_cert, fed.server_key)
 
 
-def test_verify_rejects_mismatched_key(bundle: CertBundle, tmp_path: Path) -> None:
-    _, other_key = make_server_cert(tmp_path / "x", bundle.ca_cert, bundle.ca_key, SANS)
+def test_verify_rejects_mismatched_key(fed: FederationCerts, tmp_path: Path) -> None:
+    _, other_key = make_server_cert(tmp_path / "x", fed.ca_cert, fed.ca_key, SANS)
     with pytest.raises(CertError, match=r"server key .*x/superlink\.key does not match"):
-        verify_server_cert(bundle.ca_cert, bundle.server_cert, other_key)
+        verify_server_cert(fed.ca_cert, fed.server_cert, other_key)
 
 
-def test_verify_rejects_expired_and_not_yet_valid(bundle: CertBundle, tmp_path: Path) -> None:
+def test_verify_rejects_expired_and_not_yet_valid(fed: FederationCerts, tmp_path: Path) -> None:
     now = dt.datetime.now(dt.UTC)
     old, old_key = make_server_cert(
-        tmp_path / "old", bundle.ca_cert, bundle.ca_key, SANS, days=1,
+        tmp_path / "old", fed.ca_cert, fed.ca_key, SANS, days=1,
         not_before=now - dt.timedelta(days=3),
     )  # fmt: skip
     with pytest.raises(CertError, match=r"old/superlink\.crt: expired"):
-        verify_server_cert(bundle.ca_cert, old, old_key)
+        verify_server_cert(fed.ca_cert, old, old_key)
     new, new_key = make_server_cert(
-        tmp_path / "new", bundle.ca_cert, bundle.ca_key, SANS, days=1,
+        tmp_path / "new", fed.ca_cert, fed.ca_key, SANS, days=1,
         not_before=now + dt.timedelta(days=1),
     )  # fmt: skip
     with pytest.raises(CertError, match=r"new/superlink\.crt: not yet valid"):
-        verify_server_cert(bundle.ca_cert, new, new_key)
-    # ensure_bundle heals an expired server cert without touching the CA
-    ca_bytes = bundle.ca_cert.read_bytes()
-    os.replace(old, bundle.server_cert)
-    os.replace(old_key, bundle.server_key)
-    again = ensure_bundle(bundle.out_dir, SANS, SITES)
+        verify_server_cert(fed.ca_cert, new, new_key)
+    # ensure_federation_certs heals an expired server cert without touching the CA
+    ca_bytes = fed.ca_cert.read_bytes()
+    os.replace(old, fed.server_cert)
+    os.replace(old_key, fed.server_key)
+    again = ensure_federation_certs(fed.out_dir, SANS, SITES)
     assert "expired" in again.actions[again.server_cert]
-    assert bundle.ca_cert.read_bytes() == ca_bytes
+    assert fed.ca_cert.read_bytes() == ca_bytes
     verify_server_cert(again.ca_cert, again.server_cert, again.server_key)
 
 
-def test_verify_names_missing_or_garbage_files(bundle: CertBundle, tmp_path: Path) -> None:
+def test_verify_names_missing_or_garbage_files(fed: FederationCerts, tmp_path: Path) -> None:
     with pytest.raises(CertError, match=r"missing\.crt: file not found"):
-        verify_server_cert(bundle.ca_cert, tmp_path / "missing.crt", bundle.server_key)
+        verify_server_cert(fed.ca_cert, tmp_path / "missing.crt", fed.server_key)
     junk = tmp_path / "junk.crt"
     junk.write_text("not a cert")
     with pytest.raises(CertError, match=r"junk\.crt: not a PEM X\.509 certificate"):
-        verify_server_cert(bundle.ca_cert, junk, bundle.server_key)
+        verify_server_cert(fed.ca_cert, junk, fed.server_key)
     with pytest.raises(CertError, match=r"server key .*ca\.crt: not a PEM private key"):
-        verify_server_cert(bundle.ca_cert, bundle.server_cert, bundle.ca_cert)
+        verify_server_cert(fed.ca_cert, fed.server_cert, fed.ca_cert)
     with pytest.raises(CertError, match=r"superlink\.crt: not a CA"):
-        check_ca(bundle.server_cert)
+        check_ca(fed.server_cert)
     assert issubclass(CertError, ValueError)
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zk0")
-    add_cli(parser.add_subparsers(dest="command"))
-    return parser
+def test_zk0_parser_registers_every_command_from_the_table() -> None:
+    import importlib
+
+    from deploy.cli import COMMANDS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [c.name for c in COMMANDS]
+    for command in COMMANDS:
+        parsed = sub.choices[command.name].parse_args([])
+        assert parsed.func is importlib.import_module(command.module).run_cli, command.name
 
 
 def test_cli_defaults() -> None:
-    args = _parser().parse_args(["certs"])
+    args = build_parser().parse_args(["certs"])
     assert args.out == Path("certs/generated")
     assert args.func is run_cli and not args.force
     with pytest.raises(SystemExit):
-        _parser().parse_args(["certs", "--sites", "2", "--site", "a"])
+        build_parser().parse_args(["certs", "--sites", "2", "--site", "a"])
 
 
 def test_run_cli_makes_then_keeps_and_never_prints_keys(tmp_path: Path, capsys) -> None:
     out = tmp_path / "gen"
-    args = _parser().parse_args(["certs", "--out", str(out), "--san", "superlink"])
+    args = build_parser().parse_args(["certs", "--out", str(out), "--san", "superlink"])
     assert run_cli(args) == 0
     first = capsys.readouterr().out
     names = sorted(p.name for p in out.iterdir() if p.name != ".lock")
@@ -461,7 +508,7 @@ def test_run_cli_makes_then_keeps_and_never_prints_keys(tmp_path: Path, capsys) 
     cert = x509.load_pem_x509_certificate((out / "superlink.crt").read_bytes())
     assert set(cert_sans(cert)) == {"localhost", "127.0.0.1", "superlink"}
 
-    args = _parser().parse_args(["certs", "--out", str(out), "--site", "site-0"])
+    args = build_parser().parse_args(["certs", "--out", str(out), "--site", "site-0"])
     assert run_cli(args) == 0
     second = capsys.readouterr().out
     assert "created" not in second and "regenerated" not in second
@@ -475,6 +522,6 @@ def test_run_cli_makes_then_keeps_and_never_prints_keys(tmp_path: Path, capsys) 
 
 
 def test_run_cli_reports_errors(tmp_path: Path, capsys) -> None:
-    args = _parser().parse_args(["certs", "--out", str(tmp_path), "--san", "bad name"])
+    args = build_parser().parse_args(["certs", "--out", str(tmp_path), "--san", "bad name"])
     assert run_cli(args) == 1
     assert "bad name" in capsys.readouterr().err

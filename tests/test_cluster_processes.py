@@ -8,7 +8,6 @@ its ``site-name`` and writes the answers to a file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -19,14 +18,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from certs.make import CertBundle, ensure_bundle
+from certs import FederationCerts, ensure_federation_certs
 from common.settings import NodeConfig
-from deploy import flower
+from deploy import flwr_cli
 from deploy import site_launcher as launcher
+from deploy.cli import build_parser
+from deploy.flower_commands import superexec_cmd, superlink_cmd, supernode_cmd
+from deploy.flower_env import bin_dir, child_env
+from deploy.flower_logs import EXIT_SUPERNODE_CONNECTION_ERROR, flower_exit_code
+from deploy.health import https_ok
 from deploy.local_cluster import LocalCluster, free_port
 from deploy.processes import ManagedProcess, ProcessFailed, group_members, pid_alive
+from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
 
 # -- the throwaway app --------------------------------------------------------------------------
 
@@ -117,6 +123,10 @@ def write_echo_app(root: Path) -> Path:
 SITES = ["lab-a", "lab-b"]
 
 
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 def _node(site: str, root: Path) -> NodeConfig:
     return NodeConfig.parse({"site-name": site, "dataset-root": str(root / site)}, "test")
 
@@ -130,7 +140,7 @@ def _flag(cmd: list[str], name: str) -> str:
 
 
 def test_superlink_cmd_is_secure(tmp_path: Path) -> None:
-    cmd = flower.superlink_cmd(
+    cmd = superlink_cmd(
         certfile=tmp_path / "s.crt",
         keyfile=tmp_path / "s.key",
         ca_certfile=tmp_path / "ca.crt",
@@ -153,9 +163,9 @@ def test_superlink_cmd_is_secure(tmp_path: Path) -> None:
 
 
 def test_supernode_and_superexec_cmds_are_secure(tmp_path: Path) -> None:
-    tls = flower.RuntimeTls(tmp_path / "r.crt", tmp_path / "r.key", tmp_path / "rca.crt")
+    tls = RuntimeTls(tmp_path / "r.crt", tmp_path / "r.key", tmp_path / "rca.crt")
     node = _node("lab-a", tmp_path)
-    cmd = flower.supernode_cmd(
+    cmd = supernode_cmd(
         superlink="link.example.org:8000",
         root_certificates=tmp_path / "ca.crt",
         private_key=tmp_path / "lab-a.key",
@@ -176,7 +186,7 @@ def test_supernode_and_superexec_cmds_are_secure(tmp_path: Path) -> None:
     assert _flag(cmd, "--ssl-keyfile").endswith("r.key")
     assert _flag(cmd, "--ssl-ca-certfile").endswith("rca.crt")
     assert _flag(cmd, "--superexec-auth-secret-file").endswith("site.secret")
-    exe = flower.superexec_cmd("127.0.0.1:9101", tls.ca, tmp_path / "site.secret")
+    exe = superexec_cmd("127.0.0.1:9101", tls.ca, tmp_path / "site.secret")
     assert Path(exe[0]).name == "flower-superexec"
     assert _flag(exe, "--runtime-api-address") == "127.0.0.1:9101"
     assert _flag(exe, "--root-certificates").endswith("rca.crt")
@@ -197,15 +207,16 @@ def test_overrides_round_trip_through_flwr_parser(tmp_path: Path) -> None:
         "quoted": "it's",
         "policy": "smolvla-tiny",
     }
-    args = flower.format_overrides(overrides)
+    args = flwr_cli.format_overrides(overrides)
     assert args[::2] == ["-c"] * len(overrides)
     assert parse_config_args(args[1::2]) == overrides
-    cmd = flower.flwr_run_cmd(tmp_path, "lab", overrides)
-    assert cmd[1:5] == ["run", str(tmp_path.resolve()), "lab", "--stream"]
-    with pytest.raises(ValueError):
-        flower.format_overrides({"bad": "both ' and \""})
-    with pytest.raises(ValueError):
-        flower.format_overrides({"bad key": 1})
+    cmd = flwr_cli.flwr_run_args(tmp_path, "lab", overrides)
+    assert cmd[:3] == ["run", str(tmp_path.resolve()), "lab"]
+    assert cmd[3:] == args
+    with pytest.raises(ValueError, match=r"run config: key 'bad'.*both quote kinds"):
+        flwr_cli.format_overrides({"bad": "both ' and \""})
+    with pytest.raises(ValueError, match=r"run config: key 'bad key'"):
+        flwr_cli.format_overrides({"bad key": 1})
 
 
 def test_connection_config_is_read_by_flwr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,10 +224,10 @@ def test_connection_config_is_read_by_flwr(tmp_path: Path, monkeypatch: pytest.M
 
     (tmp_path / "ca.crt").write_text("x")
     monkeypatch.chdir(tmp_path)
-    path = flower.write_connection_config(
+    path = flwr_cli.write_connection_config(
         tmp_path / "home", "lab", "127.0.0.1:9999", Path("ca.crt")
     )
-    flower.write_connection_config(tmp_path / "home", "other", "10.0.0.1:8000", Path("ca.crt"))
+    flwr_cli.write_connection_config(tmp_path / "home", "other", "10.0.0.1:8000", Path("ca.crt"))
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
     conn = read_superlink_connection("lab")
     assert conn.address == "127.0.0.1:9999"
@@ -228,28 +239,25 @@ def test_connection_config_is_read_by_flwr(tmp_path: Path, monkeypatch: pytest.M
 
 def test_child_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    env = flower.child_env(tmp_path)
+    env = child_env(tmp_path)
     assert env["FLWR_TELEMETRY_ENABLED"] == "0"
     assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["FLWR_HOME"] == str(tmp_path.resolve())
-    assert env["PATH"].split(os.pathsep)[0] == str(flower.bin_dir())
+    assert env["PATH"].split(os.pathsep)[0] == str(bin_dir())
 
 
-def test_secret_file_and_runtime_tls(tmp_path: Path) -> None:
-    secret = flower.ensure_secret_file(tmp_path / "s" / "superexec.secret")
-    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-    content = secret.read_bytes()
-    assert len(content) == 64
-    flower.ensure_secret_file(secret)
-    assert secret.read_bytes() == content  # kept
-
-    tls = flower.ensure_runtime_tls(tmp_path / "tls")
-    assert stat.S_IMODE(tls.key.stat().st_mode) == 0o600
+def test_runtime_tls_is_kept_until_a_host_is_missing(tmp_path: Path) -> None:
+    tls = ensure_runtime_tls(tmp_path / "tls")
+    assert _mode(tls.key) == 0o600 and _mode(tmp_path / "tls") == 0o700
     assert not list((tmp_path / "tls").glob("*ca.key"))  # the one-off CA key is never stored
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate(tls.ca.read_bytes())
+    x509.load_pem_x509_certificate(tls.cert.read_bytes()).verify_directly_issued_by(ca)
     before = tls.cert.read_bytes()
-    assert flower.ensure_runtime_tls(tmp_path / "tls").cert.read_bytes() == before
-    assert flower.ensure_runtime_tls(tmp_path / "tls", ("10.1.2.3",)).cert.read_bytes() != before
+    assert ensure_runtime_tls(tmp_path / "tls", ("LOCALHOST.",)).cert.read_bytes() == before
+    assert ensure_runtime_tls(tmp_path / "tls", ("10.1.2.3",)).cert.read_bytes() != before
 
 
 # -- unit: ManagedProcess ----------------------------------------------------------------------
@@ -319,20 +327,20 @@ def test_wait_healthy_reports_early_exit(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> CertBundle:
-    return ensure_bundle(
+def fed(tmp_path_factory: pytest.TempPathFactory) -> FederationCerts:
+    return ensure_federation_certs(
         tmp_path_factory.mktemp("certs"),
         sans=["127.0.0.1", "localhost"],
         sites=[*SITES, "rogue", "lab-c"],
     )
 
 
-def _settings(bundle: CertBundle, tmp_path: Path, **over: object) -> launcher.SiteSettings:
+def _settings(fed: FederationCerts, tmp_path: Path, **over: object) -> launcher.SiteSettings:
     (tmp_path / "data").mkdir(exist_ok=True)
     values: dict[str, object] = {
         "superlink": "127.0.0.1:8000",
-        "ca_cert": bundle.ca_cert,
-        "site_key": bundle.site_keys["lab-a"][0],
+        "ca_cert": fed.ca_cert,
+        "site_key": fed.site_keys["lab-a"][0],
         "site_name": "lab-a",
         "dataset_root": str(tmp_path / "data"),
         "work_dir": tmp_path / "work",
@@ -348,13 +356,13 @@ def _refusal(settings: launcher.SiteSettings) -> str:
 
 
 def test_launcher_accepts_good_settings(
-    bundle: CertBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fed: FederationCerts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    node = launcher.check_settings(_settings(bundle, tmp_path), dataset=False)
+    node = launcher.check_settings(_settings(fed, tmp_path), dataset=False)
     assert node.site_name == "lab-a"
     monkeypatch.chdir(tmp_path)
     supernode, superexec = launcher.build_site_processes(
-        _settings(bundle, tmp_path, work_dir=Path("rel-work"))
+        _settings(fed, tmp_path, work_dir=Path("rel-work"))
     )
     assert _flag(supernode, "--port") == "9094"
     assert _flag(superexec, "--runtime-api-address") == "127.0.0.1:9094"
@@ -366,19 +374,19 @@ def test_launcher_accepts_good_settings(
     assert _flag(supernode, "--ssl-certfile").startswith(str(tmp_path / "rel-work"))
 
 
-def test_launcher_refuses_missing_key(bundle: CertBundle, tmp_path: Path) -> None:
+def test_launcher_refuses_missing_key(fed: FederationCerts, tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "lab-a.key"
-    text = _refusal(_settings(bundle, tmp_path, site_key=missing))
+    text = _refusal(_settings(fed, tmp_path, site_key=missing))
     assert "ZK0_SITE_KEY" in text and str(missing) in text and "not found" in text
 
 
-def test_launcher_refuses_missing_ca(bundle: CertBundle, tmp_path: Path) -> None:
+def test_launcher_refuses_missing_ca(fed: FederationCerts, tmp_path: Path) -> None:
     missing = tmp_path / "ca-missing.crt"
-    text = _refusal(_settings(bundle, tmp_path, ca_cert=missing))
+    text = _refusal(_settings(fed, tmp_path, ca_cert=missing))
     assert "ZK0_CA_CERT" in text and str(missing) in text and "not found" in text
 
 
-def test_launcher_refuses_non_ec_key(bundle: CertBundle, tmp_path: Path) -> None:
+def test_launcher_refuses_non_ec_key(fed: FederationCerts, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -390,7 +398,7 @@ def test_launcher_refuses_non_ec_key(bundle: CertBundle, tmp_path: Path) -> None
             serialization.NoEncryption(),
         )
     )
-    text = _refusal(_settings(bundle, tmp_path, site_key=key))
+    text = _refusal(_settings(fed, tmp_path, site_key=key))
     assert str(key) in text and "EC" in text and "NIST" in text
 
 
@@ -406,9 +414,9 @@ def test_launcher_refuses_non_ec_key(bundle: CertBundle, tmp_path: Path) -> None
     ],
 )
 def test_launcher_refuses_bad_address(
-    bundle: CertBundle, tmp_path: Path, address: str, why: str
+    fed: FederationCerts, tmp_path: Path, address: str, why: str
 ) -> None:
-    text = _refusal(_settings(bundle, tmp_path, superlink=address))
+    text = _refusal(_settings(fed, tmp_path, superlink=address))
     assert "ZK0_SUPERLINK" in text and repr(address) in text and why in text
 
 
@@ -416,42 +424,61 @@ def test_launcher_accepts_ipv6_and_names() -> None:
     assert launcher.parse_superlink_address("[::1]:8000") == ("::1", 8000)
     assert launcher.parse_superlink_address("10.0.0.5:443") == ("10.0.0.5", 443)
     assert launcher.parse_superlink_address("link.lab-1.org:8000") == ("link.lab-1.org", 8000)
+    # the host-name rule of the certificate SANs (certs.names): compose service names dial too
+    assert launcher.parse_superlink_address("zk0_superlink:8000") == ("zk0_superlink", 8000)
+    with pytest.raises(ValueError, match="not a valid host name"):
+        launcher.parse_superlink_address("*.example.org:8000")  # a SAN wildcard is not dialable
 
 
 def test_launcher_refuses_open_secret_and_lists_all_problems(
-    bundle: CertBundle, tmp_path: Path
+    fed: FederationCerts, tmp_path: Path
 ) -> None:
     secret = tmp_path / "open.secret"
     secret.write_text("abc")
     secret.chmod(0o644)
     text = _refusal(
-        _settings(bundle, tmp_path, superexec_secret_file=secret, superlink="nope", site_name="")
+        _settings(fed, tmp_path, superexec_secret_file=secret, superlink="nope", site_name="")
     )
     assert "0644" in text and "expected 0600" in text
     assert "ZK0_SUPERLINK" in text
     assert "site-name" in text
 
 
-def test_launcher_generates_secret_0600(bundle: CertBundle, tmp_path: Path) -> None:
-    settings = _settings(bundle, tmp_path)
-    assert not settings.secret_path.exists()
-    flower.ensure_secret_file(settings.secret_path)
-    assert stat.S_IMODE(settings.secret_path.stat().st_mode) == 0o600
-    launcher.check_settings(settings, dataset=False)
+def test_launcher_start_makes_secret_0600_in_0700_work_dir(
+    fed: FederationCerts, tmp_path: Path
+) -> None:
+    """What ``zk0 supernode`` does before it spawns anything (:func:`launcher.prepare_site`)."""
+    settings = _settings(fed, tmp_path)
+    assert not settings.work_path.exists()
+    old = os.umask(0)  # a permissive umask must not leak into the secret or its folder
+    try:
+        supernode, superexec = launcher.prepare_site(settings)
+    finally:
+        os.umask(old)
+    secret = settings.secret_path
+    assert secret.parent == settings.work_path
+    assert _mode(secret) == 0o600 and _mode(settings.work_path) == 0o700
+    assert _mode(settings.runtime_tls_dir) == 0o700
+    assert _mode(RuntimeTls.in_dir(settings.runtime_tls_dir).key) == 0o600
+    content = secret.read_bytes()
+    assert len(content) == 64 and bytes.fromhex(content.decode())  # hex, no newline
+    assert _flag(supernode, "--superexec-auth-secret-file") == str(secret)
+    assert _flag(superexec, "--superexec-auth-secret-file") == str(secret)
+    launcher.prepare_site(settings)  # a restart keeps the secret its SuperExec knows
+    assert secret.read_bytes() == content
+    launcher.check_settings(settings, dataset=False)  # and the launcher accepts what it made
 
 
 def test_launcher_cli_flags_override_env(
-    bundle: CertBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fed: FederationCerts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setenv("ZK0_SUPERLINK", "from-env:8000")
-    monkeypatch.setenv("ZK0_CA_CERT", str(bundle.ca_cert))
-    monkeypatch.setenv("ZK0_SITE_KEY", str(bundle.site_keys["lab-a"][0]))
+    monkeypatch.setenv("ZK0_CA_CERT", str(fed.ca_cert))
+    monkeypatch.setenv("ZK0_SITE_KEY", str(fed.site_keys["lab-a"][0]))
     monkeypatch.setenv("ZK0_SITE_NAME", "lab-a")
     monkeypatch.setenv("ZK0_DATASET_ROOT", str(tmp_path))
-    parser = argparse.ArgumentParser()
-    launcher.add_cli(parser.add_subparsers())
-    args = parser.parse_args(
+    args = build_parser().parse_args(
         ["supernode", "--superlink", "from-flag:9000", "--runtime-port", "9200"]
     )
     settings = launcher.settings_from_args(args)
@@ -462,7 +489,7 @@ def test_launcher_cli_flags_override_env(
 
 
 def test_launcher_reads_dotenv_and_check_prints_commands(
-    bundle: CertBundle,
+    fed: FederationCerts,
     demo_root: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -473,21 +500,19 @@ def test_launcher_reads_dotenv_and_check_prints_commands(
         monkeypatch.delenv(var, raising=False)
     (tmp_path / ".env").write_text(
         "ZK0_SUPERLINK=link.example.org:8000\n"
-        f"ZK0_CA_CERT={bundle.ca_cert}\n"
-        f"ZK0_SITE_KEY={bundle.site_keys['lab-b'][0]}\n"
+        f"ZK0_CA_CERT={fed.ca_cert}\n"
+        f"ZK0_SITE_KEY={fed.site_keys['lab-b'][0]}\n"
         "ZK0_SITE_NAME=lab-b\n"
         f"ZK0_DATASET_ROOT={demo_root / 'site-1'}\n"
         "ZK0_RUNTIME_PORT=9311\n"
     )
-    parser = argparse.ArgumentParser()
-    launcher.add_cli(parser.add_subparsers())
-    assert launcher.run_cli(parser.parse_args(["supernode", "--check"])) == 0
+    assert launcher.run_cli(build_parser().parse_args(["supernode", "--check"])) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2
     assert "flower-supernode" in out[0] and "--port 9311" in out[0]
     assert 'site-name="lab-b"' in out[0] and "link.example.org:8000" in out[0]
     assert "flower-superexec" in out[1] and "127.0.0.1:9311" in out[1]
-    assert bundle.superexec_secret.read_text() not in "\n".join(out)
+    assert fed.superexec_secret.read_text() not in "\n".join(out)
 
 
 def test_launcher_cli_names_missing_settings(
@@ -496,9 +521,7 @@ def test_launcher_cli_names_missing_settings(
     monkeypatch.chdir(tmp_path)
     for var in ("ZK0_SUPERLINK", "ZK0_CA_CERT", "ZK0_SITE_KEY", "ZK0_SITE_NAME"):
         monkeypatch.delenv(var, raising=False)
-    parser = argparse.ArgumentParser()
-    launcher.add_cli(parser.add_subparsers())
-    code = launcher.run_cli(parser.parse_args(["supernode", "--superlink", "x:1"]))
+    code = launcher.run_cli(build_parser().parse_args(["supernode", "--superlink", "x:1"]))
     err = capsys.readouterr().err
     assert code == launcher.EXIT_CONFIG_ERROR
     assert "--site-key / ZK0_SITE_KEY" in err and "--ca-cert / ZK0_CA_CERT" in err
@@ -508,11 +531,13 @@ def test_launcher_cli_names_missing_settings(
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, bundle: CertBundle) -> Iterator[LocalCluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, fed: FederationCerts
+) -> Iterator[LocalCluster]:
     root = tmp_path_factory.mktemp("cluster")
     app = write_echo_app(root)
     sites = [_node(s, root) for s in SITES]
-    c = LocalCluster(app, sites, root / "work", bundle=bundle, startup_timeout=90)
+    c = LocalCluster(app, sites, root / "work", certs=fed, startup_timeout=90)
     try:
         t0 = time.monotonic()
         c.start()
@@ -533,7 +558,7 @@ def test_run_reaches_every_site(cluster: LocalCluster, tmp_path: Path) -> None:
     replies = json.loads(out.read_text())
     assert sorted(replies.values()) == SITES
     assert set(replies) == {str(cluster.node_ids[s]) for s in SITES}
-    runs = flower.list_runs(cluster.flwr_home, cluster.connection)
+    runs = flwr_cli.list_runs(cluster.flwr_home, cluster.connection)
     assert any(str(r["run-id"]) == str(result.run_id) for r in runs)
 
 
@@ -545,30 +570,30 @@ def _assert_refused(proc: ManagedProcess, within: float) -> str:
     log = proc.log_text()
     assert code is not None, f"still running after {within + 10} s:\n{proc.log_tail()}"
     assert code == 1, log  # flwr 1.42 exits 1 for every error code; the code is only logged
-    assert flower.flower_exit_code(proc) == flower.EXIT_SUPERNODE_CONNECTION_ERROR, log
+    assert flower_exit_code(proc) == EXIT_SUPERNODE_CONNECTION_ERROR, log
     assert took < within, f"refusal took {took:.1f} s"
     print(f"{proc.name} refused in {took:.1f} s", file=sys.stderr)
     return log
 
 
 @pytest.mark.e2e
-def test_unregistered_key_is_refused(cluster: LocalCluster, bundle: CertBundle) -> None:
+def test_unregistered_key_is_refused(cluster: LocalCluster, fed: FederationCerts) -> None:
     rogue = NodeConfig.parse({"site-name": "rogue", "dataset-root": "/nonexistent"}, "test")
-    site = cluster.start_supernode(rogue, bundle.site_keys["rogue"][0], name="rogue")
+    site = cluster.start_supernode(rogue, fed.site_keys["rogue"][0], name="rogue")
     log = _assert_refused(site.supernode, within=10)
     assert "[code: 2004] Failed to activate SuperNode" in log
-    online = flower.list_supernodes(cluster.flwr_home, cluster.connection)
+    online = flwr_cli.list_supernodes(cluster.flwr_home, cluster.connection)
     assert {n["node-id"] for n in online} == {str(i) for i in cluster.node_ids.values()}
 
 
 @pytest.mark.e2e
 def test_wrong_ca_is_refused(
-    cluster: LocalCluster, bundle: CertBundle, tmp_path_factory: pytest.TempPathFactory
+    cluster: LocalCluster, fed: FederationCerts, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    other = ensure_bundle(tmp_path_factory.mktemp("other-ca"), sans=["127.0.0.1"], sites=[])
+    other = ensure_federation_certs(tmp_path_factory.mktemp("other-ca"), ["127.0.0.1"], [])
     node = NodeConfig.parse({"site-name": "lab-a", "dataset-root": "/nonexistent"}, "test")
     site = cluster.start_supernode(
-        node, bundle.site_keys["lab-a"][0], root_certificates=other.ca_cert, name="lab-a-wrong-ca"
+        node, fed.site_keys["lab-a"][0], root_certificates=other.ca_cert, name="lab-a-wrong-ca"
     )
     log = _assert_refused(site.supernode, within=10)
     assert "CERTIFICATE_VERIFY_FAILED" in log
@@ -581,14 +606,14 @@ def test_runtime_apis_need_tls_and_the_secret(cluster: LocalCluster) -> None:
 
     site = cluster._site_procs["lab-a"]
     apis = {
-        "superlink": (cluster.address, cluster.bundle.ca_cert),
+        "superlink": (cluster.address, cluster.certs.ca_cert),
         "lab-a": (
             f"127.0.0.1:{site.runtime_port}",
             cluster.work_dir / "sites" / "lab-a" / "runtime-tls" / "ca.crt",
         ),
     }
     for name, (address, ca) in apis.items():
-        assert flower.https_ok(address, ca), name
+        assert https_ok(address, ca), name
         res = httpx.post(
             f"https://{address}/v1/runtime/acquire-task",
             verify=ssl.create_default_context(cafile=str(ca)),
@@ -602,14 +627,6 @@ def test_runtime_apis_need_tls_and_the_secret(cluster: LocalCluster) -> None:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# The launcher as an operator runs it (dataset preflight included).
-_LAUNCHER = (
-    "import argparse, sys\n"
-    "from deploy import site_launcher as launcher\n"
-    "parser = argparse.ArgumentParser()\n"
-    "launcher.add_cli(parser.add_subparsers())\n"
-    "sys.exit(launcher.run_cli(parser.parse_args(sys.argv[1:])))\n"
-)
 
 
 def _launcher(
@@ -618,16 +635,16 @@ def _launcher(
     args = [
         "supernode",
         "--superlink", cluster.address,
-        "--ca-cert", str(cluster.bundle.ca_cert),
+        "--ca-cert", str(cluster.certs.ca_cert),
         "--site-key", str(key),
         "--site-name", site,
         "--dataset-root", str(data),
         "--runtime-port", str(free_port()),
         "--work-dir", str(work / "site"),
     ]  # fmt: skip
-    env = flower.child_env(work / "home", {"PYTHONPATH": str(REPO_ROOT)})
+    env = child_env(work / "home", {"PYTHONPATH": str(REPO_ROOT)})
     return ManagedProcess(
-        f"launcher-{site}", [sys.executable, "-c", _LAUNCHER, *args], work / "launcher.log",
+        f"launcher-{site}", [sys.executable, "-m", "deploy.cli", *args], work / "launcher.log",
         env=env, cwd=work,
     ).start()  # fmt: skip
 
@@ -635,24 +652,20 @@ def _launcher(
 def _procs_mentioning(text: str) -> list[int]:
     """PIDs whose command line mentions ``text`` (to find leftovers; never used to kill)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and pid_alive(int(entry.name)):
-            try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
+    for proc in psutil.process_iter(["cmdline"]):
+        if text in " ".join(proc.info["cmdline"] or []) and pid_alive(proc.pid):
+            found.append(proc.pid)
     return found
 
 
 @pytest.mark.e2e
 def test_launcher_explains_unregistered_key(
-    cluster: LocalCluster, bundle: CertBundle, demo_root: Path, tmp_path: Path
+    cluster: LocalCluster, fed: FederationCerts, demo_root: Path, tmp_path: Path
 ) -> None:
-    proc = _launcher(cluster, bundle.site_keys["rogue"][0], "rogue", tmp_path,
+    proc = _launcher(cluster, fed.site_keys["rogue"][0], "rogue", tmp_path,
                      demo_root / "site-0")
     try:
-        code = proc.wait(30)
+        code = proc.wait(90)  # the launcher imports the ML stack for its dataset preflight
         log = proc.log_text()
         assert code == 1, log
         assert "Flower code 305" in log and "not registered" in log
@@ -663,14 +676,15 @@ def test_launcher_explains_unregistered_key(
 
 @pytest.mark.e2e
 def test_launcher_runs_site_and_stops_on_sigterm(
-    cluster: LocalCluster, bundle: CertBundle, demo_root: Path, tmp_path: Path
+    cluster: LocalCluster, fed: FederationCerts, demo_root: Path, tmp_path: Path
 ) -> None:
-    priv, pub = bundle.site_keys["lab-c"]
-    node_id = flower.register_supernode(cluster.flwr_home, cluster.connection, pub, "lab-c")
+    priv, pub = fed.site_keys["lab-c"]
+    node_id = flwr_cli.register_supernode(cluster.flwr_home, cluster.connection, pub, "lab-c")
     proc = _launcher(cluster, priv, "lab-c", tmp_path, demo_root / "site-0")
     try:
         cluster.wait_online([node_id], 90)
-        assert stat.S_IMODE((tmp_path / "site" / "superexec.secret").stat().st_mode) == 0o600
+        assert _mode(tmp_path / "site" / "superexec.secret") == 0o600
+        assert _mode(tmp_path / "site") == 0o700
         assert len(_procs_mentioning(str(tmp_path / "site"))) >= 2  # supernode + superexec
         os.kill(proc.pid, signal.SIGTERM)  # what `docker stop` / systemd send
         assert proc.wait(30) == 0, proc.log_tail()
@@ -692,28 +706,38 @@ def test_stop_leaves_no_process(cluster: LocalCluster) -> None:
 
 
 @pytest.mark.e2e
-def test_restart_keeps_registrations_and_runs(cluster: LocalCluster) -> None:
-    """A new cluster on the same work dir (state.db) reuses keys, node ids and run history."""
-    cluster.stop()
-    again = LocalCluster(
-        cluster.app_dir, cluster.sites, cluster.work_dir, bundle=cluster.bundle, startup_timeout=90
-    )
+def test_restart_keeps_registrations_and_runs(tmp_path: Path) -> None:
+    """A new cluster on the same work dir (state.db) reuses keys, node ids and run history.
+
+    Self-contained: its own work dir, one run, a full stop, then a restart on the same dir.
+    """
+    app = write_echo_app(tmp_path)
+    sites = [_node(s, tmp_path) for s in SITES]
+    work = tmp_path / "work"
+    first = LocalCluster(app, sites, work, startup_timeout=90, echo_run=False)
+    try:
+        first.start()
+        out = tmp_path / "replies.json"
+        done = first.run({"out-file": str(out), "expected-nodes": len(SITES)}, timeout=300)
+        assert done.status == "finished:completed", (done.details, done.output)
+    finally:
+        first.stop()
+    assert first.alive_pids() == []
+    ids = dict(first.node_ids)
+    assert sorted(ids) == SITES
+
+    again = LocalCluster(app, sites, work, startup_timeout=90, echo_run=False)
     try:
         again.start()
-        assert again.node_ids == cluster.node_ids
-        runs = {
-            str(r["run-id"]): r["status"] for r in flower.list_runs(again.flwr_home, "zk0-local")
-        }
-        for earlier in cluster.results:  # runs of this module's earlier tests
-            assert runs[str(earlier.run_id)] == earlier.status
+        assert again.certs.ca_cert.read_bytes() == first.certs.ca_cert.read_bytes()
+        assert again.node_ids == ids  # read from the SuperNodes' logs: same keys, same ids
+        for site in SITES:  # the registrations are still in state.db
+            assert again.register(site, again.certs.site_keys[site][1]) is None
+        nodes = flwr_cli.list_supernodes(again.flwr_home, again.connection)
+        online = {n["node-id"] for n in nodes if n["status"] == "online"}
+        assert online == {str(i) for i in ids.values()}
+        runs = flwr_cli.list_runs(again.flwr_home, again.connection, done.run_id)
+        assert [r["status"] for r in runs] == ["finished:completed"]
     finally:
         again.stop()
     assert again.alive_pids() == []
-
-
-def test_free_port_is_bindable() -> None:
-    import socket
-
-    port = free_port()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))

@@ -16,7 +16,7 @@ import pytest
 
 from common.norm_stats import merge_all
 from common.settings import NodeConfig
-from deploy import flower
+from deploy.flower_logs import EXIT_SUPERNODE_CONNECTION_ERROR, flower_exit_code
 from deploy.local_cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ def test_checkpoint_reloads_with_lerobot_and_predicts(federation):
 
 
 def test_unregistered_key_is_refused(federation, tmp_path):
-    from certs.make import make_site_key
+    from certs import make_site_key
 
     cluster, _, _, nodes = federation
     key, _ = make_site_key(tmp_path, "intruder")
@@ -132,7 +132,7 @@ def test_unregistered_key_is_refused(federation, tmp_path):
     while site.supernode.returncode is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert site.supernode.returncode is not None, "SuperNode with an unregistered key kept running"
-    assert flower.flower_exit_code(site.supernode) == 305
+    assert flower_exit_code(site.supernode) == EXIT_SUPERNODE_CONNECTION_ERROR
     assert "Failed to activate SuperNode" in site.supernode.log_text()
 
 

@@ -82,6 +82,54 @@ def test_node_config_round_trips_through_flower_syntax():
         NodeConfig(site_name="a", dataset_root="/it's \"x\"").to_flwr_arg()
 
 
+AWKWARD = {
+    "plain": "smolvla-tiny",
+    "single": "it's",
+    "double": 'say "hi"',
+    "backslash": "C:\\data\\new",
+    "both-slashes": 'a\\"b',
+    "spaces-and-equals": "a b=c d",
+    "hash": "x # not a comment",
+    "tab-newline": "col\tcol\nnext line",
+    "unicode": "Zürich ✓ \x7f",
+    "empty": "",
+    "flag": False,
+    "count": 3,
+    "tiny": 1e-05,
+    "dotted.key": 1.5,
+}
+
+
+def test_flwr_config_pairs_round_trip_through_flowers_parser():
+    """Exactly what ``flwr run -c k=v`` (one pair per flag) and ``--node-config`` (all pairs
+    in one string) read back, for strings that need quoting, escaping or the other quote."""
+    from flwr.common.config import parse_config_args
+
+    from common.settings import flwr_config_pairs
+
+    pairs = flwr_config_pairs(AWKWARD, "test")
+    assert parse_config_args(pairs) == AWKWARD  # flwr run -c, one per value
+    assert parse_config_args([" ".join(pairs)]) == AWKWARD  # flower-supernode --node-config
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("it's \"x\"", "both quote kinds"),
+        ('say "hi"\nthere', "double quote and a control character"),
+        (None, "not a bool, int, float or string"),
+        ([1, 2], "not a bool, int, float or string"),
+    ],
+)
+def test_flwr_config_pairs_refuses_what_flower_cannot_carry(value, why):
+    from common.settings import flwr_config_pairs
+
+    with pytest.raises(SettingsError, match=rf"run config: key 'policy': .*{why}"):
+        flwr_config_pairs({"policy": value}, "run config")
+    with pytest.raises(SettingsError, match=r"run config: key 'bad key'"):
+        flwr_config_pairs({"bad key": 1}, "run config")
+
+
 def test_parse_overrides_uses_toml_values():
     assert parse_overrides(["local-steps=5", "lr=0.003", 'policy="smolvla-tiny"', "x=word"]) == {
         "local-steps": 5, "lr": 0.003, "policy": "smolvla-tiny", "x": "word"}
