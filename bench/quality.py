@@ -165,7 +165,7 @@ class Job:
 # Data and configs ------------------------------------------------------------------------------
 def ensure_data(data_dir: Path, spec) -> list[Path]:
     """Generate the demo sites once per study; regenerate only if the spec changed."""
-    from demo_data.generator import make_demo_datasets
+    from demo_data import make_demo_datasets
 
     marker = data_dir / "demo_spec.json"
     wanted = asdict(spec)
@@ -598,7 +598,7 @@ def run_quality(
     reused from ``out_dir/jobs``, so a study can be resumed or extended.
     """
     from common.policy_factory import learning_rate, make_policy_config
-    from demo_data.generator import DemoSpec
+    from demo_data import DemoSpec
 
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -663,7 +663,7 @@ def run(ctx) -> list:
     else:
         import tempfile
 
-        from demo_data.generator import DemoSpec
+        from demo_data import DemoSpec
 
         with tempfile.TemporaryDirectory(prefix="zk0-quality-") as tmp:
             report = run_quality(Path(tmp), seeds=(0,), rounds=2, local_steps=5, sites=2,

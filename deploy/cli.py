@@ -8,7 +8,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from certs.make import add_cli as certs_cli
-    from demo_data.generator import add_cli as demo_cli
+    from demo_data.cli import add_cli as demo_cli
     from deploy.cluster_cli import add_cli as cluster_cli
     from deploy.site_launcher import add_cli as supernode_cli
 

@@ -15,7 +15,7 @@ import math
 import pytest
 
 from bench import quality
-from demo_data.generator import DemoSpec
+from demo_data import DemoSpec
 
 SITES = ("site-0", "site-1")
 
