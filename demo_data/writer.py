@@ -8,12 +8,11 @@ replaced only when asked, and every target is checked before minutes go into gen
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from common import atomic
 from demo_data.episodes import simulate_site
 from demo_data.spec import CAMERA_KEYS, FPS, ROBOT_TYPE, DemoSpec, demo_features
 from demo_data.tasks import site_task
@@ -61,59 +60,60 @@ def _remove_empty_dirs(top: Path) -> None:
         top.rmdir()
 
 
+def _write_site(folder: Path, site_index: int, spec: DemoSpec) -> None:
+    """Fill the empty ``folder`` with site ``site_index``'s finalised dataset."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    build = folder / "dataset"  # LeRobotDataset.create insists on creating its root itself
+    with quiet_progress_bars():
+        dataset = LeRobotDataset.create(
+            repo_id=f"local/site-{site_index}",
+            fps=FPS,
+            features=demo_features(spec),
+            root=build,
+            robot_type=ROBOT_TYPE,
+            use_videos=spec.use_videos,
+            video_backend="pyav",  # the default probes torchcodec and may print a traceback
+            image_writer_threads=_IMAGE_WRITER_THREADS,
+        )
+        try:
+            for episode in simulate_site(site_index, spec):
+                for t in range(len(episode.action)):
+                    dataset.add_frame(
+                        {
+                            "observation.state": episode.state[t],
+                            "action": episode.action[t],
+                            CAMERA_KEYS[0]: episode.top[t],
+                            CAMERA_KEYS[1]: episode.wrist[t],
+                            "task": episode.task,
+                        }
+                    )
+                # Encoding in-process: tiny clips gain nothing from forking a process that
+                # runs image-writer threads (which risks deadlocks in the child).
+                dataset.save_episode(parallel_encoding=False)
+        except BaseException:
+            # Close lerobot's writers now: left to garbage collection, they flush their
+            # parquet files into the staging folder after it has been removed.
+            with contextlib.suppress(Exception):
+                dataset.finalize()
+            raise
+        dataset.finalize()
+    _remove_empty_dirs(build / "images")  # lerobot's per-frame scratch folders
+    for child in build.iterdir():
+        child.rename(folder / child.name)
+    build.rmdir()
+
+
 def make_demo_site(root: Path, site_index: int, spec: DemoSpec, overwrite: bool = False) -> Path:
     """Write site ``site_index`` as a LeRobotDataset (repo_id ``local/site-{i}``) at ``root``.
 
-    The dataset is built in a temporary sibling folder and renamed into place only once
-    finalised, so an interrupted run never leaves a half-written dataset that looks whole.
+    The dataset is built in a temporary sibling folder and swapped into place only once
+    finalised (:func:`common.atomic.write_dir`), so an interrupted run never leaves a
+    half-written dataset that looks whole, nor the temporary folder.
     """
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
     root = Path(root)
     _prepare_target(root, overwrite)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-    try:
-        build = staging / root.name
-        with quiet_progress_bars():
-            dataset = LeRobotDataset.create(
-                repo_id=f"local/site-{site_index}",
-                fps=FPS,
-                features=demo_features(spec),
-                root=build,
-                robot_type=ROBOT_TYPE,
-                use_videos=spec.use_videos,
-                video_backend="pyav",  # the default probes torchcodec and may print a traceback
-                image_writer_threads=_IMAGE_WRITER_THREADS,
-            )
-            try:
-                for episode in simulate_site(site_index, spec):
-                    for t in range(len(episode.action)):
-                        dataset.add_frame(
-                            {
-                                "observation.state": episode.state[t],
-                                "action": episode.action[t],
-                                CAMERA_KEYS[0]: episode.top[t],
-                                CAMERA_KEYS[1]: episode.wrist[t],
-                                "task": episode.task,
-                            }
-                        )
-                    # Encoding in-process: tiny clips gain nothing from forking a process that
-                    # runs image-writer threads (which risks deadlocks in the child).
-                    dataset.save_episode(parallel_encoding=False)
-            except BaseException:
-                # Close lerobot's writers now: left to garbage collection, they flush their
-                # parquet files into the staging folder after it has been removed.
-                with contextlib.suppress(Exception):
-                    dataset.finalize()
-                raise
-            dataset.finalize()
-        _remove_empty_dirs(build / "images")  # lerobot's per-frame scratch folders
-        if root.exists():
-            shutil.rmtree(root)
-        build.rename(root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    atomic.write_dir(root, lambda folder: _write_site(folder, site_index, spec))
     return root
 
 
@@ -134,6 +134,8 @@ def make_demo_datasets(
     roots = [out_root / f"site-{i}" for i in range(spec.num_sites)]
     for root in roots:  # check all targets first: failing at site 3 after minutes is worse
         _prepare_target(root, overwrite)
+    import lerobot.datasets.lerobot_dataset  # noqa: F401  (seconds: not site-0's time)
+
     for i, root in enumerate(roots):
         start = time.perf_counter()
         make_demo_site(root, i, spec, overwrite)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -18,6 +19,7 @@ from bench.quality.report import JSON_NAME, RESULTS_DIR, write
 from bench.quality.summary import GOAL_RATIO, cluster_check, summarize
 from bench.quality.variants import DEFAULT_VARIANTS, VARIANTS, Engine, Study, Variant, run_config
 from bench.results import machine_info
+from common import atomic
 
 
 def ensure_data(data_dir: Path, spec) -> list[Path]:
@@ -30,10 +32,14 @@ def ensure_data(data_dir: Path, spec) -> list[Path]:
     have = json.loads(marker.read_text()) if marker.is_file() else None
     if have == wanted and all((r / "meta" / "info.json").is_file() for r in roots):
         return roots
-    roots = make_demo_datasets(data_dir, spec, overwrite=True)
-    marker.write_text(json.dumps(wanted, indent=2) + "\n")
+    roots = make_demo_datasets(data_dir, spec, overwrite=True, progress=_log_data)
+    atomic.write_json(marker, wanted)
     return roots
 
+
+def _log_data(line: str) -> None:
+    """One line per demo site written, on stderr like the jobs' lines."""
+    print(f"[quality] data {line}", file=sys.stderr, flush=True)
 
 
 def run_quality(
