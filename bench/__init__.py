@@ -89,7 +89,7 @@ class BenchContext:
         if self._bundle is None:
             from common.norm_stats import Moments, global_stats
             from common.policy_factory import build_policy
-            from demo_data.generator import CAMERA_KEYS, DemoSpec, demo_features
+            from demo_data import CAMERA_KEYS, DemoSpec, demo_features
 
             rng = np.random.default_rng(self.seed)
             moments = {

@@ -35,7 +35,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "demo-data",
-        "demo_data.generator",
+        "demo_data.cli",
         help="write synthetic per-site SO-100 datasets (one task archetype per site)",
         description=(
             "Synthetic SO-100 demonstrations, one task archetype per site, written as LeRobot v3 "

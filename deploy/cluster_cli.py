@@ -46,7 +46,7 @@ def ensure_demo_data(data_dir: Path, sites: int) -> None:
     """Generate the demo datasets unless every site folder already holds one."""
     if all((data_dir / f"site-{i}" / "meta" / "info.json").is_file() for i in range(sites)):
         return
-    from demo_data.generator import DemoSpec, make_demo_datasets
+    from demo_data import DemoSpec, make_demo_datasets
 
     print(f"[zk0] generating demo datasets for {sites} sites in {data_dir}", flush=True)
     make_demo_datasets(data_dir, DemoSpec(num_sites=sites), overwrite=True)

@@ -5,15 +5,19 @@ message, 1-3 s polling). For learning-quality sweeps over many seeds and strateg
 is irrelevant to the result, so :class:`InProcessGrid` implements Flower's ``Grid`` interface by
 calling ``supernode.client_app.app`` directly, with each site's node config, while
 ``superlink.federation.run_federation`` drives the rounds exactly as in a deployment. The
-maths is identical to a cluster run with the same seeds (bench/quality.py checks that on one
+maths is identical to a cluster run with the same seeds (bench.quality checks that on one
 configuration); only the transport is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -23,7 +27,16 @@ FIRST_NODE_ID = 1001
 
 
 class InProcessGrid(Grid):
-    """A ``Grid`` whose nodes are ClientApp calls in this process, one per node config."""
+    """A ``Grid`` whose nodes are ClientApp calls in this process, one per node config.
+
+    A site keeps state between the rounds of a run on disk (its AdamW moments, under
+    ``<state-dir>/run-<run id>``). A deployment's SuperLink hands every run a fresh random id,
+    so a new run never finds an old run's state; in-process runs reuse small fixed ids, so
+    unless a node config names its own ``state-dir`` (an empty one counts as none), each grid
+    gives its nodes one of their own, removed by :meth:`close` (or when the grid is
+    garbage-collected). Without that, a rerun of the same job would start from the AdamW
+    moments a previous run (anyone's, in the shared ``$ZK0_CACHE``) left behind.
+    """
 
     def __init__(self, client_app, node_configs: list[Mapping[str, Any]],
                  run_config: Mapping[str, Any], run_id: int = 1,
@@ -33,11 +46,14 @@ class InProcessGrid(Grid):
         self.client_app = client_app
         self.run_id = run_id
         self.late = dict(late or {})
+        self.state_root = Path(tempfile.mkdtemp(prefix="zk0-inprocess-state-"))
+        self._remove_state = weakref.finalize(self, shutil.rmtree, self.state_root, True)
         self.contexts = {
             FIRST_NODE_ID + i: Context(
                 run_id=run_id,
                 node_id=FIRST_NODE_ID + i,
-                node_config=dict(cfg),
+                node_config={**cfg, "state-dir": cfg.get("state-dir")
+                             or str(self.state_root / f"node-{i}")},
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
@@ -47,6 +63,10 @@ class InProcessGrid(Grid):
         # pulled, as a SuperNode works while the ServerApp waits
         self._pending: dict[str, tuple[Message, float]] = {}
         self._counter = 0
+
+    def close(self) -> None:
+        """Remove the nodes' state folders (the run is over)."""
+        self._remove_state()
 
     # Grid interface ------------------------------------------------------------------------
     def set_run(self, run_id) -> None:  # pragma: no cover - not used in-process
@@ -101,7 +121,10 @@ def run_inprocess(run_config: Mapping[str, Any], node_configs: list[Mapping[str,
     from supernode.client_app import app
 
     grid = InProcessGrid(client_app or app, node_configs, run_config, run_id, late=late)
-    return run_federation(grid, server_context(run_config, run_id))
+    try:
+        return run_federation(grid, server_context(run_config, run_id))
+    finally:
+        grid.close()
 
 
 def _act_as_serverapp(run_id: int) -> None:

@@ -25,7 +25,7 @@ def zk0_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """Four small heterogeneous SO-100 sites (6 episodes x 30 frames each)."""
-    from demo_data.generator import DemoSpec, make_demo_datasets
+    from demo_data import DemoSpec, make_demo_datasets
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_datasets(root, DemoSpec(num_sites=4, episodes_per_site=6, frames_per_episode=30))

@@ -8,8 +8,9 @@ site to another, while one fitted on all sites' data does well on every site.
 
 from __future__ import annotations
 
-import argparse
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,21 +24,21 @@ from lerobot.datasets.lerobot_dataset import (
     LeRobotDatasetMetadata,
 )
 
-from common import demo_data
-from demo_data.generator import (
+from demo_data import (
     CAMERA_KEYS,
     COLOURS,
     FPS,
     SITE_TASKS,
     STATE_NAMES,
     DemoSpec,
-    add_cli,
     make_demo_datasets,
     make_demo_site,
-    run_cli,
     simulate_site,
     site_task,
+    writer,
 )
+from demo_data.cli import run_cli
+from deploy.cli import build_parser
 
 CHUNK = 10
 # Small enough to write in a few seconds, big enough to hold out whole episodes per site.
@@ -290,18 +291,27 @@ def test_refuses_existing_data_and_leaves_no_partial_output(
     assert not (root / "keep.txt").exists()
     assert LeRobotDatasetMetadata("local/site-0", root=root).total_episodes == 2
 
-    def broken(*_args, **_kwargs):
+    real_simulate_site = writer.simulate_site
+    saved_before_interrupt = []
+
+    def interrupted_after_one_episode(site_index, spec):
+        """One whole episode reaches the disk (lerobot's files and all), then the run dies."""
+        episode = real_simulate_site(site_index, spec)[0]
+        yield episode
+        saved_before_interrupt.extend(p for p in tmp_path.rglob("*.parquet"))
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(demo_data, "simulate_site", broken)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(writer, "simulate_site", interrupted_after_one_episode)
+    with pytest.raises(RuntimeError, match="interrupted"):
         make_demo_site(tmp_path / "site-1", 1, TINY)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["site-0"]  # no half dataset, no temp
+    # Something was written before the interruption, and none of it is left: no half dataset
+    # in site-1, no temporary folder next to it.
+    assert any(".site-1." in str(p) for p in saved_before_interrupt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site-0"]
 
 
-def test_cli(tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser(prog="zk0")
-    add_cli(parser.add_subparsers(dest="command"))
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
     out = tmp_path / "demo"
     argv = ["demo-data", "--out", str(out), "--sites", "2", "--episodes", "1"]
     argv += ["--frames", "10", "--image-size", "32x48", "--seed", "3"]
@@ -311,10 +321,35 @@ def test_cli(tmp_path: Path) -> None:
     meta = LeRobotDatasetMetadata("local/site-1", root=out / "site-1")
     assert tuple(meta.features[CAMERA_KEYS[0]]["shape"]) == (32, 48, 3)
     assert list(meta.tasks.index) == [SITE_TASKS[1]]
-    assert run_cli(parser.parse_args(argv)) == 1  # refuses to overwrite
+    capsys.readouterr()
+    assert run_cli(parser.parse_args(argv)) == 1  # refuses to overwrite, naming the folder
+    assert str(out / "site-0") in capsys.readouterr().err
+    assert run_cli(parser.parse_args([*argv, "--frames", "5"])) == 2  # invalid spec
+    assert "frames_per_episode" in capsys.readouterr().err
     assert run_cli(parser.parse_args([*argv, "--overwrite"])) == 0
     with pytest.raises(SystemExit):
         parser.parse_args(["demo-data", "--image-size", "64"])
     default = parser.parse_args(["demo-data"])
     assert default.out == Path("data/demo") and default.image_size == (64, 64)
     assert not default.video and default.sites == 4
+
+
+def test_zk0_demo_data_prints_one_line_per_site_and_no_library_bars(tmp_path: Path) -> None:
+    """What a user sees: without the quieting, HF datasets prints two ``Map:`` bars per episode
+    and camera (about 50 for the default spec); with it, one line per site and a total."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "HF_DATASETS_DISABLE_PROGRESS_BARS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "deploy.cli", "demo-data", "--out", str(out), "--sites", "3",
+           "--episodes", "2", "--frames", "10", "--image-size", "16x16"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    console = (done.stdout + done.stderr).replace("\r", "\n")
+    assert "Map" not in console and "%|" not in console, console
+    lines = [line for line in console.splitlines() if line.strip()]
+    assert [line.split(":")[0] for line in lines[:-1]] == ["site-0", "site-1", "site-2"], lines
+    for i, line in enumerate(lines[:-1]):
+        assert str(out / f"site-{i}") in line and repr(SITE_TASKS[i]) in line, line
+    assert lines[-1].startswith("wrote 3 sites in "), lines

@@ -1,0 +1,58 @@
+"""What the demo data is: its size and seed (:class:`DemoSpec`) and its LeRobot layout.
+
+The layout is the real SO-100 datasets' (six joints, a top and a wrist camera, 30 fps), so that
+everything downstream of the data treats demo sites as it treats a lab's recordings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FPS = 30
+ROBOT_TYPE = "so100"
+STATE_NAMES: list[str] = [
+    "shoulder_pan.pos",
+    "shoulder_lift.pos",
+    "elbow_flex.pos",
+    "wrist_flex.pos",
+    "wrist_roll.pos",
+    "gripper.pos",
+]
+CAMERA_KEYS: tuple[str, str] = ("observation.images.top", "observation.images.wrist")
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Everything that shapes the generated data; same spec -> byte-identical frames."""
+
+    num_sites: int = 4
+    episodes_per_site: int = 12
+    frames_per_episode: int = 60
+    image_height: int = 64
+    image_width: int = 64
+    seed: int = 0
+    use_videos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_sites < 1 or self.episodes_per_site < 1:
+            raise ValueError("num_sites and episodes_per_site must be >= 1")
+        # Fewer frames than key poses would skip whole phases of the task.
+        if self.frames_per_episode < 10:
+            raise ValueError(f"frames_per_episode must be >= 10, got {self.frames_per_episode}")
+        if self.image_height < 16 or self.image_width < 16:
+            raise ValueError("images must be at least 16x16 pixels for the objects to be visible")
+
+
+def demo_features(spec: DemoSpec) -> dict[str, dict]:
+    """The LeRobot feature spec of the demo data (the same layout as the real SO-100 sets)."""
+    image_dtype = "video" if spec.use_videos else "image"
+    image = {
+        "dtype": image_dtype,
+        "shape": (spec.image_height, spec.image_width, 3),
+        "names": ["height", "width", "channels"],
+    }
+    return {
+        "observation.state": {"dtype": "float32", "shape": (6,), "names": list(STATE_NAMES)},
+        "action": {"dtype": "float32", "shape": (6,), "names": list(STATE_NAMES)},
+        **{key: dict(image) for key in CAMERA_KEYS},
+    }
