@@ -64,7 +64,7 @@ class ExchangeSettings:
 class CodecFedAvg(FedAvg):
     """FedAvg over zk0's codec and reply checks; see the module docstring.
 
-    Concrete strategies set ``self.settings`` in their constructor (see
+    Concrete strategies get ``self.settings`` from ``WithExchangeSettings`` (see
     :mod:`superlink.strategy.flower_strategies`); this class only adds per-round state.
     """
 

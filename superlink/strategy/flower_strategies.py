@@ -18,49 +18,33 @@ from superlink.strategy.codec_fedavg import (
 )
 
 
-class FedAvg(CodecFedAvg):
+class WithExchangeSettings:
+    """First in a zk0 strategy's bases: takes zk0's settings, then Flower's own parameters."""
+
+    def __init__(self, settings: ExchangeSettings, **params: Any) -> None:
+        self.settings = settings
+        super().__init__(**ADDRESS_EVERY_SELECTED_NODE, **params)
+
+
+class FedAvg(WithExchangeSettings, CodecFedAvg):
     """Federated averaging (McMahan et al. 2017): the new global is the weighted mean."""
 
-    def __init__(self, settings: ExchangeSettings, **params: Any) -> None:
-        self.settings = settings
-        super().__init__(**ADDRESS_EVERY_SELECTED_NODE, **params)
 
-
-class FedProx(flwr.FedProx, CodecFedAvg):
+class FedProx(WithExchangeSettings, flwr.FedProx, CodecFedAvg):
     """FedAvg that sends ``proximal-mu`` with every train message (sites add the term)."""
 
-    def __init__(self, settings: ExchangeSettings, **params: Any) -> None:
-        self.settings = settings
-        super().__init__(**ADDRESS_EVERY_SELECTED_NODE, **params)
 
-
-class FedAvgM(flwr.FedAvgM, CodecFedAvg):
+class FedAvgM(WithExchangeSettings, flwr.FedAvgM, CodecFedAvg):
     """FedAvg with a server step (``server_learning_rate``) and server momentum."""
 
-    def __init__(self, settings: ExchangeSettings, **params: Any) -> None:
-        self.settings = settings
-        super().__init__(**ADDRESS_EVERY_SELECTED_NODE, **params)
 
-
-class FedAdam(flwr.FedAdam, CodecFedAvg):
+class FedAdam(WithExchangeSettings, flwr.FedAdam, CodecFedAvg):
     """FedAvg's mean update as the gradient of a server-side Adam (Reddi et al. 2021)."""
 
-    def __init__(self, settings: ExchangeSettings, **params: Any) -> None:
-        self.settings = settings
-        super().__init__(**ADDRESS_EVERY_SELECTED_NODE, **params)
 
-
-class FedYogi(flwr.FedYogi, CodecFedAvg):
+class FedYogi(WithExchangeSettings, flwr.FedYogi, CodecFedAvg):
     """FedAvg's mean update as the gradient of a server-side Yogi."""
 
-    def __init__(self, settings: ExchangeSettings, **params: Any) -> None:
-        self.settings = settings
-        super().__init__(**ADDRESS_EVERY_SELECTED_NODE, **params)
 
-
-class FedAdagrad(flwr.FedAdagrad, CodecFedAvg):
+class FedAdagrad(WithExchangeSettings, flwr.FedAdagrad, CodecFedAvg):
     """FedAvg's mean update as the gradient of a server-side Adagrad."""
-
-    def __init__(self, settings: ExchangeSettings, **params: Any) -> None:
-        self.settings = settings
-        super().__init__(**ADDRESS_EVERY_SELECTED_NODE, **params)
