@@ -60,7 +60,7 @@ class Benchmark:
 # Run in this order: those that need the full policy come before those that need its weights.
 BENCHMARKS: dict[str, Benchmark] = {
     "payload": Benchmark(
-        "bench.payload:run", "bytes on the wire per site per round vs upstream's fp32 model"
+        "bench.payload:run", "bytes on the wire per site per round vs the full fp32 model"
     ),
     "codec": Benchmark(
         "bench.codec_speed:run_codec", "encode+digest / decode+verify throughput vs memcpy"

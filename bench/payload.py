@@ -1,11 +1,12 @@
-"""Item 1: bytes on the wire per site per round, zk0's codec against zk0's upstream.
+"""Bytes on the wire per site per round: zk0's codec against the whole model in float32.
 
-zk0's upstream sent the whole model (all ~450M SmolVLA parameters) as float32 both ways every
-round. zk0 sends only the trainable parameters, optionally in half precision: the global
-weights down, the site's update (local minus global) up. Everything here counts real wire
-bytes: the ``Array.data`` lengths Flower would ship, produced by the very code each side runs
-(Flower's ``Array`` for upstream's state dict, ``common.codec.encode`` for zk0), not
-parameter counts times 4.
+The reference is what a plain Flower + LeRobot federation exchanges, e.g. Flower's
+``quickstart-lerobot`` example (its ``get_params`` sends every parameter of the policy's state
+dict as float32, both ways, every round): for SmolVLA all ~450M parameters. zk0 sends only the
+trainable parameters, optionally in half precision: the global weights down, the site's update
+(local minus global) up. Everything here counts real wire bytes: the ``Array.data`` lengths
+Flower would ship, produced by the very code each side runs (Flower's ``Array`` for the full
+state dict, ``common.codec.encode`` for zk0), not parameter counts times 4.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from common import codec
 
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
 GOAL = 1 / 8  # of the full float32 model, per direction
-UPSTREAM = "upstream: full model fp32"
+FULL_MODEL = "full model fp32 (Flower quickstart-lerobot)"
 
 
 def full_model_bytes(policy: torch.nn.Module) -> tuple[int, int]:
-    """(wire bytes, parameters) of the whole state dict as float32 Flower Arrays (upstream).
+    """(wire bytes, parameters) of the whole state dict as float32 Flower Arrays.
 
     Serialized one tensor at a time, as ``ArrayRecord(state_dict)`` would, without holding a
     second 1.8 GB copy of the model.
@@ -73,12 +74,12 @@ def run(ctx: BenchContext) -> list[Section]:
     )
     section.add(
         Metric(
-            "full model fp32 (upstream), each direction",
+            "full model fp32 (Flower quickstart-lerobot), each direction",
             full,
             "bytes",
             1.0,
-            UPSTREAM,
-            note="upstream sends this both ways every round",
+            FULL_MODEL,
+            note="sent both ways every round by a full-model exchange",
         )
     )
     per_dtype = {}
@@ -101,7 +102,7 @@ def run(ctx: BenchContext) -> list[Section]:
                     nbytes,
                     "bytes",
                     nbytes / full,
-                    UPSTREAM,
+                    FULL_MODEL,
                     goal=GOAL if half else None,
                 )
             )
@@ -113,7 +114,7 @@ def run(ctx: BenchContext) -> list[Section]:
             down + up,
             "bytes",
             (down + up) / (2 * full),
-            "upstream: 2 x full model fp32",
+            "full-model exchange: 2 x full model fp32",
             goal=GOAL,
             note=f"{(2 * full - down - up) / 1e9:.2f} GB saved per site per round",
         )

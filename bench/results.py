@@ -2,8 +2,8 @@
 
 These machines are shared and noisy, so absolute numbers drift from run to run; what a reader
 should compare is each metric's *ratio* to a reference measured side by side in the same run
-(the upstream full-model payload, a plain memory copy, a numpy weighted sum). Every metric
-therefore carries its ratio, the reference it is relative to, and the goal the issue sets on it.
+(the full-model payload, a plain memory copy, a numpy weighted sum). Every metric therefore
+carries its ratio, the reference it is relative to, and the goal set on it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ MARKDOWN_NAME = "results.md"
 class Metric:
     """One measured number, and how it compares with its reference.
 
-    ``goal`` is an upper bound on ``ratio`` (the issue's goals are all "at most N times the
+    ``goal`` is an upper bound on ``ratio`` (every goal is "at most N times the
     reference"); a metric without a goal is context, e.g. the reference itself.
     """
 

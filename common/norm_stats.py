@@ -1,7 +1,7 @@
 """Federated normalization statistics: exact global mean/std/min/max without pooling any data.
 
-zk0's upstream let every site normalize with its own stats and then averaged the weights, so
-sites silently overwrote each other's normalization. Here each site sends only sufficient
+Federating a LeRobot policy naively lets every site normalize with its own dataset's stats and
+then averages weights trained under different normalizations. Here each site sends only sufficient
 statistics per numeric feature (count, sum, sum of squares, min, max, per dimension, float64),
 the SuperLink merges them exactly, and the resulting stats are used by every site and stored in
 the global checkpoint's processor files. Cameras use LeRobot's ImageNet statistics, as

@@ -82,7 +82,7 @@ def _pm(value: float, std: float, several: bool, fmt: str = "{:,.1f}") -> str:
 
 
 def _table(rows: Mapping[str, Mapping[str, Any]], sites: Sequence[str]) -> list[str]:
-    """One Markdown row per variant: per-site and site-mean MSE, ratio, the issue's goals."""
+    """One Markdown row per variant: per-site and site-mean MSE, ratio, the goals."""
     lines = [
         "| Variant | " + " | ".join(sites) + " | Site mean | Ratio to centralized | "
         f"<= {GOAL_RATIO:g}x centralized | < local (own) |",

@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.quality.variants import Engine, Variant
 
-GOAL_RATIO = 1.10  # the issue: federated within 10% of centralized
+GOAL_RATIO = 1.10  # the goal: federated within 10% of centralized
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -25,7 +25,7 @@ def summarize(results: Sequence[Mapping[str, Any]], variants: Sequence[Variant],
     """Per variant: per-site MSE (mean/std over seeds), site mean, ratio to centralized.
 
     Ratios are taken seed by seed (same data order, same eval frames) before averaging; the
-    goals are the issue's: ratio <= 1.10, and a site mean below local-only's on own data.
+    the goals: ratio <= 1.10, and a site mean below local-only's on own data.
     """
     by = {(r["variant"], r["seed"]): r for r in results
           if r["engine"] == engine or r["kind"] != "federated"}

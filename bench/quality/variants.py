@@ -35,7 +35,7 @@ class Variant:
 
 DEFAULT_VARIANTS: tuple[Variant, ...] = (
     Variant("fedprox mu=1e-2", overrides={"strategy": "fedprox", "proximal-mu": 1e-2},
-            description="FedProx, the upstream seed's mu"),
+            description="FedProx, strong proximal term"),
     Variant("fedprox mu=1e-3", overrides={"strategy": "fedprox", "proximal-mu": 1e-3},
             description="FedProx, zk0's first default"),
     Variant("fedprox mu=1e-4", overrides={"strategy": "fedprox", "proximal-mu": 1e-4},
