@@ -1,4 +1,4 @@
-"""Item 2: codec and aggregation speed at real size, as ratios to the physical limit.
+"""Codec and aggregation speed at real size, as ratios to the physical limit.
 
 Two benchmarks share this module because they share their inputs (the real trainable tensors
 and one seeded update per site):

@@ -1,4 +1,4 @@
-"""Item 5: peak memory (RSS) of the ServerApp and of a site's ClientApp at the real size.
+"""Peak memory (RSS) of the ServerApp and of a site's ClientApp at the real size.
 
 Runs one real federated round of the real SmolVLA architecture (``smolvla-random``: SmolVLM2-500M
 dims, random weights) on the local TLS cluster, with 1 local step at batch 1 (real-size training

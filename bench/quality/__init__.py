@@ -1,4 +1,4 @@
-"""Item 4: learning quality on the heterogeneous demo sites, federated against the baselines.
+"""Learning quality on the heterogeneous demo sites, federated against the baselines.
 
 Every variant trains the same tiny SmolVLA for the same total number of optimizer steps
 (``rounds x local_steps x sites``) from the same initial weights, and is scored the same way:
