@@ -198,7 +198,9 @@ class NodeConfig(_Strict):
         """``--node-config`` value for flower-supernode (TOML values, strings quoted)."""
         parts = []
         for key, value in self.to_flwr().items():
-            if not isinstance(value, str):
+            if isinstance(value, bool):  # TOML's spelling, not Python's
+                parts.append(f"{key}={str(value).lower()}")
+            elif not isinstance(value, str):
                 parts.append(f"{key}={value}")
             # flwr matches "..." or '...' without escapes, then parses the value as TOML
             elif '"' not in value and "\\" not in value:

@@ -84,8 +84,10 @@ def model_card(
 # {policy_type} fine-tuned by federated learning across {len(sites)} robot labs
 
 This {policy_type} policy was fine-tuned with zk0 (Flower 1.42 + LeRobot 0.6.1)
-by {len(sites)} labs together, each training on its own private LeRobot dataset: no frame, image
-or per-sample value left a lab, only updates of the trainable parameters. It is the global
+by {len(sites)} labs together, each training on its own private LeRobot dataset. No frame or
+image left a lab: the labs sent updates of the trainable parameters, normalization statistics
+and evaluation results (and, where a lab allowed it, one held-out episode's actions for the
+coordinator's plots, not published here). It is the global
 model after round {exported_round} of {config.get("num-server-rounds")} (run
 {meta.get("run_id")}), started from {started_from}.
 
