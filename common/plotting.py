@@ -1,8 +1,11 @@
 """PNG figures, written atomically: the per-joint trajectory plot (both sides draw it).
 
-matplotlib's Agg backend only: the SuperLink and the sites are headless servers. A figure is
-rendered into memory and written with :func:`common.atomic.write_bytes`, so a browser that opens
-the run's summary while a round finishes never sees half a PNG.
+matplotlib's object API with the Agg canvas only (``matplotlib.figure.Figure``, never pyplot):
+the SuperLink and the sites are headless servers, pyplot's global figure manager is not
+thread-safe, and it doubled the time per plot (measured: ~2x with pyplot and ``tight_layout``
+against fixed margins). A figure is rendered into memory and written with
+:func:`common.atomic.write_bytes`, so a browser that opens the run's summary while a round
+finishes never sees half a PNG.
 """
 
 from __future__ import annotations
@@ -15,23 +18,17 @@ from common import atomic
 from common.trajectory import Trajectory
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (no display, no GUI toolkit)."""
-    import matplotlib
+def new_figure(width: float, height: float):
+    """A figure on the Agg canvas, owned by the caller (no pyplot state)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height))
 
 
 def save_figure(fig, path: Path, dpi: int = 100, mode: int = 0o644) -> Path:
-    """Render ``fig`` as PNG into ``path`` atomically (file mode ``mode``) and close it."""
+    """Render ``fig`` as PNG into ``path`` atomically (file mode ``mode``)."""
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=dpi)
-    finally:
-        pyplot().close(fig)
+    fig.savefig(buffer, format="png", dpi=dpi)
     atomic.write_bytes(path, buffer.getvalue(), mode=mode)
     return path
 
@@ -47,12 +44,12 @@ def trajectory_figure(traj: Trajectory, title: str):
     Dotted verticals mark the frames where the policy predicted a chunk (it ran open-loop in
     between); each panel's title gives the joint's RMSE in its own unit.
     """
-    plt = pyplot()
     dims = len(traj.names)
     cols = min(3, dims)
     rows = math.ceil(dims / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows + 0.8), squeeze=False,
-                             sharex=True)
+    height = 2.6 * rows + 0.8
+    fig = new_figure(4.2 * cols, height)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
     seconds = traj.frame_index / traj.fps
     rmse = traj.mse_per_joint() ** 0.5
     for j, ax in enumerate(axes.flat):
@@ -73,5 +70,7 @@ def trajectory_figure(traj: Trajectory, title: str):
             ax.set_xlabel("time in episode [s]", fontsize=8)
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # fixed margins in inches: tight_layout costs as much as drawing the panels
+    fig.subplots_adjust(left=0.65 / (4.2 * cols), right=1 - 0.15 / (4.2 * cols),
+                        top=1 - 0.65 / height, bottom=0.55 / height, hspace=0.35, wspace=0.25)
     return fig

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common import atomic
-from common.plotting import pyplot, render_trajectory, save_figure
+from common.plotting import new_figure, render_trajectory, save_figure
 from common.trajectory import Trajectory
 
 
@@ -53,8 +53,8 @@ def mse_chart(history: Mapping[str, Any], path: Path) -> Path:
     """Held-out action MSE per site and weighted, per round, on a log scale."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = new_figure(7, 4)
+    ax = fig.subplots()
     rounds = history["rounds"]
     for site, values in history["per_site"].items():
         points = [(r, v) for r, v in zip(rounds, values, strict=True) if v is not None]

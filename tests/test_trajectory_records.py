@@ -128,3 +128,27 @@ def _instructions():
 
     return RoundInstructions(server_round=1, proximal_mu=0.0, features={}, fingerprint="x",
                              evaluate=True, trajectory=True).to_record()
+
+
+def test_a_lab_turns_sharing_off_at_its_launcher(tmp_path, monkeypatch):
+    import argparse
+
+    from deploy import site_launcher as launcher
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for var in ("ZK0_SHARE_TRAJECTORIES", "ZK0_LOG_LEVEL"):
+        monkeypatch.delenv(var, raising=False)
+    parser = argparse.ArgumentParser()
+    launcher.add_cli(parser.add_subparsers())
+    base = ["supernode", "--superlink", "link:8000", "--ca-cert", "ca.crt", "--site-key", "k",
+            "--site-name", "lab-a", "--dataset-root", str(tmp_path)]
+    settings = launcher.settings_from_args(parser.parse_args(base))
+    assert settings.node_config().share_trajectories is True
+    args = parser.parse_args([*base, "--share-trajectories", "false"])
+    node = launcher.settings_from_args(args).node_config()
+    assert node.share_trajectories is False and "share-trajectories=false" in node.to_flwr_arg()
+    monkeypatch.setenv("ZK0_SHARE_TRAJECTORIES", "false")
+    assert launcher.settings_from_args(parser.parse_args(base)).node_config().share_trajectories \
+        is False
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--share-trajectories", "nope"])
