@@ -32,7 +32,8 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bot
 .run{color:#9a6700}table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}th{background:#f4f4f4}
 td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #eee}
-figure{margin:12px 0}figcaption{font-size:13px;color:#555}.meta td{text-align:left}
+figure{margin:0}figcaption{font-size:13px;color:#555}.meta td{text-align:left}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(620px,1fr));gap:12px}
 """
 
 
@@ -145,10 +146,11 @@ def _plots(run_dir: Path, history: dict[str, Any]) -> str:
     latest = plotted[after]
     parts = [f"<p>Global model after round {int(after)}: predicted (blue) and recorded (black) "
              "actions on each site's fixed held-out episode; dotted lines mark where the "
-             "policy predicted a new chunk.</p>"]
+             "policy predicted a new chunk.</p><div class=plots>"]
     for site, rel in sorted(latest.get("plots", {}).items()):
         parts.append(f"<figure>{_img(run_dir / rel, f'{site} per-joint plot')}"
                      f"<figcaption>{escape(site)}: {escape(rel)}</figcaption></figure>")
+    parts.append("</div>")
     for site, note in sorted(latest.get("notes", {}).items()):
         parts.append(f"<p>{escape(site)}: plot {escape(note)}.</p>")
     return "".join(parts)
