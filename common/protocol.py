@@ -23,6 +23,8 @@ METRICS = "metrics"  # MetricRecord: what a site reports
 NORM_STATS = "norm-stats"  # ArrayRecord: the federation's normalization statistics
 MOMENTS = "moments"  # ArrayRecord: a site's sufficient statistics (stats query reply)
 SITE = "site"  # ConfigRecord: the site's self-description
+TRAJECTORY = "trajectory"  # ArrayRecord: predicted/recorded actions of one held-out episode
+TRAJECTORY_INFO = "trajectory-info"  # ConfigRecord: its episode, joint names, units, fps
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class RoundInstructions:
     fingerprint: str  # SHA-256 of the frozen backbone the server built
     evaluate: bool  # evaluate the received global model before training
     train: bool = True
+    trajectory: bool = False  # also predict one held-out episode's actions, for the plots
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -69,6 +72,7 @@ class RoundInstructions:
                 "fingerprint": self.fingerprint,
                 "evaluate": self.evaluate,
                 "train": self.train,
+                "trajectory": self.trajectory,
             }
         )
 
@@ -81,6 +85,7 @@ class RoundInstructions:
             fingerprint=str(record["fingerprint"]),
             evaluate=bool(record["evaluate"]),
             train=bool(record.get("train", True)),
+            trajectory=bool(record.get("trajectory", False)),
         )
 
 
@@ -98,6 +103,7 @@ class SiteReport:
     eval_action_mse: float = -1.0
     eval_samples: int = 0
     eval_seconds: float = 0.0
+    trajectory_seconds: float = 0.0  # predicting the plotted episode (part of the eval cost)
     setup_seconds: float = 0.0
     payload_bytes: int = 0
 

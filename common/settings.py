@@ -94,9 +94,16 @@ class RunConfig(_Strict):
     eval_samples: int = Field(64, ge=1)
     eval_batch_size: int = Field(16, ge=1)
     seed: int = 0
+    # Per-joint trajectory plots: every k-th evaluated model (and the final one); 0 = off
+    trajectory_every: int = Field(1, ge=0)
+    trajectory_frames: int = Field(300, ge=2, le=3000)  # first frames of the fixed episode
     # Outputs
     output_dir: str = "runs"
     keep_checkpoints: int = Field(0, ge=0)  # 0 = keep every round's checkpoint
+    # Experiment tracking (optional extra `zk0[tracking]`); the API key only from WANDB_API_KEY
+    tracking: Literal["none", "wandb"] = "none"
+    wandb_project: str = "zk0"
+    wandb_entity: str = ""  # "" = the API key's default entity
 
     @model_validator(mode="after")
     def _server_lr_fits_the_strategy(self) -> RunConfig:
@@ -131,6 +138,17 @@ class RunConfig(_Strict):
         """Global model after ``server_round`` rounds is evaluated (always after the last)."""
         return server_round % self.eval_every == 0 or server_round == self.num_server_rounds
 
+    def is_trajectory_round(self, after_round: int) -> bool:
+        """The sites plot predicted vs recorded actions for the global model after
+        ``after_round`` rounds: the starting model, every ``trajectory-every``-th evaluated one
+        and the final one (only evaluated models; none with ``trajectory-every = 0``)."""
+        if self.trajectory_every == 0:
+            return False
+        if after_round in (0, self.num_server_rounds):
+            return True
+        evaluated = [r for r in range(1, after_round + 1) if self.is_eval_round(r)]
+        return self.is_eval_round(after_round) and len(evaluated) % self.trajectory_every == 0
+
     @classmethod
     def defaults_from_pyproject(cls, path: Path = PYPROJECT) -> dict[str, Any]:
         with path.open("rb") as f:
@@ -163,6 +181,9 @@ class NodeConfig(_Strict):
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes
     torch_threads: int = Field(0, ge=0)  # 0 = torch's default (all cores)
     state_dir: str = ""  # per-run local state (optimizer moments); "" = $ZK0_CACHE/sites/<site>
+    # true: the predicted and recorded actions of one held-out episode's first trajectory-frames
+    # frames go to the SuperLink, which plots them; false: the site plots them under state-dir
+    share_trajectories: bool = True
 
     @model_validator(mode="after")
     def _one_dataset_source(self) -> NodeConfig:

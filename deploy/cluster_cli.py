@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="stop the run after N seconds")
     p.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",
                    help="run config override, as for `flwr run -c` (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="DEBUG logs from every process (sets ZK0_LOG_LEVEL=DEBUG)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.verbose:  # inherited by the SuperLink, SuperNodes, SuperExecs and every app
+        os.environ["ZK0_LOG_LEVEL"] = "DEBUG"
     try:
         overrides = parse_overrides(args.run_config)
         out = run_cluster(args.work_dir, args.sites, overrides, args.data_dir,
@@ -119,4 +124,5 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"\n[zk0] run folder: {out['run_dir']} ({out['seconds']:.0f} s)")
     print("[zk0] held-out action MSE per site (global model after each round):")
     print(format_history(out["history"]))
+    print(f"[zk0] summary page: {Path(out['run_dir']) / 'summary.html'}")
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import shlex
 import signal
 import stat
@@ -82,6 +83,7 @@ class SiteSettings(BaseSettings):
     split_seed: int | None = None
     num_workers: int | None = None
     torch_threads: int | None = None
+    share_trajectories: bool | None = None
     runtime_host: str = "127.0.0.1"
     runtime_port: int = Field(9094, ge=1, le=65535)
     superexec_secret_file: Path | None = None
@@ -116,6 +118,7 @@ class SiteSettings(BaseSettings):
             "split-seed": self.split_seed,
             "num-workers": self.num_workers,
             "torch-threads": self.torch_threads,
+            "share-trajectories": self.share_trajectories,
             # the site's per-run state (optimizer moments) stays in its work dir
             "state-dir": str((self.work_dir / "state").expanduser().resolve()),
         }
@@ -348,7 +351,13 @@ def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
 
 # -- CLI ---------------------------------------------------------------------------------------
 
-_FLAGS: dict[str, tuple[type, str]] = {
+def _true_false(value: str) -> bool:
+    if value.strip().lower() not in ("true", "false"):
+        raise ValueError(f"{value!r}: expected true or false")
+    return value.strip().lower() == "true"
+
+
+_FLAGS: dict[str, tuple[Any, str]] = {
     "superlink": (str, "SuperLink address host:port"),
     "ca_cert": (Path, "federation CA certificate (PEM)"),
     "site_key": (Path, "this site's OpenSSH EC private key"),
@@ -360,6 +369,11 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "split_seed": (int, "seed of the train/eval episode split"),
     "num_workers": (int, "DataLoader worker processes"),
     "torch_threads": (int, "torch CPU threads (0 = default)"),
+    "share_trajectories": (
+        _true_false,
+        "true | false: send one held-out episode's actions to the SuperLink for the per-joint "
+        "plots (false: plot them here)",
+    ),
     "runtime_host": (str, "host of this SuperNode's runtime API"),
     "runtime_port": (int, "port of this SuperNode's runtime API (distinct per SuperNode)"),
     "superexec_secret_file": (Path, "SuperExec secret file (created 0600 if missing)"),
@@ -376,6 +390,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--check", action="store_true", help="run the checks, print the commands and exit"
     )
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="DEBUG logs from this site's ClientApps (sets ZK0_LOG_LEVEL)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SiteSettings:
@@ -399,6 +415,8 @@ def settings_from_args(args: argparse.Namespace) -> SiteSettings:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``zk0 supernode``: settings, checks, then run (or with ``--check``: print and exit)."""
+    if getattr(args, "verbose", False):
+        os.environ["ZK0_LOG_LEVEL"] = "DEBUG"  # inherited by SuperNode, SuperExec, ClientApps
     try:
         settings = settings_from_args(args)
         if args.check:

@@ -31,6 +31,8 @@ from superlink.checkpoints import save_checkpoint
 from superlink.exchange import exchange
 from superlink.reports import RunReport
 from superlink.strategy import EVALUATE, TRAIN, CodecFedAvg, Failure, make_strategy
+from superlink.summary import write_summary
+from superlink.tracking import Tracker, open_tracker
 
 log = zlog.get_logger("zk0.superlink")
 
@@ -78,17 +80,23 @@ def run_federation(grid: Grid, context: Context) -> Path:
     run_dir = (Path(run.output_dir).expanduser() / f"run-{context.run_id}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     zlog.configure(json_file=run_dir / "logs.jsonl")
+    tracker = Tracker()
     try:
-        return _federate(grid, context, run, run_dir)
+        tracker = open_tracker(run, run_dir, context.run_id, run.to_flwr())
+        return _federate(grid, context, run, run_dir, tracker)
     except BaseException as err:
         log.error("run_failed", run_dir=str(run_dir), error=f"{type(err).__name__}: {err}")
         meta_path = run_dir / "run.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         atomic.write_json(meta_path, {**meta, "failed": f"{type(err).__name__}: {err}"})
+        write_summary(run_dir)
+        tracker.finish({"failed": f"{type(err).__name__}: {err}"}, [], exit_code=1)
         raise
 
 
-def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Path:
+def _federate(
+    grid: Grid, context: Context, run: RunConfig, run_dir: Path, tracker: Tracker
+) -> Path:
     started = time.time()
     log.info(
         "run_started",
@@ -134,11 +142,14 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
         trainable=n_trainable,
         sites=len(data.sites),
     )
+    tracker.update_config({k: report.meta[k] for k in ("sites", "parameters")})
 
     sites = {node: info.site_name for node, info in data.sites.items()}
-    strategy: CodecFedAvg = make_strategy(run, stats_to_record(data.stats), sites)
+    action_dims = int(data.features["action"]["shape"][0])
+    strategy: CodecFedAvg = make_strategy(run, stats_to_record(data.stats), sites, action_dims)
 
     def instructions(server_round: int, evaluate: bool, train: bool = True):
+        after_round = server_round - 1 if train else server_round
         return RoundInstructions(
             server_round=server_round,
             proximal_mu=run.proximal_mu,
@@ -146,7 +157,15 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             fingerprint=fingerprint,
             evaluate=evaluate,
             train=train,
+            trajectory=evaluate and run.is_trajectory_round(after_round),
         ).to_record()
+
+    def record_eval(after_round: int, replies, failures) -> dict | None:
+        entry = report.record_eval(after_round, replies.reports, failures,
+                                   replies.trajectories, replies.trajectory_notes)
+        if entry is not None:
+            tracker.log_eval(entry, run_dir)
+        return entry
 
     for server_round in range(1, run.num_server_rounds + 1):
         round_start = time.time()
@@ -168,7 +187,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
         replies = strategy.replies(TRAIN, server_round)
         failures = replies.failures + timeouts
         if evaluate_incoming:
-            report.record_eval(server_round - 1, replies.reports, failures)
+            record_eval(server_round - 1, replies, failures)
         if aggregated is not None:
             weights = {k: v.numpy() for k, v in aggregated.items()}
         ckpt = save_checkpoint(
@@ -193,6 +212,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             log.warning(
                 "site_failed", round=server_round, site=f.site, kind=f.kind, reason=f.reason[:300]
             )
+        tracker.log_round(entry)
         log.info(
             "round_finished",
             round=server_round,
@@ -202,6 +222,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             uplink_bytes=entry["uplink_bytes"],
             seconds=round(entry["seconds"], 1),
         )
+        print(progress_line(entry, run.num_server_rounds, report.evals), flush=True)
 
     # The final model: one evaluate message (the only broadcast made just for evaluation).
     final_round = run.num_server_rounds
@@ -214,14 +235,34 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
     result, timeouts = _send(grid, sites, messages, run, "eval")
     strategy.aggregate_evaluate(final_round, result.replies)
     evaluated = strategy.replies(EVALUATE, final_round)
-    final = report.record_eval(final_round, evaluated.reports, evaluated.failures + timeouts)
+    final = record_eval(final_round, evaluated, evaluated.failures + timeouts)
     report.update_meta(finished=time.time(), seconds=time.time() - started, final_eval=final)
+    tracker.finish(
+        {"eval/final_mse": final["action_mse_weighted"] if final else None,
+         "seconds": time.time() - started},
+        report.failures(),
+    )
     log.info("run_finished", run_dir=str(run_dir), seconds=round(time.time() - started, 1))
     print(
-        "\nHeld-out action MSE per site (global model after each round):\n" + report.table(),
+        "\nHeld-out action MSE per site (global model after each round):\n" + report.table()
+        + f"\nSummary page: {run_dir / 'summary.html'}",
         flush=True,
     )
     return run_dir
+
+
+def progress_line(entry: Mapping, rounds: int, evals: Mapping[int, dict]) -> str:
+    """The one line per round a person watching the console looks for."""
+    latest = max((r for r in evals if r < entry["round"]), default=None)
+    mse = (f"held-out MSE {evals[latest]['action_mse_weighted']:.2f} (model after round "
+           f"{latest})" if latest is not None else "held-out MSE -")
+    loss = "-" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}"
+    failed = len(entry["failures"])
+    return (
+        f"[zk0] ===== round {entry['round']}/{rounds} | train loss {loss} | {mse} | "
+        f"{len(entry['sites'])} sites ok{f', {failed} FAILED' if failed else ''} | "
+        f"up {entry['uplink_bytes'] / 1e6:.2f} MB | {entry['seconds']:.1f} s ====="
+    )
 
 
 def _arrays(weights):

@@ -1,12 +1,16 @@
-"""The run folder's reports: per-round JSON, the eval history (JSON + PNG), and a console table.
+"""The run folder's reports: per-round JSON, the eval history (JSON + PNG), per-joint
+trajectory plots, the summary page and a console table.
 
 Layout of ``<output-dir>/run-<id>/``::
 
     run.json               run config, sites, features, timings (rewritten as the run goes)
+    summary.html           one page: MSE chart, last per-joint plots, round table, failures
     rounds/round_003.json  per-site and aggregated train loss, eval action MSE, samples, steps,
                            bytes, durations, failures, checkpoint path
     eval_history.json      held-out action MSE per site and weighted, model after round 0..R
     eval_mse.png           the same as a chart
+    plots/round_003/site-0.png          predicted vs recorded actions per joint (shared sites)
+    trajectories/round_003/site-0.json  the numbers behind that plot
     logs.jsonl             structured log events
     checkpoints/000003/pretrained_model/   LeRobot checkpoint of the global policy
 
@@ -24,7 +28,10 @@ from typing import Any
 
 from common import atomic
 from common.protocol import SiteReport
+from common.trajectory import Trajectory
+from superlink import plots
 from superlink.strategy import Failure
+from superlink.summary import write_summary
 
 
 def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float]) -> float | None:
@@ -47,6 +54,7 @@ class RunReport:
 
     def _write_meta(self) -> None:
         atomic.write_json(self.run_dir / "run.json", self.meta)
+        write_summary(self.run_dir)
 
     def update_meta(self, **values: Any) -> None:
         self.meta.update(values)
@@ -75,12 +83,19 @@ class RunReport:
         }
         self.rounds[server_round] = entry
         self._write_round(server_round)
+        write_summary(self.run_dir)
         return entry
 
     def record_eval(
-        self, after_round: int, reports: Mapping[str, SiteReport], failures: list[Failure]
+        self,
+        after_round: int,
+        reports: Mapping[str, SiteReport],
+        failures: list[Failure],
+        trajectories: Mapping[str, Trajectory] | None = None,
+        trajectory_notes: Mapping[str, str] | None = None,
     ) -> dict[str, Any] | None:
-        """Held-out MSE of the global model after ``after_round`` rounds, per site + weighted."""
+        """Held-out MSE of the global model after ``after_round`` rounds, per site + weighted,
+        and the per-joint plots of the trajectories the sites sent with it."""
         measured = {s: r for s, r in reports.items() if r.eval_action_mse >= 0}
         if not measured:
             return None
@@ -94,12 +109,15 @@ class RunReport:
             "samples": {s: r.eval_samples for s, r in measured.items()},
             "seconds": {s: r.eval_seconds for s, r in measured.items()},
             "failures": [asdict(f) for f in failures if f.site not in measured],
+            "trajectories": plots.trajectory_plots(self.run_dir, after_round, trajectories or {}),
+            "trajectory_notes": dict(trajectory_notes or {}),
         }
         self.evals[after_round] = entry
         if after_round in self.rounds:
             self.rounds[after_round]["eval"] = entry
             self._write_round(after_round)
         self._write_history()
+        write_summary(self.run_dir)
         return entry
 
     def _write_round(self, server_round: int) -> None:
@@ -115,15 +133,31 @@ class RunReport:
             "per_site": {s: [self.evals[r]["action_mse"].get(s) for r in rounds] for s in sites},
             "weighted": [self.evals[r]["action_mse_weighted"] for r in rounds],
             "mean": [self.evals[r]["action_mse_mean"] for r in rounds],
+            # per plotted model: each site's per-joint plot, or why there is none
+            "trajectories": {
+                str(r): {
+                    "plots": {s: t["plot"] for s, t in self.evals[r]["trajectories"].items()},
+                    "notes": self.evals[r]["trajectory_notes"],
+                }
+                for r in rounds
+                if self.evals[r]["trajectories"] or self.evals[r]["trajectory_notes"]
+            },
         }
 
     def _write_history(self) -> None:
         history = self.history()
         atomic.write_json(self.run_dir / "eval_history.json", history)
-        _plot(history, self.run_dir / "eval_mse.png")
+        plots.mse_chart(history, self.run_dir / "eval_mse.png")
 
     def table(self) -> str:
         return format_history(self.history())
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every failure of the run so far, each with the round (or ``eval N``) it hit."""
+        out = [{"round": r, **f} for r, e in sorted(self.rounds.items()) for f in e["failures"]]
+        out += [{"round": f"eval {r}", **f} for r, e in sorted(self.evals.items())
+                for f in e["failures"]]
+        return out
 
 
 def format_history(history: Mapping[str, Any]) -> str:
@@ -139,28 +173,3 @@ def format_history(history: Mapping[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
-
-def _plot(history: Mapping[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    rounds = history["rounds"]
-    for site, values in history["per_site"].items():
-        points = [(r, v) for r, v in zip(rounds, values, strict=True) if v is not None]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", lw=1, alpha=0.7, label=site)
-    ax.plot(rounds, history["weighted"], color="black", lw=2.5, marker="s", label="weighted")
-    ax.set_xlabel("global model after round")
-    ax.set_ylabel("held-out action MSE")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("zk0: held-out action MSE per site")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)

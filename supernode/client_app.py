@@ -6,7 +6,11 @@
   episodes, train ``local-steps`` with the FedProx term, and send back the update.
 - ``evaluate``: evaluate the global weights only (the final model after the last round).
 
-Nothing else leaves the site: no frames, no per-sample values, no frozen weights.
+When the server asks for a trajectory (``trajectory-every``), the evaluation also replays the
+first ``trajectory-frames`` frames of one held-out episode; their predicted and recorded actions
+go back with the reply, or, with ``share-trajectories = false`` in the node config, are plotted
+under the site's state dir and only a note says so. Nothing else leaves the site: no frames,
+no other per-sample values, no frozen weights.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from common.protocol import (
     MOMENTS,
     NORM_STATS,
     SITE,
+    TRAJECTORY,
+    TRAJECTORY_INFO,
     RoundInstructions,
     SiteReport,
 )
 from supernode.evaluation import evaluate_action_mse
 from supernode.local_site import Site
 from supernode.training import train_round
+from supernode.trajectory import keep_at_site, plotted_episode, predict_trajectory
 
 app = ClientApp()
 log = get_logger("zk0.supernode")
@@ -60,13 +67,33 @@ def _global_policy(site: Site, msg: Message):
     return instructions, payload, weights, bundle
 
 
-def _evaluate(site: Site, bundle) -> dict:
+def _evaluate(
+    site: Site, bundle, instructions: RoundInstructions, after_round: int, run_id: int
+) -> tuple[dict, dict]:
+    """The held-out action MSE (report fields) and, if asked, the trajectory (records)."""
+    dataset = site.eval_dataset()
     result = evaluate_action_mse(
-        bundle, site.eval_dataset(), site.run.eval_samples, site.run.eval_batch_size,
-        site.run.seed,
+        bundle, dataset, site.run.eval_samples, site.run.eval_batch_size, site.run.seed
     )
-    return {"eval_action_mse": result.action_mse, "eval_samples": result.samples,
-            "eval_seconds": result.seconds}
+    report = {"eval_action_mse": result.action_mse, "eval_samples": result.samples,
+              "eval_seconds": result.seconds}
+    if not instructions.trajectory:
+        return report, {}
+    start = time.perf_counter()
+    trajectory = predict_trajectory(
+        bundle, dataset, plotted_episode(site.split.eval, site.run.seed),
+        site.run.trajectory_frames, site.run.eval_batch_size, site.run.seed,
+    )
+    if site.node.share_trajectories:
+        arrays, info = trajectory.to_records()
+        records = {TRAJECTORY: arrays, TRAJECTORY_INFO: info}
+    else:
+        path = keep_at_site(trajectory, site.run_state_dir(run_id), site.node.site_name,
+                            after_round)
+        log.info("trajectory_kept", site=site.node.site_name, round=after_round, plot=str(path))
+        records = {TRAJECTORY_INFO: ConfigRecord({"kept-at-site": True})}
+    report["trajectory_seconds"] = time.perf_counter() - start
+    return report, records
 
 
 @app.train()
@@ -76,8 +103,11 @@ def train(msg: Message, context: Context) -> Message:
     instructions, payload, weights, bundle = _global_policy(site, msg)
     setup = time.perf_counter() - start
     report: dict = {"num_examples": site.info().train_frames, "setup_seconds": setup}
+    extra: dict = {}
     if instructions.evaluate:
-        report |= _evaluate(site, bundle)
+        measured, extra = _evaluate(site, bundle, instructions, instructions.server_round - 1,
+                                    context.run_id)
+        report |= measured
     site.seed_round(instructions.server_round)
     result = train_round(
         bundle, site.train_loader(instructions.server_round), site.run,
@@ -101,6 +131,7 @@ def train(msg: Message, context: Context) -> Message:
             CODEC: update.meta,
             METRICS: SiteReport(**report).to_record(),
             SITE: ConfigRecord({"site-name": site.node.site_name}),
+            **extra,
         }
     )
     return Message(content, reply_to=msg)
@@ -110,15 +141,15 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     site = Site.open(context.node_config, context.run_config)
-    _, _, _, bundle = _global_policy(site, msg)
-    report = SiteReport(
-        num_examples=site.info().eval_frames,
-        setup_seconds=time.perf_counter() - start,
-        **_evaluate(site, bundle),
-    )
+    instructions, _, _, bundle = _global_policy(site, msg)
+    setup = time.perf_counter() - start
+    measured, extra = _evaluate(site, bundle, instructions, instructions.server_round,
+                                context.run_id)
+    report = SiteReport(num_examples=site.info().eval_frames, setup_seconds=setup, **measured)
     log.info("evaluated", site=site.node.site_name, eval_mse=report.eval_action_mse)
     content = RecordDict(
-        {METRICS: report.to_record(), SITE: ConfigRecord({"site-name": site.node.site_name})}
+        {METRICS: report.to_record(), SITE: ConfigRecord({"site-name": site.node.site_name}),
+         **extra}
     )
     return Message(content, reply_to=msg)
 

@@ -32,7 +32,42 @@ def eval_indices(num_frames: int, samples: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(num_frames, size=samples, replace=False))
 
 
-def _collate(items: list[dict]) -> dict:
+class ChunkPredictor:
+    """The policy's action chunks for batches of dataset items, in real units, reproducibly.
+
+    SmolVLA's flow matching starts from noise: it is drawn from one generator seeded with the
+    run's seed, in call order, so the same frames get the same noise every round. Policies
+    whose ``predict_action_chunk`` takes no noise argument get torch's RNG seeded with
+    ``seed + offset`` for each batch.
+    """
+
+    def __init__(self, bundle: LoadedPolicy, seed: int) -> None:
+        self.bundle = bundle
+        self.seed = seed
+        self.takes_noise = "noise" in inspect.signature(
+            bundle.policy.predict_action_chunk
+        ).parameters
+        self.generator = torch.Generator().manual_seed(seed)
+        bundle.policy.eval()
+
+    @torch.no_grad()
+    def __call__(self, raw: dict, offset: int = 0) -> torch.Tensor:
+        """``(B, chunk, action dims)`` float32 on the CPU for a collated batch ``raw``."""
+        policy, cfg = self.bundle.policy, self.bundle.config
+        batch = self.bundle.preprocessor(dict(raw))
+        policy.reset()
+        if self.takes_noise:
+            shape = (len(raw["action"]), cfg.chunk_size, cfg.max_action_dim)
+            noise = torch.randn(shape, generator=self.generator).to(cfg.device)
+            chunk = policy.predict_action_chunk(batch, noise=noise)
+        else:
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed + offset)
+                chunk = policy.predict_action_chunk(batch)
+        return self.bundle.postprocessor(chunk).to(torch.float32).cpu()
+
+
+def collate(items: list[dict]) -> dict:
     batch: dict = {}
     for key in items[0]:
         values = [item[key] for item in items]
@@ -45,29 +80,16 @@ def evaluate_action_mse(
     bundle: LoadedPolicy, dataset, samples: int, batch_size: int, seed: int
 ) -> EvalResult:
     """Predict the action chunk for fixed held-out frames and compare with recorded actions."""
-    policy, cfg = bundle.policy, bundle.config
-    policy.eval()
     start = time.perf_counter()
     indices = eval_indices(len(dataset), samples, seed)
-    takes_noise = "noise" in inspect.signature(policy.predict_action_chunk).parameters
-    generator = torch.Generator().manual_seed(seed)
+    predict = ChunkPredictor(bundle, seed)
     sq_err, count = 0.0, 0
     for lo in range(0, len(indices), batch_size):
-        raw = _collate([dataset[i] for i in indices[lo : lo + batch_size]])
+        raw = collate([dataset[i] for i in indices[lo : lo + batch_size]])
         target = raw["action"].to(torch.float32)  # (B, T, D) real units
         pad = raw.get("action_is_pad")
         valid = ~pad if pad is not None else torch.ones(target.shape[:2], dtype=torch.bool)
-        batch = bundle.preprocessor({k: v for k, v in raw.items()})
-        policy.reset()
-        if takes_noise:
-            shape = (len(target), cfg.chunk_size, cfg.max_action_dim)
-            noise = torch.randn(shape, generator=generator).to(cfg.device)
-            chunk = policy.predict_action_chunk(batch, noise=noise)
-        else:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed + lo)
-                chunk = policy.predict_action_chunk(batch)
-        pred = bundle.postprocessor(chunk).to(torch.float32).cpu()
+        pred = predict(raw, offset=lo)
         steps = min(pred.shape[1], target.shape[1])
         diff = (pred[:, :steps] - target[:, :steps]) ** 2
         mask = valid[:, :steps].unsqueeze(-1).expand_as(diff)

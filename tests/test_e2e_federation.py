@@ -151,3 +151,17 @@ def test_the_cluster_run_equals_the_same_run_in_one_process(federation, tmp_path
     assert ours["rounds"] == cluster["rounds"]
     for site, values in cluster["per_site"].items():
         np.testing.assert_allclose(ours["per_site"][site], values, rtol=1e-6, err_msg=site)
+
+
+def test_console_has_each_flower_line_once_and_the_plots_came_over_tls(federation):
+    _, result, run_dir, nodes = federation
+    lines = result.output.splitlines()
+    assert not [line for line in lines if ":flwr:" in line], "Flower lines printed twice"
+    assert sum("configure_train: Sampled" in line for line in lines) == ROUNDS
+    progress = [line for line in lines if line.startswith("[zk0] ===== round ")]
+    assert len(progress) == ROUNDS, lines
+    # trajectories travel in the real messages (trajectory-every = 1 by default)
+    for r in range(ROUNDS + 1):
+        for node in nodes:
+            assert (run_dir / "plots" / f"round_{r:03d}" / f"{node.site_name}.png").is_file()
+    assert "data:image/png;base64," in (run_dir / "summary.html").read_text()

@@ -39,9 +39,10 @@ __all__ = [
 
 
 def make_strategy(
-    run: RunConfig, norm_stats: ArrayRecord, sites: Mapping[int, str]
+    run: RunConfig, norm_stats: ArrayRecord, sites: Mapping[int, str], action_dims: int = 0
 ) -> CodecFedAvg:
-    """The strategy named by ``run.strategy`` for the sites that joined (node id -> name)."""
+    """The strategy named by ``run.strategy`` for the sites that joined (node id -> name);
+    ``action_dims`` (the federation's action size) bounds the trajectories sites may send."""
     settings = ExchangeSettings(
         wire_dtype=run.wire_dtype,
         norm_stats=norm_stats,
@@ -49,6 +50,8 @@ def make_strategy(
         fraction_train=run.fraction_train,
         min_sites=run.min_sites,
         seed=run.seed,
+        trajectory_frames=run.trajectory_frames,
+        action_dims=action_dims,
     )
     match run.strategy:
         case "fedavg":

@@ -33,11 +33,24 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import codec
-from common.protocol import ARRAYS, CODEC, METRICS, NORM_STATS, SiteReport
+from common.logs import get_logger
+from common.protocol import (
+    ARRAYS,
+    CODEC,
+    METRICS,
+    NORM_STATS,
+    TRAJECTORY,
+    TRAJECTORY_INFO,
+    SiteReport,
+)
+from common.trajectory import Trajectory, TrajectoryError
 from superlink.strategy.node_selection import SampledNodes, select_nodes
 from superlink.strategy.replies import AcceptedReply, Failure, ReplyRejected, RoundReplies
 
 TRAIN, EVALUATE = "train", "evaluate"
+KEPT_AT_SITE = "kept at the site (share-trajectories = false)"
+
+log = get_logger("zk0.superlink")
 
 #: zk0 selects the sites itself (:mod:`node_selection`); Flower then addresses all of them.
 ADDRESS_EVERY_SELECTED_NODE: dict[str, Any] = {
@@ -59,6 +72,8 @@ class ExchangeSettings:
     fraction_train: float = 1.0
     min_sites: int = 1  # a round waits until this many of the sites are connected
     seed: int = 0
+    trajectory_frames: int = 0  # the most frames a site's trajectory may have
+    action_dims: int = 0  # the federation's action feature size
 
 
 class CodecFedAvg(FedAvg):
@@ -154,7 +169,29 @@ class CodecFedAvg(FedAvg):
         except (KeyError, TypeError, ValueError) as err:
             raise ReplyRejected("integrity", f"no usable '{METRICS}' record: {err}") from None
         payload = self.check_update(msg) if kind == TRAIN else None
-        return AcceptedReply(node, site, report, payload)
+        trajectory, note = self.read_trajectory(msg, site)
+        return AcceptedReply(node, site, report, payload, trajectory, note)
+
+    def read_trajectory(self, msg: Message, site: str) -> tuple[Trajectory | None, str]:
+        """The reply's trajectory, if it has one that checks out.
+
+        A malformed trajectory costs the site its plot, not its update: the plot is for
+        people, the update passed its own checks.
+        """
+        content = msg.content
+        info = content.config_records.get(TRAJECTORY_INFO)
+        if info is None:
+            return None, ""
+        if TRAJECTORY not in content.array_records:
+            return None, KEPT_AT_SITE if info.get("kept-at-site") else "no trajectory arrays"
+        try:
+            return Trajectory.from_records(
+                content.array_records[TRAJECTORY], info,
+                self.settings.trajectory_frames, self.settings.action_dims,
+            ), ""
+        except TrajectoryError as err:
+            log.warning("trajectory_refused", site=site, reason=str(err)[:300])
+            return None, f"refused: {err}"
 
     def check_update(self, msg: Message) -> codec.Payload:
         """The reply's update, once its digests, encoding, names, shapes and dtypes check out."""

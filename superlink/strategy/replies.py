@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from common.codec import Payload
 from common.protocol import SiteReport
+from common.trajectory import Trajectory
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class AcceptedReply:
     site: str
     report: SiteReport
     payload: Payload | None = None  # None for evaluation replies (no arrays)
+    trajectory: Trajectory | None = None  # the held-out episode the site shared, if asked
+    trajectory_note: str = ""  # why there is none although the site computed one
 
 
 @dataclass
@@ -51,6 +54,14 @@ class RoundReplies:
     @property
     def reports(self) -> dict[str, SiteReport]:
         return {r.site: r.report for r in self.accepted}
+
+    @property
+    def trajectories(self) -> dict[str, Trajectory]:
+        return {r.site: r.trajectory for r in self.accepted if r.trajectory is not None}
+
+    @property
+    def trajectory_notes(self) -> dict[str, str]:
+        return {r.site: r.trajectory_note for r in self.accepted if r.trajectory_note}
 
     @property
     def uplink_bytes(self) -> dict[str, int]:
