@@ -131,15 +131,13 @@ def _instructions():
 
 
 def test_a_lab_turns_sharing_off_at_its_launcher(tmp_path, monkeypatch):
-    import argparse
-
     from deploy import site_launcher as launcher
+    from deploy.cli import build_parser
 
     monkeypatch.chdir(tmp_path)  # no stray .env
     for var in ("ZK0_SHARE_TRAJECTORIES", "ZK0_LOG_LEVEL"):
         monkeypatch.delenv(var, raising=False)
-    parser = argparse.ArgumentParser()
-    launcher.add_cli(parser.add_subparsers())
+    parser = build_parser()
     base = ["supernode", "--superlink", "link:8000", "--ca-cert", "ca.crt", "--site-key", "k",
             "--site-name", "lab-a", "--dataset-root", str(tmp_path)]
     settings = launcher.settings_from_args(parser.parse_args(base))
