@@ -14,6 +14,8 @@ from flwr.app import ConfigRecord, MetricRecord
 
 # Message types (Flower routes "<category>.<action>" to @app.<category>("<action>")).
 STATS_QUERY = "query.stats"
+# The server tells a site it was left out of the federation, and why (its operator's log shows it).
+EXCLUDED_NOTICE = "query.excluded"
 
 # Record keys inside a RecordDict.
 ARRAYS = "arrays"  # ArrayRecord: trainable parameters, encoded by common.codec
@@ -23,6 +25,7 @@ METRICS = "metrics"  # MetricRecord: what a site reports
 NORM_STATS = "norm-stats"  # ArrayRecord: the federation's normalization statistics
 MOMENTS = "moments"  # ArrayRecord: a site's sufficient statistics (stats query reply)
 SITE = "site"  # ConfigRecord: the site's self-description
+NOTICE = "notice"  # ConfigRecord: an ExclusionNotice
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class RoundInstructions:
     fingerprint: str  # SHA-256 of the frozen backbone the server built
     evaluate: bool  # evaluate the received global model before training
     train: bool = True
+    # The federation this round belongs to: the first run's id, kept when a run is resumed (a
+    # resumed run gets a new Flower run id), so sites find their optimizer state again.
+    federation_id: str = ""
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -69,6 +75,7 @@ class RoundInstructions:
                 "fingerprint": self.fingerprint,
                 "evaluate": self.evaluate,
                 "train": self.train,
+                "federation-id": self.federation_id,
             }
         )
 
@@ -81,7 +88,23 @@ class RoundInstructions:
             fingerprint=str(record["fingerprint"]),
             evaluate=bool(record["evaluate"]),
             train=bool(record.get("train", True)),
+            federation_id=str(record.get("federation-id", "")),
         )
+
+
+@dataclass(frozen=True)
+class ExclusionNotice:
+    """Why the server left a site out of the federation (content of an ``EXCLUDED_NOTICE``)."""
+
+    site_name: str
+    reason: str
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({"site-name": self.site_name, "reason": self.reason})
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> ExclusionNotice:
+        return cls(site_name=str(record["site-name"]), reason=str(record["reason"]))
 
 
 @dataclass(frozen=True)

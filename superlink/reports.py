@@ -2,9 +2,11 @@
 
 Layout of ``<output-dir>/run-<id>/``::
 
-    run.json               run config, sites, features, timings (rewritten as the run goes)
+    run.json               run config, sites, features, timings, status, failed rounds,
+                           excluded sites, failures by site and kind (rewritten as it goes)
     rounds/round_003.json  per-site and aggregated train loss, eval action MSE, samples, steps,
-                           bytes, durations, failures, checkpoint path
+                           bytes, durations, status, every failure by site, kind and reason,
+                           checkpoint path
     eval_history.json      held-out action MSE per site and weighted, model after round 0..R
     eval_mse.png           the same as a chart
     logs.jsonl             structured log events
@@ -12,11 +14,17 @@ Layout of ``<output-dir>/run-<id>/``::
 
 Round ``r``'s eval numbers measure the global model *after* round ``r`` (round 0 = the starting
 model). Sites evaluate it at the start of round ``r + 1`` (it is the model they receive then),
-so a round file is first written without them and completed one round later.
+so a round file is first written without them and completed one round later. The starting
+model's numbers (round 0) are ``initial_eval`` in ``run.json``, the final model's
+``final_eval``.
+
+A resumed run (``resume-from``) reopens the same folder: :class:`RunReport` is given the rounds
+and evaluations already on disk and goes on from there.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -37,12 +45,19 @@ def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float]) -> 
 class RunReport:
     """Owns the run folder's report files; every write is atomic."""
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        meta: dict[str, Any],
+        rounds: Mapping[int, dict[str, Any]] | None = None,
+        evals: Mapping[int, dict[str, Any]] | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.meta = meta
-        self.rounds: dict[int, dict[str, Any]] = {}
-        self.evals: dict[int, dict[str, Any]] = {}
+        self.rounds: dict[int, dict[str, Any]] = dict(rounds or {})
+        self.evals: dict[int, dict[str, Any]] = dict(evals or {})
         (run_dir / "rounds").mkdir(parents=True, exist_ok=True)
+        self.meta["failures_by_site"] = self.failures_by_site()
         self._write_meta()
 
     def _write_meta(self) -> None:
@@ -59,6 +74,18 @@ class RunReport:
         failures: list[Failure],
         **extra: Any,
     ) -> dict[str, Any]:
+        entry = self.round_entry(server_round, reports, failures, **extra)
+        self.store_round(entry)
+        return entry
+
+    def round_entry(
+        self,
+        server_round: int,
+        reports: Mapping[str, SiteReport],
+        failures: list[Failure],
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """A round's report (not written yet: see :meth:`store_round`)."""
         weights = {s: float(r.num_examples) for s, r in reports.items()}
         losses = {s: r.train_loss for s, r in reports.items()}
         entry = {
@@ -70,12 +97,25 @@ class RunReport:
             "steps": sum(r.steps for r in reports.values()),
             "uplink_bytes": sum(r.payload_bytes for r in reports.values()),
             "failures": [asdict(f) for f in failures],
+            "failure_counts": failure_counts(failures),
             "eval": self.evals.get(server_round),
             **extra,
         }
-        self.rounds[server_round] = entry
-        self._write_round(server_round)
         return entry
+
+    def store_round(self, entry: dict[str, Any]) -> None:
+        """Write a round's report and the run's running count of failures by site."""
+        self.rounds[entry["round"]] = entry
+        self._write_round(entry["round"])
+        self.update_meta(failures_by_site=self.failures_by_site())
+
+    def failures_by_site(self) -> dict[str, dict[str, int]]:
+        """Every round's failures so far, counted by site and kind."""
+        counts: dict[str, Counter[str]] = {}
+        for entry in self.rounds.values():
+            for f in entry.get("failures", []):
+                counts.setdefault(f["site"], Counter())[f["kind"]] += 1
+        return {site: dict(sorted(c.items())) for site, c in sorted(counts.items())}
 
     def record_eval(
         self, after_round: int, reports: Mapping[str, SiteReport], failures: list[Failure]
@@ -99,6 +139,8 @@ class RunReport:
         if after_round in self.rounds:
             self.rounds[after_round]["eval"] = entry
             self._write_round(after_round)
+        elif after_round == 0:
+            self.update_meta(initial_eval=entry)
         self._write_history()
         return entry
 
@@ -124,6 +166,14 @@ class RunReport:
 
     def table(self) -> str:
         return format_history(self.history())
+
+
+def failure_counts(failures: list[Failure]) -> dict[str, dict[str, int]]:
+    """{site: {kind: count}} of one round's failures."""
+    counts: dict[str, Counter[str]] = {}
+    for f in failures:
+        counts.setdefault(f.site, Counter())[f.kind] += 1
+    return {site: dict(sorted(c.items())) for site, c in sorted(counts.items())}
 
 
 def format_history(history: Mapping[str, Any]) -> str:
@@ -161,6 +211,9 @@ def _plot(history: Mapping[str, Any], path: Path) -> None:
     ax.set_title("zk0: held-out action MSE per site")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)

@@ -5,6 +5,7 @@
 - ``train``: load the global trainable weights, optionally evaluate them on the held-out
   episodes, train ``local-steps`` with the FedProx term, and send back the update.
 - ``evaluate``: evaluate the global weights only (the final model after the last round).
+- ``query.excluded``: the server left this site out at stage 0; log the reason here.
 
 Nothing else leaves the site: no frames, no per-sample values, no frozen weights.
 """
@@ -27,7 +28,9 @@ from common.protocol import (
     METRICS,
     MOMENTS,
     NORM_STATS,
+    NOTICE,
     SITE,
+    ExclusionNotice,
     RoundInstructions,
     SiteReport,
 )
@@ -47,6 +50,16 @@ def stats(msg: Message, context: Context) -> Message:
              eval_episodes=info.eval_episodes)
     content = RecordDict({SITE: info.to_record(), MOMENTS: to_record(site.moments())})
     return Message(content, reply_to=msg)
+
+
+@app.query("excluded")
+def excluded(msg: Message, context: Context) -> Message:
+    """The server left this site out at stage 0: say why in this site's own log."""
+    notice = ExclusionNotice.from_record(msg.content.config_records[NOTICE])
+    log.error("excluded_from_federation", site=notice.site_name, reason=notice.reason,
+              hint="make this dataset's features match the federation's, then restart the "
+                   "SuperNode; the other sites go on without this one")
+    return Message(RecordDict(), reply_to=msg)
 
 
 def _global_policy(site: Site, msg: Message):
@@ -82,7 +95,8 @@ def train(msg: Message, context: Context) -> Message:
     result = train_round(
         bundle, site.train_loader(instructions.server_round), site.run,
         instructions.server_round, instructions.proximal_mu,
-        site.optimizer_state_file(context.run_id),
+        site.optimizer_state_file(instructions.federation_id or str(context.run_id),
+                                  instructions.server_round),
     )
     update = codec.encode(
         trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights

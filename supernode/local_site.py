@@ -7,6 +7,7 @@ locally stored backbone plus the trainable weights that came in the message.
 
 from __future__ import annotations
 
+import os
 import random
 import zlib
 from dataclasses import dataclass
@@ -140,8 +141,18 @@ class Site:
             pin_memory=self.device.startswith("cuda"),
         )
 
-    def optimizer_state_file(self, run_id: int) -> Path | None:
-        """Where this site keeps its optimizer moments between the rounds of run ``run_id``."""
+    def optimizer_state_file(self, federation_id: str | int, server_round: int) -> Path | None:
+        """The file round ``server_round`` of federation ``federation_id`` trains from and
+        saves its optimizer moments to (None with ``optimizer-state = "reset"``).
+
+        One file per round, ``optimizer-r000003.pt`` = the moments after round 3: round ``r``
+        starts from the newest file of an earlier round, linked to its own name (no copy; the
+        training loop replaces the file atomically, so the link target stays intact). A round
+        the site trained for a run that was then interrupted (its ServerApp killed while this
+        site worked) leaves a file of that round, and the resumed run's same round ignores it
+        instead of starting from moments that already took its steps. Files older than the
+        one a round starts from are removed.
+        """
         if self.run.optimizer_state == "reset":
             return None
         from common.local_vlm import default_cache_dir
@@ -149,7 +160,30 @@ class Site:
         root = Path(self.node.state_dir) if self.node.state_dir else (
             default_cache_dir() / "sites" / self.node.site_name
         )
-        return root.expanduser() / f"run-{run_id}" / "optimizer.pt"
+        folder = root.expanduser() / f"run-{federation_id}"
+        target = folder / _optimizer_file(server_round)
+        earlier = sorted(p for p in folder.glob("optimizer-r*.pt")
+                         if _file_round(p) is not None and _file_round(p) < server_round)
+        if not earlier:
+            target.unlink(missing_ok=True)
+            return target
+        start = earlier[-1]
+        tmp = folder / f".{target.name}.link"
+        tmp.unlink(missing_ok=True)
+        os.link(start, tmp)
+        os.replace(tmp, target)
+        for old in earlier[:-1]:
+            old.unlink(missing_ok=True)
+        return target
 
     def eval_dataset(self):
         return ds.open_dataset(self.node, self.split.eval, self._delta_timestamps())
+
+
+def _optimizer_file(server_round: int) -> str:
+    return f"optimizer-r{server_round:06d}.pt"
+
+
+def _file_round(path: Path) -> int | None:
+    digits = path.stem.removeprefix("optimizer-r")
+    return int(digits) if digits.isdigit() else None
