@@ -92,11 +92,11 @@ def train(msg: Message, context: Context) -> Message:
     if instructions.evaluate:
         report |= _evaluate(site, bundle)
     site.seed_round(instructions.server_round)
+    moments = site.optimizer_files(instructions.federation_id or context.run_id,
+                                   instructions.server_round)
     result = train_round(
         bundle, site.train_loader(instructions.server_round), site.run,
-        instructions.server_round, instructions.proximal_mu,
-        site.optimizer_state_file(instructions.federation_id or str(context.run_id),
-                                  instructions.server_round),
+        instructions.server_round, instructions.proximal_mu, moments.save, moments.start,
     )
     update = codec.encode(
         trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights

@@ -7,7 +7,6 @@ locally stored backbone plus the trainable weights that came in the message.
 
 from __future__ import annotations
 
-import os
 import random
 import zlib
 from dataclasses import dataclass
@@ -29,6 +28,14 @@ from common.policy_factory import (
 from common.protocol import SiteInfo
 from common.settings import NodeConfig, RunConfig
 from supernode import site_dataset as ds
+
+
+@dataclass(frozen=True)
+class OptimizerFiles:
+    """A round's optimizer moments: read from ``start`` (None: fresh), saved to ``save``."""
+
+    start: Path | None
+    save: Path | None
 
 
 class SiteMismatchError(ValueError):
@@ -141,47 +148,35 @@ class Site:
             pin_memory=self.device.startswith("cuda"),
         )
 
-    def optimizer_state_file(self, federation_id: str | int, server_round: int) -> Path | None:
-        """The file round ``server_round`` of federation ``federation_id`` trains from and
-        saves its optimizer moments to (None with ``optimizer-state = "reset"``).
+    def optimizer_files(self, federation_id: str | int, server_round: int) -> OptimizerFiles:
+        """Where round ``server_round`` of federation ``federation_id`` reads its optimizer
+        moments from and saves them to (both None with ``optimizer-state = "reset"``).
 
-        One file per round, ``optimizer-r000003.pt`` = the moments after round 3: round ``r``
-        starts from the newest file of an earlier round, linked to its own name (no copy; the
-        training loop replaces the file atomically, so the link target stays intact). A round
-        the site trained for a run that was then interrupted (its ServerApp killed while this
-        site worked) leaves a file of that round, and the resumed run's same round ignores it
-        instead of starting from moments that already took its steps. Files older than the
-        one a round starts from are removed.
+        One file per round, ``optimizer-r000003.pt`` = the moments after round 3; a round
+        starts from the newest file of an earlier round (a site that sat out rounds skips
+        them). Reading one file and writing another keeps a round's input safe: a round the
+        site trained for a run whose ServerApp was then killed leaves a file of that round,
+        and the resumed run's same round never reads it (if the killed attempt is still
+        running, both attempts start from the same moments and weights and write the same
+        result). Files older than the one a round starts from are removed.
         """
         if self.run.optimizer_state == "reset":
-            return None
+            return OptimizerFiles(None, None)
         from common.local_vlm import default_cache_dir
 
         root = Path(self.node.state_dir) if self.node.state_dir else (
             default_cache_dir() / "sites" / self.node.site_name
         )
         folder = root.expanduser() / f"run-{federation_id}"
-        target = folder / _optimizer_file(server_round)
         earlier = sorted(p for p in folder.glob("optimizer-r*.pt")
-                         if _file_round(p) is not None and _file_round(p) < server_round)
-        if not earlier:
-            target.unlink(missing_ok=True)
-            return target
-        start = earlier[-1]
-        tmp = folder / f".{target.name}.link"
-        tmp.unlink(missing_ok=True)
-        os.link(start, tmp)
-        os.replace(tmp, target)
+                         if (r := _file_round(p)) is not None and r < server_round)
         for old in earlier[:-1]:
             old.unlink(missing_ok=True)
-        return target
+        return OptimizerFiles(earlier[-1] if earlier else None,
+                              folder / f"optimizer-r{server_round:06d}.pt")
 
     def eval_dataset(self):
         return ds.open_dataset(self.node, self.split.eval, self._delta_timestamps())
-
-
-def _optimizer_file(server_round: int) -> str:
-    return f"optimizer-r{server_round:06d}.pt"
 
 
 def _file_round(path: Path) -> int | None:
