@@ -25,7 +25,7 @@ and evaluations already on disk and goes on from there.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -67,17 +67,6 @@ class RunReport:
         self.meta.update(values)
         self._write_meta()
 
-    def record_round(
-        self,
-        server_round: int,
-        reports: Mapping[str, SiteReport],
-        failures: list[Failure],
-        **extra: Any,
-    ) -> dict[str, Any]:
-        entry = self.round_entry(server_round, reports, failures, **extra)
-        self.store_round(entry)
-        return entry
-
     def round_entry(
         self,
         server_round: int,
@@ -111,11 +100,9 @@ class RunReport:
 
     def failures_by_site(self) -> dict[str, dict[str, int]]:
         """Every round's failures so far, counted by site and kind."""
-        counts: dict[str, Counter[str]] = {}
-        for entry in self.rounds.values():
-            for f in entry.get("failures", []):
-                counts.setdefault(f["site"], Counter())[f["kind"]] += 1
-        return {site: dict(sorted(c.items())) for site, c in sorted(counts.items())}
+        return _count_by_site(
+            (f["site"], f["kind"]) for e in self.rounds.values() for f in e.get("failures", [])
+        )
 
     def record_eval(
         self, after_round: int, reports: Mapping[str, SiteReport], failures: list[Failure]
@@ -170,9 +157,13 @@ class RunReport:
 
 def failure_counts(failures: list[Failure]) -> dict[str, dict[str, int]]:
     """{site: {kind: count}} of one round's failures."""
+    return _count_by_site((f.site, f.kind) for f in failures)
+
+
+def _count_by_site(pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter[str]] = {}
-    for f in failures:
-        counts.setdefault(f.site, Counter())[f.kind] += 1
+    for site, kind in pairs:
+        counts.setdefault(site, Counter())[kind] += 1
     return {site: dict(sorted(c.items())) for site, c in sorted(counts.items())}
 
 

@@ -18,7 +18,6 @@ complete) or does not exist.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +39,6 @@ class ServerState:
     strategy: dict[str, np.ndarray]
     layout: Layout
     stats: dict[str, dict[str, np.ndarray]]
-
-    def nbytes(self) -> int:
-        arrays = [*self.weights.values(), *self.strategy.values()]
-        return sum(a.nbytes for a in arrays)
 
 
 def write(path: Path, state: ServerState) -> None:
@@ -89,10 +84,3 @@ def read(path: Path) -> ServerState:
         stats=stats,
     )
 
-
-def stats_equal(a: Mapping[str, Mapping[str, np.ndarray]],
-                b: Mapping[str, Mapping[str, np.ndarray]]) -> bool:
-    return a.keys() == b.keys() and all(
-        a[k].keys() == b[k].keys() and all(np.array_equal(a[k][s], b[k][s]) for s in a[k])
-        for k in a
-    )

@@ -38,12 +38,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import codec
+from common.logs import get_logger
 from common.protocol import ARRAYS, CODEC, METRICS, NORM_STATS, SiteReport
 from superlink.strategy import state, update_checks
 from superlink.strategy.node_selection import SampledNodes, sample_sites, wait_for_sites
 from superlink.strategy.replies import AcceptedReply, Failure, ReplyRejected, RoundReplies
 
 TRAIN, EVALUATE = "train", "evaluate"
+log = get_logger("zk0.superlink")
 
 #: zk0 selects the sites itself (:mod:`node_selection`); Flower then addresses all of them.
 ADDRESS_EVERY_SELECTED_NODE: dict[str, Any] = {
@@ -89,6 +91,7 @@ class CodecFedAvg(FedAvg):
         self._sent: dict[tuple[str, int], list[Message]] = {}
         self._replies: dict[tuple[str, int], RoundReplies] = {}
         self.offline: list[int] = []  # the federation's sites not connected at the last selection
+        self._said_norm_skipped = False
 
     # -- configure ---------------------------------------------------------------------------
 
@@ -211,7 +214,13 @@ class CodecFedAvg(FedAvg):
     def check_norms(self, judged: RoundReplies) -> None:
         """Move accepted updates whose norm is an outlier of this round's to the failures."""
         norms = {r.site: r.update_norm for r in judged.accepted if r.update_norm is not None}
-        outliers = update_checks.norm_outliers(norms, self.settings.max_update_norm_ratio)
+        ratio = self.settings.max_update_norm_ratio
+        few = 0 < len(norms) < update_checks.MIN_UPDATES_FOR_NORM_RULE
+        if ratio > 0 and few and not self._said_norm_skipped:  # once, not every round
+            log.info("norm_check_skipped", updates=len(norms),
+                     needed=update_checks.MIN_UPDATES_FOR_NORM_RULE)
+            self._said_norm_skipped = True
+        outliers = update_checks.norm_outliers(norms, ratio)
         for reply in [r for r in judged.accepted if r.site in outliers]:
             judged.accepted.remove(reply)
             judged.refused_reports[reply.site] = reply.report
