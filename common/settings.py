@@ -117,10 +117,12 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _fault_rules_can_be_met(self) -> RunConfig:
-        if self.min_replies > self.min_sites:
+        asked = max(1, int(self.fraction_train * self.min_sites))
+        if self.min_replies > asked:
             raise ValueError(
-                f"min-replies {self.min_replies} exceeds min-sites {self.min_sites}: a round "
-                "could fail with every site healthy"
+                f"min-replies {self.min_replies} exceeds the {asked} site(s) a round asks when "
+                f"min-sites={self.min_sites} are connected (fraction-train "
+                f"{self.fraction_train}): rounds would fail with every site healthy"
             )
         if 0.0 < self.max_update_norm_ratio <= 1.0:
             raise ValueError(

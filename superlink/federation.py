@@ -269,9 +269,10 @@ class Rounds:
                  downlink_bytes_per_site=strategy.downlink_bytes)
         failures = self._offline(server_round)
         aggregated = None
-        if len(messages) < run.min_replies:
+        if len(messages) < run.min_replies:  # cannot succeed: spare the sites the work
             reason = (f"{len(messages)} site(s) to ask, min-replies is {run.min_replies}; "
                       "nothing was sent")
+            messages = []
         else:
             result, lost = self._send(messages, "train")
             aggregated, _ = strategy.aggregate_train(server_round, result.replies)

@@ -97,6 +97,11 @@ def load(run_dir: Path, run: RunConfig) -> ResumePoint:
             f"run config: key 'resume-from': {run_dir} stopped before its sites agreed on "
             "features (stage 0); start a new run"
         )
+    if str(meta.get("status", "")).startswith("completed"):
+        raise SettingsError(
+            f"run config: key 'resume-from': {run_dir} already {meta['status']}; nothing to "
+            "resume (start a new run to train further)"
+        )
     check_same_training(meta.get("run_config", {}), run)
     latest = latest_checkpoint(run_dir)
     checkpoint_round, state = 0, None

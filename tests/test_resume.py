@@ -147,6 +147,12 @@ def test_resume_refuses_a_run_config_that_trains_differently(demo_root, tmp_path
         missing = {**old, "resume-from": str(tmp_path / "nowhere")}
         run_federation(InProcessGrid(counting, _nodes(demo_root, tmp_path), missing, 6),
                        server_context(missing, 6))
+    (run_dir / "run.json").write_text(json.dumps(
+        {"run_id": 5, "run_config": old, "features": {}, "status": "completed"}))
+    same = {**old, "resume-from": str(run_dir)}
+    with pytest.raises(SettingsError, match="already completed; nothing to resume"):
+        run_federation(InProcessGrid(counting, _nodes(demo_root, tmp_path), same, 6),
+                       server_context(same, 6))
     assert calls == []
     assert "failed" not in _json(run_dir / "run.json")  # a refused resume writes nothing
 

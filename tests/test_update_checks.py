@@ -28,6 +28,8 @@ def _round(strategy, server_round, base, *, bad=None, wire="float32", only=None)
     messages = _sent(strategy.configure_train(
         server_round, ArrayRecord({k: Array(v) for k, v in base.items()}), ConfigRecord(),
         Nodes(SITES)))
+    for msg in messages:  # a grid's ids are unique across rounds
+        msg.metadata.__dict__["_message_id"] = f"r{server_round}-{msg.metadata.message_id}"
     replies = []
     for msg in messages:
         node = msg.metadata.dst_node_id
@@ -121,8 +123,10 @@ def test_ratio_at_or_below_one_is_refused_by_the_run_config():
 
     with pytest.raises(SettingsError, match=r"max-update-norm-ratio 1\.0 would drop healthy"):
         RunConfig.with_overrides({"max-update-norm-ratio": 1.0})
-    with pytest.raises(SettingsError, match="min-replies 3 exceeds min-sites 2"):
+    with pytest.raises(SettingsError, match=r"min-replies 3 exceeds the 2 site\(s\) a round"):
         RunConfig.with_overrides({"min-replies": 3, "min-sites": 2})
+    with pytest.raises(SettingsError, match=r"exceeds the 2 site\(s\).*fraction-train 0.5"):
+        RunConfig.with_overrides({"min-replies": 3, "min-sites": 4, "fraction-train": 0.5})
 
 
 @pytest.mark.parametrize("name", ["fedavgm momentum", "fedadam"])
@@ -147,9 +151,10 @@ def test_a_round_short_of_min_replies_moves_neither_model_nor_strategy_state(nam
 def test_a_reply_to_another_rounds_message_is_stale():
     strategy = _zk0({"strategy": "fedavg"})
     base = _global()
-    _, old = _round(strategy, 1, base)
+    sent, old = _round(strategy, 1, base)
+    stale = dict(zip((m.metadata.dst_node_id for m in sent), old, strict=True))[303]  # s2's
     _, replies = _round(strategy, 2, base, only={"s0", "s1"})
-    arrays, _ = strategy.aggregate_train(2, [*replies, old[2]])
+    arrays, _ = strategy.aggregate_train(2, [*replies, stale])
     judged = strategy.replies(TRAIN, 2)
     assert sorted(judged.reports) == ["s0", "s1"]
     [failure] = judged.failures
