@@ -96,6 +96,11 @@ def _wire_tensor(x: np.ndarray, wire_dtype: str) -> torch.Tensor:
     return _torch(x)
 
 
+def wire_tensor(array: Array, wire_dtype: str) -> torch.Tensor:
+    """An array's values as a (read-only, zero-copy) tensor of its wire dtype."""
+    return _wire_tensor(wire_view(array), wire_dtype)
+
+
 def to_array(x: np.ndarray) -> Array:
     """``Array(x)`` in one copy: Flower's ``np.save`` into a BytesIO copies the data 3-4 times."""
     x = np.ascontiguousarray(x)

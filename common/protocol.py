@@ -14,6 +14,8 @@ from flwr.app import ConfigRecord, MetricRecord
 
 # Message types (Flower routes "<category>.<action>" to @app.<category>("<action>")).
 STATS_QUERY = "query.stats"
+# The server tells a site it was left out of the federation, and why (its operator's log shows it).
+EXCLUDED_NOTICE = "query.excluded"
 
 # Record keys inside a RecordDict.
 ARRAYS = "arrays"  # ArrayRecord: trainable parameters, encoded by common.codec
@@ -25,6 +27,7 @@ MOMENTS = "moments"  # ArrayRecord: a site's sufficient statistics (stats query 
 SITE = "site"  # ConfigRecord: the site's self-description
 TRAJECTORY = "trajectory"  # ArrayRecord: predicted/recorded actions of one held-out episode
 TRAJECTORY_INFO = "trajectory-info"  # ConfigRecord: its episode, joint names, units, fps
+NOTICE = "notice"  # ConfigRecord: an ExclusionNotice
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class RoundInstructions:
     evaluate: bool  # evaluate the received global model before training
     train: bool = True
     trajectory: bool = False  # also predict one held-out episode's actions, for the plots
+    # The federation this round belongs to: the first run's id, kept when a run is resumed (a
+    # resumed run gets a new Flower run id), so sites find their optimizer state again.
+    federation_id: str = ""
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -73,6 +79,7 @@ class RoundInstructions:
                 "evaluate": self.evaluate,
                 "train": self.train,
                 "trajectory": self.trajectory,
+                "federation-id": self.federation_id,
             }
         )
 
@@ -86,7 +93,23 @@ class RoundInstructions:
             evaluate=bool(record["evaluate"]),
             train=bool(record.get("train", True)),
             trajectory=bool(record.get("trajectory", False)),
+            federation_id=str(record.get("federation-id", "")),
         )
+
+
+@dataclass(frozen=True)
+class ExclusionNotice:
+    """Why the server left a site out of the federation (content of an ``EXCLUDED_NOTICE``)."""
+
+    site_name: str
+    reason: str
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({"site-name": self.site_name, "reason": self.reason})
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> ExclusionNotice:
+        return cls(site_name=str(record["site-name"]), reason=str(record["reason"]))
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,12 @@ class RunConfig(_Strict):
     tracking: Literal["none", "wandb"] = "none"
     wandb_project: str = "zk0"
     wandb_entity: str = ""  # "" = the API key's default entity
+    # Faults and resume (README, "Failure handling")
+    join_timeout: float = Field(3600.0, ge=0.0)  # s to wait for min-sites; 0 = wait forever
+    min_replies: int = Field(1, ge=1)  # usable train replies a round needs to move the model
+    max_failed_rounds: int = Field(3, ge=1)  # failed rounds in a row that end the run
+    max_update_norm_ratio: float = Field(10.0, ge=0.0)  # x the round's median norm; 0 = off
+    resume_from: str = ""  # a run folder: continue it from its last completed round
 
     @model_validator(mode="after")
     def _server_lr_fits_the_strategy(self) -> RunConfig:
@@ -115,6 +121,29 @@ class RunConfig(_Strict):
                 "(it moves every weight by about server-lr per round); use e.g. 0.01"
             )
         return self
+
+    @model_validator(mode="after")
+    def _fault_rules_can_be_met(self) -> RunConfig:
+        asked = max(1, int(self.fraction_train * self.min_sites))
+        if self.min_replies > asked:
+            raise ValueError(
+                f"min-replies {self.min_replies} exceeds the {asked} site(s) a round asks when "
+                f"min-sites={self.min_sites} are connected (fraction-train "
+                f"{self.fraction_train}): rounds would fail with every site healthy"
+            )
+        if 0.0 < self.max_update_norm_ratio <= 1.0:
+            raise ValueError(
+                f"max-update-norm-ratio {self.max_update_norm_ratio} would drop healthy sites "
+                "(about half of them lie above the median); use a value above 1 (e.g. 10) or "
+                "0 to turn the check off"
+            )
+        return self
+
+    @property
+    def message_ttl(self) -> float | None:
+        """Lifetime of a round's messages: a site never starts work the round no longer
+        waits for (None = Flower's default, 12 h, when round-timeout is 0)."""
+        return self.round_timeout or None
 
     def policy_options_dict(self) -> dict[str, Any]:
         if not self.policy_options:

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,9 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 FIRST_NODE_ID = 1001
+#: Flower's error code for a message whose TTL passed before a reply came (SuperLink's answer
+#: to a pull then).
+MESSAGE_UNAVAILABLE = 3
 
 
 class InProcessGrid(Grid):
@@ -40,12 +43,30 @@ class InProcessGrid(Grid):
 
     def __init__(self, client_app, node_configs: list[Mapping[str, Any]],
                  run_config: Mapping[str, Any], run_id: int = 1,
-                 late: Mapping[tuple[str, str], float] | None = None) -> None:
-        """``late`` maps (site name, message type) to how many seconds after such a message is
-        pushed its reply becomes available: a slow or stalled site."""
+                 late: Mapping[tuple[str, str], float] | None = None, *,
+                 delay: Callable[[str, Message], float] | None = None,
+                 offline: Iterable[str] = (),
+                 deliver_unasked: bool = False) -> None:
+        """Fault knobs (all off by default):
+
+        - ``late`` maps (site name, message type) to how many seconds after such a message is
+          pushed its reply becomes available: a slow or stalled site; ``delay(site, message)``
+          does the same per message (e.g. only one round's);
+        - ``offline``: site names whose nodes are not connected (not in ``get_node_ids``);
+        - ``deliver_unasked``: pulls also hand back due replies to messages nobody asked for
+          (as a transport with at-least-once delivery might): the ServerApp must not apply a
+          reply to an earlier round's message to the current one.
+
+        As the SuperLink does, a message whose TTL passes before its reply is due is answered
+        with Flower's "message unavailable" error, and its late reply is never delivered.
+        """
         self.client_app = client_app
         self.run_id = run_id
         self.late = dict(late or {})
+        self.delay = delay
+        self.offline = set(offline)
+        self.deliver_unasked = deliver_unasked
+        self.expired: list[Message] = []  # messages whose TTL passed before their reply was due
         self.state_root = Path(tempfile.mkdtemp(prefix="zk0-inprocess-state-"))
         self._remove_state = weakref.finalize(self, shutil.rmtree, self.state_root, True)
         self.contexts = {
@@ -80,8 +101,11 @@ class InProcessGrid(Grid):
                        group_id: str, ttl: float | None = None) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
+    def site_name(self, node_id: int) -> str:
+        return str(self.contexts[node_id].node_config.get("site-name"))
+
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return [n for n in self.contexts if self.site_name(n) not in self.offline]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -90,8 +114,10 @@ class InProcessGrid(Grid):
             self._counter += 1
             msg.metadata.__dict__["_message_id"] = f"m{self._counter}"
             msg.metadata.__dict__["_src_node_id"] = 1
-            site = self.contexts[msg.metadata.dst_node_id].node_config.get("site-name")
-            delay = self.late.get((str(site), msg.metadata.message_type), 0.0)
+            site = self.site_name(msg.metadata.dst_node_id)
+            delay = self.late.get((site, msg.metadata.message_type), 0.0)
+            if self.delay is not None:
+                delay += self.delay(site, msg)
             self._pending[msg.metadata.message_id] = (msg, now + delay)
             ids.append(msg.metadata.message_id)
         return ids
@@ -103,9 +129,22 @@ class InProcessGrid(Grid):
             return Message(Error(code=2, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        due = [m for m in list(message_ids)
-               if m in self._pending and self._pending[m][1] <= time.monotonic()]
-        return [self._answer(self._pending.pop(m)[0]) for m in due]
+        asked = list(message_ids)
+        candidates = list(self._pending) if self.deliver_unasked else asked
+        out = []
+        for m in candidates:
+            if m not in self._pending:
+                continue
+            msg, due = self._pending[m]
+            if due <= time.monotonic():
+                out.append(self._answer(self._pending.pop(m)[0]))
+            elif m in asked and time.time() > msg.metadata.created_at + msg.metadata.ttl:
+                del self._pending[m]
+                self.expired.append(msg)
+                out.append(Message(Error(code=MESSAGE_UNAVAILABLE,
+                                         reason="message expired before a reply arrived"),
+                                   reply_to=msg))
+        return out
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
@@ -114,13 +153,14 @@ class InProcessGrid(Grid):
 
 def run_inprocess(run_config: Mapping[str, Any], node_configs: list[Mapping[str, Any]],
                   run_id: int = 1, *, client_app=None,
-                  late: Mapping[tuple[str, str], float] | None = None):
+                  late: Mapping[tuple[str, str], float] | None = None, **faults: Any):
     """Run a whole federation in this process (zk0's ClientApp unless ``client_app`` is
-    given); return the run folder."""
+    given); return the run folder. ``faults``: :class:`InProcessGrid`'s fault knobs."""
     from superlink.federation import run_federation
     from supernode.client_app import app
 
-    grid = InProcessGrid(client_app or app, node_configs, run_config, run_id, late=late)
+    grid = InProcessGrid(client_app or app, node_configs, run_config, run_id, late=late,
+                         **faults)
     try:
         return run_federation(grid, server_context(run_config, run_id))
     finally:

@@ -5,28 +5,86 @@ passes. A lab coordinator watching a round that takes an hour wants to see which
 answered; this loop uses the same ``push_messages``/``pull_messages`` primitives and reports
 every reply and every site that never answered.
 
-It also outlives the SuperLink's transient errors: with ``--database`` Flower 1.42 keeps
-messages in SQLite with a 5 s lock timeout, and while sites upload hundreds of MB a poll can
-fail with HTTP 500 "database is locked". Flower's own loop lets that kill the ServerApp (and
-the run); here a failed poll is logged and retried with backoff.
+Three rules keep a round's work inside the round:
+
+- **Messages expire with the round.** Flower gives a message a 12-hour TTL by default; a site
+  that picks it up late then trains a round nobody waits for. Just before pushing, each
+  message's TTL is set so that it expires when this exchange stops waiting: the SuperLink then
+  neither hands it out nor accepts a reply to it after that.
+- **Only this exchange's replies count.** Replies are pulled by the ids of this exchange's
+  messages; anything else a grid hands back (a reply to an earlier round's message) is kept
+  apart as ``stale`` and never reaches aggregation.
+- **Transient SuperLink errors are retried, bugs are not.** With ``--database`` Flower 1.42 keeps
+  messages in SQLite with a 5 s lock timeout, and while sites upload hundreds of MB a push or a
+  poll can fail with HTTP 500 "database is locked"; a restarting SuperLink refuses connections
+  for a while. Flower's own loop lets that kill the ServerApp (and the run). Here pushes and
+  pulls alike are retried with exponential backoff when :func:`is_transient` says the error is
+  the SuperLink's or the network's; any other exception (a ``TypeError``, ``ValueError``, an
+  HTTP 4xx: a programming or configuration error) is raised at once.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import httpx
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from common.logs import get_logger
 
 POLL_SECONDS = 2.0
-MAX_POLL_FAILURES = 20  # consecutive failed polls before the ServerApp gives up
+MAX_POLL_FAILURES = 20  # consecutive failed pushes/polls before the ServerApp gives up
 BACKOFF_CAP = 30.0  # seconds between retries, at most
+#: HTTP statuses a SuperLink answers while busy, restarting or behind a proxy that is: worth
+#: another try. Every other status (400 bad request, 401/403 refused, 404, 413 too large, ...)
+#: says the request itself is wrong and will be wrong the next time too.
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 log = get_logger("zk0.superlink")
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` is a passing SuperLink/network failure (retry) rather than a bug."""
+    if isinstance(err, httpx.HTTPStatusError):
+        return err.response.status_code in TRANSIENT_STATUS
+    # connect/read/write errors, timeouts, dropped connections (httpx's and the socket's)
+    return isinstance(err, httpx.TransportError | ConnectionError | TimeoutError)
+
+
+@dataclass
+class Backoff:
+    """Consecutive failures of one kind of call, and the wait before the next try."""
+
+    what: str  # "push" | "pull" | "list_nodes"
+    failures: int = 0
+
+    def failed(self, err: Exception) -> None:
+        """Re-raise ``err`` unless it is transient and the retries are not used up; else wait."""
+        if not is_transient(err):
+            raise err
+        self.failures += 1
+        if self.failures > MAX_POLL_FAILURES:
+            raise err
+        wait = min(POLL_SECONDS * 2**self.failures, BACKOFF_CAP)
+        log.warning(f"{self.what}_failed", attempt=self.failures, retry_in=wait,
+                    error=f"{type(err).__name__}: {str(err)[:200]}")
+        time.sleep(wait)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+def with_retries[T](call: Callable[[], T], what: str) -> T:
+    """``call()``, retried with backoff while it fails transiently (see :func:`is_transient`)."""
+    backoff = Backoff(what)
+    while True:
+        try:
+            return call()
+        except Exception as err:  # the grid raises what its HTTP client raised
+            backoff.failed(err)
 
 
 @dataclass
@@ -35,6 +93,13 @@ class Exchange:
     missing: list[int]  # node ids that never replied before the timeout (or were never sent to)
     routes: dict[str, int]  # message id -> destination node id
     seconds: float
+    stale: list[Message] = field(default_factory=list)  # replies to other exchanges' messages
+
+
+def expire_with(messages: list[Message], deadline_wall: float) -> None:
+    """Let every message expire at ``deadline_wall`` (Unix time): the end of the exchange."""
+    for msg in messages:
+        msg.metadata.ttl = max(deadline_wall - msg.metadata.created_at, 1e-3)
 
 
 def exchange(
@@ -44,31 +109,34 @@ def exchange(
     on_reply: Callable[[Message, int], None] | None = None,
 ) -> Exchange:
     start = time.monotonic()
-    ids = list(grid.push_messages(messages))
+    if timeout:
+        expire_with(messages, time.time() + timeout)
+    ids = with_retries(lambda: list(grid.push_messages(messages)), "push")
     routes = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True) if mid}
     unsent = [msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True) if not mid]
     pending = set(routes)
     replies: list[Message] = []
+    stale: list[Message] = []
     deadline = None if not timeout else start + timeout
-    failures = 0
+    backoff = Backoff("pull")
     while pending and (deadline is None or time.monotonic() < deadline):
         try:
             got = list(grid.pull_messages(list(pending)))
-            failures = 0
-        except Exception as err:  # the grid raises what its HTTP client raised
-            failures += 1
-            if failures > MAX_POLL_FAILURES:
-                raise
-            wait = min(POLL_SECONDS * 2**failures, BACKOFF_CAP)
-            log.warning("poll_failed", attempt=failures, retry_in=wait,
-                        error=f"{type(err).__name__}: {str(err)[:200]}")
-            time.sleep(wait)
+            backoff.succeeded()
+        except Exception as err:
+            backoff.failed(err)
             continue
         for msg in got:
-            pending.discard(msg.metadata.reply_to_message_id)
+            answered = msg.metadata.reply_to_message_id
+            if answered not in pending:
+                stale.append(msg)
+                log.warning("stale_reply_dropped", reply_to=answered,
+                            src_node_id=msg.metadata.src_node_id)
+                continue
+            pending.discard(answered)
             replies.append(msg)
             if on_reply is not None:
-                on_reply(msg, routes.get(msg.metadata.reply_to_message_id, 0))
+                on_reply(msg, routes[answered])
         if pending and not got:
             time.sleep(POLL_SECONDS)
     return Exchange(
@@ -76,4 +144,5 @@ def exchange(
         missing=[routes[m] for m in pending] + unsent,
         routes=routes,
         seconds=time.monotonic() - start,
+        stale=stale,
     )

@@ -8,29 +8,44 @@ accounting of failed or silent sites; so this loop calls the strategy's own step
 Evaluation never costs an extra broadcast: the model a site receives at the start of round
 ``r + 1`` *is* the global model after round ``r``, so the site evaluates it on its held-out
 episodes before training. Only the final model needs one evaluate message.
+
+Faults (README, "Failure handling"): the output folder is checked before any site is
+contacted (:mod:`superlink.disk`); stage 0 and every round wait at most ``join-timeout`` for
+sites (:mod:`superlink.federated_stats`, :mod:`superlink.strategy.node_selection`); messages
+expire with the round and transient SuperLink errors are retried (:mod:`superlink.exchange`);
+every update is checked before aggregation (:mod:`superlink.strategy.codec_fedavg`); a round
+with fewer than ``min-replies`` usable updates fails without moving the model or writing a
+checkpoint, and how the run ends is its status (:mod:`superlink.run_status`); every round that
+completes leaves what a resumed run needs (:mod:`superlink.resume`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from flwr.app import ArrayRecord, Context, Message
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.serverapp import Grid
 
 from common import atomic
 from common import logs as zlog
 from common.norm_stats import stats_to_record
-from common.policy_factory import build_policy, frozen_fingerprint, trainable_state
+from common.policy_factory import LoadedPolicy, build_policy, frozen_fingerprint, trainable_state
 from common.protocol import METRICS, RoundInstructions, SiteReport
 from common.settings import RunConfig
-from superlink import federated_stats
-from superlink.checkpoints import save_checkpoint
-from superlink.exchange import exchange
+from superlink import disk, federated_stats, resume
+from superlink.checkpoints import PRETRAINED_DIR, checkpoint_dir, save_checkpoint
+from superlink.exchange import Exchange, exchange
 from superlink.reports import RunReport
-from superlink.strategy import EVALUATE, TRAIN, CodecFedAvg, Failure, make_strategy
+from superlink.run_status import RoundLedger
+from superlink.server_state import ServerState
+from superlink.strategy import EVALUATE, TRAIN, CodecFedAvg, Failure, RoundReplies, make_strategy
 from superlink.summary import write_summary
 from superlink.tracking import Tracker, open_tracker
 
@@ -47,7 +62,11 @@ def _progress(sites: Mapping[int, str], label: str):
         if msg.has_error():
             log.warning(f"{label}_failed", site=site, reason=(msg.error.reason or "")[:300])
             return
-        report = SiteReport.from_record(msg.content.metric_records[METRICS])
+        try:
+            report = SiteReport.from_record(msg.content.metric_records[METRICS])
+        except (KeyError, TypeError, ValueError):
+            log.warning(f"{label}_reply_unreadable", site=site)  # the strategy says why
+            return
         log.info(
             f"{label}_reply",
             site=site,
@@ -59,45 +78,46 @@ def _progress(sites: Mapping[int, str], label: str):
     return on_reply
 
 
-def _send(grid: Grid, sites: Mapping[int, str], messages, run: RunConfig, label: str):
-    """Exchange ``messages``; the replies, and a timeout failure for every silent site."""
-    result = exchange(grid, messages, run.round_timeout or None, _progress(sites, label))
-    timeouts = [
-        Failure(n, _site_name(sites, n), "timeout",
-                f"no reply within round-timeout={run.round_timeout}s")
-        for n in result.missing
-    ]
-    return result, timeouts
-
-
 def run_federation(grid: Grid, context: Context) -> Path:
-    """Run the whole federation; return the run folder.
+    """Run the whole federation (or resume one); return the run folder.
 
-    A run that fails leaves its reason in ``run.json`` and ``logs.jsonl`` next to the rounds
-    and checkpoints it completed, then re-raises so Flower marks the run failed.
+    A run that fails leaves its reason in ``run.json`` (``status: "failed: ..."``) and
+    ``logs.jsonl`` next to the rounds and checkpoints it completed, then re-raises so Flower
+    marks the run failed. Errors found before any site is contacted (run config, output
+    folder, a run folder that cannot be resumed) write nothing.
     """
     run = RunConfig.parse(context.run_config, "run config")  # fails before any work
-    run_dir = (Path(run.output_dir).expanduser() / f"run-{context.run_id}").resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = resume.run_folder(run, context.run_id)
+    point = resume.load(run_dir, run) if run.resume_from else None
+    disk.check_output_dir(run_dir, disk.early_estimate(run))  # before any site is contacted
     zlog.configure(json_file=run_dir / "logs.jsonl")
     tracker = Tracker()
     try:
         tracker = open_tracker(run, run_dir, context.run_id, run.to_flwr())
-        return _federate(grid, context, run, run_dir, tracker)
+        return _federate(grid, context, run, run_dir, point, tracker)
     except BaseException as err:
-        log.error("run_failed", run_dir=str(run_dir), error=f"{type(err).__name__}: {err}")
-        meta_path = run_dir / "run.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        atomic.write_json(meta_path, {**meta, "failed": f"{type(err).__name__}: {err}"})
-        write_summary(run_dir)
-        tracker.finish({"failed": f"{type(err).__name__}: {err}"}, [], exit_code=1)
+        reason = f"{type(err).__name__}: {err}"
+        log.error("run_failed", run_dir=str(run_dir), error=reason)
+        _record_failure(run_dir, reason)
+        tracker.finish({"failed": reason}, [], exit_code=1)
         raise
 
 
+def _record_failure(run_dir: Path, reason: str) -> None:
+    """The failure in run.json; if even that cannot be written (disk full), the log has it."""
+    meta_path = run_dir / "run.json"
+    with contextlib.suppress(OSError, ValueError):
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        atomic.write_json(meta_path, {**meta, "failed": reason, "status": f"failed: {reason}"})
+        write_summary(run_dir)
+
+
 def _federate(
-    grid: Grid, context: Context, run: RunConfig, run_dir: Path, tracker: Tracker
+    grid: Grid, context: Context, run: RunConfig, run_dir: Path,
+    point: resume.ResumePoint | None, tracker: Tracker,
 ) -> Path:
     started = time.time()
+    first_round = point.completed_round + 1 if point else 1
     log.info(
         "run_started",
         run_dir=str(run_dir),
@@ -107,148 +127,254 @@ def _federate(
         local_steps=run.local_steps,
         wire_dtype=run.wire_dtype,
         min_sites=run.min_sites,
+        resumed_after_round=point.completed_round if point else None,
     )
 
-    data = federated_stats.collect(grid, run)
-    bundle = build_policy(run, data.features, data.stats, "cpu")
-    fingerprint = frozen_fingerprint(bundle.policy)
-    weights = {k: v.numpy() for k, v in trainable_state(bundle.policy).items()}
-    n_trainable = sum(v.size for v in weights.values())
+    data = federated_stats.collect(grid, run, point.features if point else None)
+    stats = point.state.stats if point and point.state else data.stats
+    bundle = build_policy(run, data.features, stats, "cpu")
+    initial = {k: v.numpy() for k, v in trainable_state(bundle.policy).items()}
+    n_trainable = sum(v.size for v in initial.values())
     n_total = sum(p.numel() for p in bundle.policy.parameters())
-    report = RunReport(
-        run_dir,
-        {
-            "run_id": context.run_id,
-            "run_config": run.to_flwr(),
-            "sites": {
-                info.site_name: {
-                    "node_id": node,
-                    "train_frames": info.train_frames,
-                    "eval_episodes": info.eval_episodes,
-                    "device": info.device,
-                }
-                for node, info in data.sites.items()
-            },
-            "stats_failures": {str(k): v for k, v in data.failures.items()},
-            "features": data.features,
-            "parameters": {"total": n_total, "trainable": n_trainable},
-            "started": started,
+    disk.check_room_for_checkpoints(
+        run_dir, disk.checkpoint_bytes(bundle.policy, n_trainable, run.strategy),
+        run.num_server_rounds - first_round + 1, run.keep_checkpoints,
+    )
+    sites = {node: info.site_name for node, info in data.sites.items()}
+    meta = {
+        "run_id": context.run_id,
+        "federation_id": str(context.run_id),
+        "run_config": run.to_flwr(),
+        "status": "running",
+        "sites": {
+            info.site_name: {
+                "node_id": node,
+                "train_frames": info.train_frames,
+                "eval_episodes": info.eval_episodes,
+                "device": info.device,
+            }
+            for node, info in data.sites.items()
         },
-    )
-    log.info(
-        "policy_built",
-        policy=run.policy,
-        parameters=n_total,
-        trainable=n_trainable,
-        sites=len(data.sites),
-    )
+        "stats_failures": {str(k): v for k, v in data.failures.items()},
+        "excluded_sites": data.excluded,
+        "features": data.features,
+        "parameters": {"total": n_total, "trainable": n_trainable},
+        "started": started,
+        "failed_rounds": [],
+    }
+    if point:  # the same federation goes on: keep its identity, history and first start
+        runs = point.meta.get("runs") or [{"run_id": point.meta["run_id"],
+                                           "started": point.meta.get("started")}]
+        keep = {k: point.meta[k] for k in ("run_id", "federation_id", "started", "initial_eval")
+                if k in point.meta}
+        meta |= keep | {
+            "failed_rounds": point.ledger.failed_rounds,
+            "runs": [*runs, {"run_id": context.run_id, "started": started,
+                             "resumed_after_round": point.completed_round}],
+        }
+    report = RunReport(run_dir, meta, point.rounds if point else None,
+                       point.evals if point else None)
+    log.info("policy_built", policy=run.policy, parameters=n_total, trainable=n_trainable,
+             sites=len(data.sites), excluded=sorted(data.excluded))
     tracker.update_config({k: report.meta[k] for k in ("sites", "parameters")})
 
-    sites = {node: info.site_name for node, info in data.sites.items()}
     action_dims = int(data.features["action"]["shape"][0])
-    strategy: CodecFedAvg = make_strategy(run, stats_to_record(data.stats), sites, action_dims)
-
-    def instructions(server_round: int, evaluate: bool, train: bool = True):
-        after_round = server_round - 1 if train else server_round
-        return RoundInstructions(
-            server_round=server_round,
-            proximal_mu=run.proximal_mu,
-            features=data.features,
-            fingerprint=fingerprint,
-            evaluate=evaluate,
-            train=train,
-            trajectory=evaluate and run.is_trajectory_round(after_round),
-        ).to_record()
-
-    def record_eval(after_round: int, replies, failures) -> dict | None:
-        entry = report.record_eval(after_round, replies.reports, failures,
-                                   replies.trajectories, replies.trajectory_notes)
-        if entry is not None:
-            tracker.log_eval(entry, run_dir)
-        return entry
-
-    for server_round in range(1, run.num_server_rounds + 1):
-        round_start = time.time()
-        evaluate_incoming = server_round == 1 or run.is_eval_round(server_round - 1)
-        messages = strategy.configure_train(
-            server_round,
-            ArrayRecord(dict(_arrays(weights))),
-            instructions(server_round, evaluate_incoming),
-            grid,
-        )
-        log.info(
-            "round_started",
-            round=server_round,
-            sites=len(messages),
-            downlink_bytes_per_site=strategy.downlink_bytes,
-        )
-        result, timeouts = _send(grid, sites, messages, run, "train")
-        aggregated, _ = strategy.aggregate_train(server_round, result.replies)
-        replies = strategy.replies(TRAIN, server_round)
-        failures = replies.failures + timeouts
-        if evaluate_incoming:
-            record_eval(server_round - 1, replies, failures)
-        if aggregated is not None:
-            weights = {k: v.numpy() for k, v in aggregated.items()}
-        ckpt = save_checkpoint(
-            run_dir,
-            server_round,
-            bundle,
-            weights,
-            {"round": server_round, "run_id": context.run_id, "sites": sorted(replies.reports)},
-            keep=run.keep_checkpoints,
-        )
-        entry = report.record_round(
-            server_round,
-            replies.reports,
-            failures,
-            aggregated=aggregated is not None,
-            downlink_bytes_per_site=strategy.downlink_bytes,
-            downlink_bytes=strategy.downlink_bytes * len(messages),
-            seconds=time.time() - round_start,
-            checkpoint=str(ckpt),
-        )
-        for f in failures:
-            log.warning(
-                "site_failed", round=server_round, site=f.site, kind=f.kind, reason=f.reason[:300]
-            )
-        tracker.log_round(entry)
-        log.info(
-            "round_finished",
-            round=server_round,
-            sites_ok=len(replies.reports),
-            sites_failed=len(failures),
-            train_loss=entry["train_loss"],
-            uplink_bytes=entry["uplink_bytes"],
-            seconds=round(entry["seconds"], 1),
-        )
-        print(progress_line(entry, run.num_server_rounds, report.evals), flush=True)
-
-    # The final model: one evaluate message (the only broadcast made just for evaluation).
-    final_round = run.num_server_rounds
-    messages = strategy.configure_evaluate(
-        final_round,
-        ArrayRecord(dict(_arrays(weights))),
-        instructions(final_round, evaluate=True, train=False),
-        grid,
+    strategy = make_strategy(run, stats_to_record(stats), sites, action_dims)
+    weights = initial
+    if point and point.state:
+        weights = dict(point.state.weights)
+        strategy.restore_state(point.state.strategy, point.state.layout)
+    fed = Rounds(
+        grid=grid, run=run, run_dir=run_dir, report=report, strategy=strategy, bundle=bundle,
+        sites=sites, stats=stats, weights=weights, federation_id=str(meta["federation_id"]),
+        fingerprint=frozen_fingerprint(bundle.policy), run_id=context.run_id,
+        features=data.features,
+        ledger=point.ledger if point else RoundLedger(run.max_failed_rounds), tracker=tracker,
     )
-    result, timeouts = _send(grid, sites, messages, run, "eval")
-    strategy.aggregate_evaluate(final_round, result.replies)
-    evaluated = strategy.replies(EVALUATE, final_round)
-    final = record_eval(final_round, evaluated, evaluated.failures + timeouts)
-    report.update_meta(finished=time.time(), seconds=time.time() - started, final_eval=final)
+    for server_round in range(first_round, run.num_server_rounds + 1):
+        fed.train_round(server_round)
+    status = fed.ledger.final_status()
+    final = fed.final_eval()
+    report.update_meta(finished=time.time(), seconds=time.time() - started, final_eval=final,
+                       status=status, failed_rounds=fed.ledger.failed_rounds)
     tracker.finish(
         {"eval/final_mse": final["action_mse_weighted"] if final else None,
-         "seconds": time.time() - started},
+         "seconds": time.time() - started, "status": status},
         report.failures(),
     )
-    log.info("run_finished", run_dir=str(run_dir), seconds=round(time.time() - started, 1))
+    log.info("run_finished", run_dir=str(run_dir), status=status,
+             failed_rounds=fed.ledger.failed_rounds, seconds=round(time.time() - started, 1))
     print(
         "\nHeld-out action MSE per site (global model after each round):\n" + report.table()
         + f"\nSummary page: {run_dir / 'summary.html'}",
         flush=True,
     )
     return run_dir
+
+
+@dataclass
+class Rounds:
+    """The state the round loop carries from round to round, and its two steps."""
+
+    grid: Grid
+    run: RunConfig
+    run_dir: Path
+    report: RunReport
+    strategy: CodecFedAvg
+    bundle: LoadedPolicy
+    sites: dict[int, str]
+    stats: dict[str, dict[str, Any]]
+    weights: dict[str, np.ndarray]  # the global trainable weights, as the strategy made them
+    federation_id: str
+    fingerprint: str
+    run_id: int
+    features: dict[str, Any]
+    ledger: RoundLedger
+    tracker: Tracker
+
+    def instructions(self, server_round: int, evaluate: bool, train: bool = True):
+        after_round = server_round - 1 if train else server_round
+        return RoundInstructions(
+            server_round=server_round,
+            proximal_mu=self.run.proximal_mu,
+            features=self.features,
+            fingerprint=self.fingerprint,
+            evaluate=evaluate,
+            train=train,
+            trajectory=evaluate and self.run.is_trajectory_round(after_round),
+            federation_id=self.federation_id,
+        ).to_record()
+
+    def record_eval(
+        self, after_round: int, replies: RoundReplies, failures: list[Failure]
+    ) -> dict[str, Any] | None:
+        """The held-out MSE (and per-joint plots) of the model after ``after_round``."""
+        entry = self.report.record_eval(after_round, replies.measured, failures,
+                                        replies.trajectories, replies.trajectory_notes)
+        if entry is not None:
+            self.tracker.log_eval(entry, self.run_dir)
+        return entry
+
+    def _arrays(self) -> ArrayRecord:
+        return ArrayRecord({name: Array(value) for name, value in self.weights.items()})
+
+    def _send(self, messages: list[Message], label: str) -> tuple[Exchange, list[Failure]]:
+        """Exchange ``messages``; the replies, and a failure for every silent site, every site
+        the round could not reach and every stale reply."""
+        result = exchange(self.grid, messages, self.run.round_timeout or None,
+                          _progress(self.sites, label))
+        failures = [
+            Failure(n, _site_name(self.sites, n), "timeout",
+                    f"no reply within round-timeout={self.run.round_timeout}s")
+            for n in result.missing
+        ]
+        failures += [
+            Failure(m.metadata.src_node_id, _site_name(self.sites, m.metadata.src_node_id),
+                    "stale", f"reply to message {m.metadata.reply_to_message_id!r} of an "
+                    "earlier exchange; dropped")
+            for m in result.stale
+        ]
+        return result, failures
+
+    def _offline(self, server_round: int) -> list[Failure]:
+        return [
+            Failure(n, _site_name(self.sites, n), "offline",
+                    f"not connected when round {server_round} started (waited up to "
+                    f"join-timeout={self.run.join_timeout}s for min-sites={self.run.min_sites})")
+            for n in self.strategy.offline
+        ]
+
+    def train_round(self, server_round: int) -> None:
+        run, strategy = self.run, self.strategy
+        round_start = time.time()
+        evaluate_incoming = server_round == 1 or run.is_eval_round(server_round - 1)
+        messages = strategy.configure_train(
+            server_round, self._arrays(), self.instructions(server_round, evaluate_incoming),
+            self.grid,
+        )
+        log.info("round_started", round=server_round, sites=len(messages),
+                 downlink_bytes_per_site=strategy.downlink_bytes)
+        failures = self._offline(server_round)
+        aggregated = None
+        if len(messages) < run.min_replies:  # cannot succeed: spare the sites the work
+            reason = (f"{len(messages)} site(s) to ask, min-replies is {run.min_replies}; "
+                      "nothing was sent")
+            messages = []
+        else:
+            result, lost = self._send(messages, "train")
+            aggregated, _ = strategy.aggregate_train(server_round, result.replies)
+            failures = strategy.replies(TRAIN, server_round).failures + lost + failures
+            usable = len(strategy.replies(TRAIN, server_round).accepted)
+            reason = f"{usable} usable update(s), min-replies is {run.min_replies}"
+        replies = strategy.replies(TRAIN, server_round)
+        if evaluate_incoming:
+            self.record_eval(server_round - 1, replies, failures)
+        ok = aggregated is not None
+        if ok:
+            self.weights = {k: v.numpy() for k, v in aggregated.items()}
+        entry = self.report.round_entry(
+            server_round,
+            replies.reports,
+            failures,
+            status="ok" if ok else "failed",
+            failure_reason=None if ok else reason,
+            aggregated=ok,
+            downlink_bytes_per_site=strategy.downlink_bytes,
+            downlink_bytes=strategy.downlink_bytes * len(messages),
+            seconds=time.time() - round_start,
+            checkpoint=str(checkpoint_dir(self.run_dir, server_round) / PRETRAINED_DIR)
+            if ok else None,
+        )
+        if ok:
+            self._checkpoint(server_round, sorted(replies.reports), entry)
+            self.ledger.succeeded()
+        else:
+            self.ledger.failed(server_round)
+        self.report.store_round(entry)
+        for f in failures:
+            log.warning(
+                "site_failed", round=server_round, site=f.site, kind=f.kind, reason=f.reason[:300]
+            )
+        self.tracker.log_round(entry)
+        log.info(
+            "round_finished",
+            round=server_round,
+            status=entry["status"],
+            sites_ok=len(replies.reports),
+            sites_failed=len(failures),
+            train_loss=entry["train_loss"],
+            uplink_bytes=entry["uplink_bytes"],
+            seconds=round(entry["seconds"], 1),
+        )
+        print(progress_line(entry, run.num_server_rounds, self.report.evals), flush=True)
+        if not ok:
+            log.error("round_failed", round=server_round, reason=reason,
+                      failed_in_a_row=self.ledger.consecutive_failed,
+                      max_failed_rounds=run.max_failed_rounds)
+            self.report.update_meta(failed_rounds=self.ledger.failed_rounds)
+            self.ledger.check(reason)
+
+    def _checkpoint(self, server_round: int, sites: list[str], entry: dict[str, Any]) -> None:
+        arrays, layout = self.strategy.export_state()
+        state = ServerState(server_round, self.run.strategy, self.weights, arrays, layout,
+                            self.stats)
+        info = {"round": server_round, "run_id": self.run_id,
+                "federation_id": self.federation_id, "sites": sites, "report": entry}
+        save_checkpoint(self.run_dir, server_round, self.bundle, self.weights, info,
+                        keep=self.run.keep_checkpoints, state=state)
+
+    def final_eval(self) -> dict[str, Any] | None:
+        """The final model: one evaluate message (the only broadcast made just for it)."""
+        final_round = self.run.num_server_rounds
+        messages = self.strategy.configure_evaluate(
+            final_round, self._arrays(),
+            self.instructions(final_round, evaluate=True, train=False), self.grid,
+        )
+        result, lost = self._send(messages, "eval")
+        self.strategy.aggregate_evaluate(final_round, result.replies)
+        evaluated = self.strategy.replies(EVALUATE, final_round)
+        return self.record_eval(final_round, evaluated,
+                                evaluated.failures + lost + self._offline(final_round))
 
 
 def progress_line(entry: Mapping, rounds: int, evals: Mapping[int, dict]) -> str:
@@ -258,15 +384,10 @@ def progress_line(entry: Mapping, rounds: int, evals: Mapping[int, dict]) -> str
            f"{latest})" if latest is not None else "held-out MSE -")
     loss = "-" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}"
     failed = len(entry["failures"])
+    verdict = ("" if entry.get("status", "ok") == "ok"
+               else f" | ROUND FAILED ({entry.get('failure_reason')}): model not moved")
     return (
         f"[zk0] ===== round {entry['round']}/{rounds} | train loss {loss} | {mse} | "
         f"{len(entry['sites'])} sites ok{f', {failed} FAILED' if failed else ''} | "
-        f"up {entry['uplink_bytes'] / 1e6:.2f} MB | {entry['seconds']:.1f} s ====="
+        f"up {entry['uplink_bytes'] / 1e6:.2f} MB | {entry['seconds']:.1f} s{verdict} ====="
     )
-
-
-def _arrays(weights):
-    from flwr.app import Array
-
-    for name, value in weights.items():
-        yield name, Array(value)

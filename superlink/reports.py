@@ -3,10 +3,12 @@ trajectory plots, the summary page and a console table.
 
 Layout of ``<output-dir>/run-<id>/``::
 
-    run.json               run config, sites, features, timings (rewritten as the run goes)
+    run.json               run config, sites, features, timings, status, failed rounds,
+                           excluded sites, failures by site and kind (rewritten as it goes)
     summary.html           one page: MSE chart, last per-joint plots, round table, failures
     rounds/round_003.json  per-site and aggregated train loss, eval action MSE, samples, steps,
-                           bytes, durations, failures, checkpoint path
+                           bytes, durations, status, every failure by site, kind and reason,
+                           checkpoint path
     eval_history.json      held-out action MSE per site and weighted, model after round 0..R
     eval_mse.png           the same as a chart
     plots/round_003/site-0.png          predicted vs recorded actions per joint (shared sites)
@@ -16,12 +18,18 @@ Layout of ``<output-dir>/run-<id>/``::
 
 Round ``r``'s eval numbers measure the global model *after* round ``r`` (round 0 = the starting
 model). Sites evaluate it at the start of round ``r + 1`` (it is the model they receive then),
-so a round file is first written without them and completed one round later.
+so a round file is first written without them and completed one round later. The starting
+model's numbers (round 0) are ``initial_eval`` in ``run.json``, the final model's
+``final_eval``.
+
+A resumed run (``resume-from``) reopens the same folder: :class:`RunReport` is given the rounds
+and evaluations already on disk and goes on from there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,12 +52,19 @@ def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float]) -> 
 class RunReport:
     """Owns the run folder's report files; every write is atomic."""
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        meta: dict[str, Any],
+        rounds: Mapping[int, dict[str, Any]] | None = None,
+        evals: Mapping[int, dict[str, Any]] | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.meta = meta
-        self.rounds: dict[int, dict[str, Any]] = {}
-        self.evals: dict[int, dict[str, Any]] = {}
+        self.rounds: dict[int, dict[str, Any]] = dict(rounds or {})
+        self.evals: dict[int, dict[str, Any]] = dict(evals or {})
         (run_dir / "rounds").mkdir(parents=True, exist_ok=True)
+        self.meta["failures_by_site"] = self.failures_by_site()
         self._write_meta()
 
     def _write_meta(self) -> None:
@@ -60,13 +75,14 @@ class RunReport:
         self.meta.update(values)
         self._write_meta()
 
-    def record_round(
+    def round_entry(
         self,
         server_round: int,
         reports: Mapping[str, SiteReport],
         failures: list[Failure],
         **extra: Any,
     ) -> dict[str, Any]:
+        """A round's report (not written yet: see :meth:`store_round`)."""
         weights = {s: float(r.num_examples) for s, r in reports.items()}
         losses = {s: r.train_loss for s, r in reports.items()}
         entry = {
@@ -78,13 +94,23 @@ class RunReport:
             "steps": sum(r.steps for r in reports.values()),
             "uplink_bytes": sum(r.payload_bytes for r in reports.values()),
             "failures": [asdict(f) for f in failures],
+            "failure_counts": failure_counts(failures),
             "eval": self.evals.get(server_round),
             **extra,
         }
-        self.rounds[server_round] = entry
-        self._write_round(server_round)
-        write_summary(self.run_dir)
         return entry
+
+    def store_round(self, entry: dict[str, Any]) -> None:
+        """Write a round's report and the run's running count of failures by site."""
+        self.rounds[entry["round"]] = entry
+        self._write_round(entry["round"])
+        self.update_meta(failures_by_site=self.failures_by_site())  # rewrites the summary too
+
+    def failures_by_site(self) -> dict[str, dict[str, int]]:
+        """Every round's failures so far, counted by site and kind."""
+        return _count_by_site(
+            (f["site"], f["kind"]) for e in self.rounds.values() for f in e.get("failures", [])
+        )
 
     def record_eval(
         self,
@@ -116,6 +142,8 @@ class RunReport:
         if after_round in self.rounds:
             self.rounds[after_round]["eval"] = entry
             self._write_round(after_round)
+        elif after_round == 0:
+            self.update_meta(initial_eval=entry)
         self._write_history()
         write_summary(self.run_dir)
         return entry
@@ -160,6 +188,18 @@ class RunReport:
         return out
 
 
+def failure_counts(failures: list[Failure]) -> dict[str, dict[str, int]]:
+    """{site: {kind: count}} of one round's failures."""
+    return _count_by_site((f.site, f.kind) for f in failures)
+
+
+def _count_by_site(pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter[str]] = {}
+    for site, kind in pairs:
+        counts.setdefault(site, Counter())[kind] += 1
+    return {site: dict(sorted(c.items())) for site, c in sorted(counts.items())}
+
+
 def format_history(history: Mapping[str, Any]) -> str:
     """Per-site eval action MSE per round as a console table (from ``eval_history.json``)."""
     sites = list(history["per_site"])
@@ -172,4 +212,3 @@ def format_history(history: Mapping[str, Any]) -> str:
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-

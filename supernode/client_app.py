@@ -5,6 +5,7 @@
 - ``train``: load the global trainable weights, optionally evaluate them on the held-out
   episodes, train ``local-steps`` with the FedProx term, and send back the update.
 - ``evaluate``: evaluate the global weights only (the final model after the last round).
+- ``query.excluded``: the server left this site out at stage 0; log the reason here.
 
 When the server asks for a trajectory (``trajectory-every``), the evaluation also replays the
 first ``trajectory-frames`` frames of one held-out episode; their predicted and recorded actions
@@ -31,9 +32,11 @@ from common.protocol import (
     METRICS,
     MOMENTS,
     NORM_STATS,
+    NOTICE,
     SITE,
     TRAJECTORY,
     TRAJECTORY_INFO,
+    ExclusionNotice,
     RoundInstructions,
     SiteReport,
 )
@@ -54,6 +57,16 @@ def stats(msg: Message, context: Context) -> Message:
              eval_episodes=info.eval_episodes)
     content = RecordDict({SITE: info.to_record(), MOMENTS: to_record(site.moments())})
     return Message(content, reply_to=msg)
+
+
+@app.query("excluded")
+def excluded(msg: Message, context: Context) -> Message:
+    """The server left this site out at stage 0: say why in this site's own log."""
+    notice = ExclusionNotice.from_record(msg.content.config_records[NOTICE])
+    log.error("excluded_from_federation", site=notice.site_name, reason=notice.reason,
+              hint="make this dataset's features match the federation's, then restart the "
+                   "SuperNode; the other sites go on without this one")
+    return Message(RecordDict(), reply_to=msg)
 
 
 def _global_policy(site: Site, msg: Message):
@@ -109,10 +122,11 @@ def train(msg: Message, context: Context) -> Message:
                                     context.run_id)
         report |= measured
     site.seed_round(instructions.server_round)
+    moments = site.optimizer_files(instructions.federation_id or context.run_id,
+                                   instructions.server_round)
     result = train_round(
         bundle, site.train_loader(instructions.server_round), site.run,
-        instructions.server_round, instructions.proximal_mu,
-        site.optimizer_state_file(context.run_id),
+        instructions.server_round, instructions.proximal_mu, moments.save, moments.start,
     )
     update = codec.encode(
         trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights

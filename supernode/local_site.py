@@ -30,6 +30,14 @@ from common.settings import NodeConfig, RunConfig
 from supernode import site_dataset as ds
 
 
+@dataclass(frozen=True)
+class OptimizerFiles:
+    """A round's optimizer moments: read from ``start`` (None: fresh), saved to ``save``."""
+
+    start: Path | None
+    save: Path | None
+
+
 class SiteMismatchError(ValueError):
     """The site cannot take part as configured: its backbone or data differ from the server's."""
 
@@ -140,8 +148,8 @@ class Site:
             pin_memory=self.device.startswith("cuda"),
         )
 
-    def run_state_dir(self, run_id: int) -> Path:
-        """This site's own folder for run ``run_id`` (optimizer moments, plots it keeps)."""
+    def run_state_dir(self, run_id: str | int) -> Path:
+        """This site's own folder for a federation (optimizer moments, plots it keeps)."""
         from common.local_vlm import default_cache_dir
 
         root = Path(self.node.state_dir) if self.node.state_dir else (
@@ -149,11 +157,32 @@ class Site:
         )
         return root.expanduser() / f"run-{run_id}"
 
-    def optimizer_state_file(self, run_id: int) -> Path | None:
-        """Where this site keeps its optimizer moments between the rounds of run ``run_id``."""
+    def optimizer_files(self, federation_id: str | int, server_round: int) -> OptimizerFiles:
+        """Where round ``server_round`` of federation ``federation_id`` reads its optimizer
+        moments from and saves them to (both None with ``optimizer-state = "reset"``).
+
+        One file per round, ``optimizer-r000003.pt`` = the moments after round 3; a round
+        starts from the newest file of an earlier round (a site that sat out rounds skips
+        them). Reading one file and writing another keeps a round's input safe: a round the
+        site trained for a run whose ServerApp was then killed leaves a file of that round,
+        and the resumed run's same round never reads it (if the killed attempt is still
+        running, both attempts start from the same moments and weights and write the same
+        result). Files older than the one a round starts from are removed.
+        """
         if self.run.optimizer_state == "reset":
-            return None
-        return self.run_state_dir(run_id) / "optimizer.pt"
+            return OptimizerFiles(None, None)
+        folder = self.run_state_dir(federation_id)
+        earlier = sorted(p for p in folder.glob("optimizer-r*.pt")
+                         if (r := _file_round(p)) is not None and r < server_round)
+        for old in earlier[:-1]:
+            old.unlink(missing_ok=True)
+        return OptimizerFiles(earlier[-1] if earlier else None,
+                              folder / f"optimizer-r{server_round:06d}.pt")
 
     def eval_dataset(self):
         return ds.open_dataset(self.node, self.split.eval, self._delta_timestamps())
+
+
+def _file_round(path: Path) -> int | None:
+    digits = path.stem.removeprefix("optimizer-r")
+    return int(digits) if digits.isdigit() else None

@@ -95,12 +95,14 @@ def train_round(
     server_round: int,
     proximal_mu: float,
     optimizer_state: Path | None = None,
+    optimizer_start: Path | None = None,
 ) -> TrainResult:
     """Run ``run.local_steps`` optimizer steps from the global weights already in the policy.
 
     With ``optimizer_state``, the site's AdamW moments carry over from its previous round
-    (read before, written after, atomically): a fresh Adam makes its first steps ~lr-sized
-    sign steps in every coordinate, which a 20-step round cannot amortize.
+    (read before from ``optimizer_start``, or from ``optimizer_state`` itself; written after to
+    ``optimizer_state``, atomically): a fresh Adam makes its first steps ~lr-sized sign steps
+    in every coordinate, which a 20-step round cannot amortize.
     """
     policy, cfg = bundle.policy, bundle.config
     params = list(trainable_parameters(policy).values())
@@ -109,8 +111,9 @@ def train_round(
     peak = learning_rate(run, cfg)
     preset.lr = peak
     optimizer = preset.build(params)
-    if optimizer_state is not None and optimizer_state.is_file():
-        optimizer.load_state_dict(torch.load(optimizer_state, map_location=params[0].device))
+    start = optimizer_start or optimizer_state
+    if optimizer_state is not None and start is not None and start.is_file():
+        optimizer.load_state_dict(torch.load(start, map_location=params[0].device))
     clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
 
     policy.train()

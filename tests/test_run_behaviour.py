@@ -119,7 +119,7 @@ def test_keep_checkpoints_keeps_only_the_newest(twin_runs):
 
 def test_optimizer_state_reset_keeps_nothing_on_the_site(twin_runs):
     state = twin_runs[0][2]
-    assert list(state.rglob("optimizer.pt")) == []
+    assert list(state.rglob("optimizer*.pt")) == []
 
 
 def test_proximal_mu_reaches_every_site_by_message(twin_runs):

@@ -91,24 +91,48 @@ def test_a_round_on_real_data_moves_only_trainable_params(demo_root, tiny_run):
 def test_optimizer_moments_carry_over_between_rounds(demo_root, tiny_run, tmp_path):
     """With optimizer-state=keep a site's AdamW resumes where its last round left off."""
     from common.norm_stats import global_stats
-    from supernode.local_site import Site
+    from supernode.local_site import OptimizerFiles, Site
     from supernode.training import train_round
 
     run_config = {**tiny_run.to_flwr(), "optimizer-state": "keep"}
     node = {"site-name": "site-0", "dataset-root": str(demo_root / "site-0"),
             "state-dir": str(tmp_path / "state")}
     site = Site.open(node, run_config)
-    state_file = site.optimizer_state_file(run_id=5)
-    assert state_file == tmp_path / "state" / "run-5" / "optimizer.pt"
+    files = site.optimizer_files("5", 1)
+    assert files.start is None
+    assert files.save == tmp_path / "state" / "run-5" / "optimizer-r000001.pt"
     stats = global_stats(site.moments(), ["observation.images.top", "observation.images.wrist"])
     bundle = site.policy(site.spec, stats, None)
-    train_round(bundle, site.train_loader(1), site.run, 1, 0.0, state_file)
-    assert oct(state_file.stat().st_mode & 0o777) == "0o600"
-    first = torch.load(state_file)
+    train_round(bundle, site.train_loader(1), site.run, 1, 0.0, files.save, files.start)
+    assert oct(files.save.stat().st_mode & 0o777) == "0o600"
+    first = torch.load(files.save)
     assert all(int(s["step"]) == 3 for s in first["state"].values())
-    train_round(bundle, site.train_loader(2), site.run, 2, 0.0, state_file)
-    second = torch.load(state_file)
+    # round 3 (the site sat out round 2) starts from round 1's moments
+    third = site.optimizer_files("5", 3)
+    assert third.start == files.save
+    train_round(bundle, site.train_loader(3), site.run, 3, 0.0, third.save, third.start)
+    second = torch.load(third.save)
     assert all(int(s["step"]) == 6 for s in second["state"].values())  # resumed, not reset
 
     reset = Site.open(node, {**run_config, "optimizer-state": "reset"})
-    assert reset.optimizer_state_file(run_id=5) is None
+    assert reset.optimizer_files("5", 1) == OptimizerFiles(None, None)
+
+
+def test_a_round_redone_after_an_interruption_ignores_its_earlier_attempt(tmp_path, tiny_run):
+    """A site trained round 3 for a run whose ServerApp was then killed; the resumed run's
+    round 3 must start from round 2's moments, not from the file the lost attempt left."""
+    from common.settings import NodeConfig
+    from supernode.local_site import Site
+
+    node = NodeConfig(site_name="site-0", dataset_root=str(tmp_path), state_dir=str(tmp_path))
+    site = Site(node, tiny_run.model_copy(update={"optimizer_state": "keep"}), None, None, "cpu")
+    folder = tmp_path / "run-fed"
+    folder.mkdir()
+    for r in (1, 2, 3):
+        (folder / f"optimizer-r{r:06d}.pt").write_bytes(b"x")
+    files = site.optimizer_files("fed", 3)
+    assert files.start == folder / "optimizer-r000002.pt"  # not the lost attempt's file
+    assert files.save == folder / "optimizer-r000003.pt"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "optimizer-r000002.pt", "optimizer-r000003.pt"]  # round 1's is no longer needed
+    assert site.optimizer_files("fed", 1).start is None

@@ -5,7 +5,9 @@
 - :mod:`.flower_strategies`: Flower's FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad,
   each with ``CodecFedAvg`` behind it;
 - :mod:`.node_selection`: which sites take part in a round (seeded);
-- :mod:`.replies`: accepted replies and failures of one exchange.
+- :mod:`.replies`: accepted replies and failures of one exchange;
+- :mod:`.update_checks`: finite values and the norm rule for every update;
+- :mod:`.state`: a strategy's server state (momentum, moments) as arrays, for resume.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from superlink.strategy.flower_strategies import (
     FedProx,
     FedYogi,
 )
-from superlink.strategy.replies import AcceptedReply, Failure, RoundReplies
+from superlink.strategy.replies import FAILURE_KINDS, AcceptedReply, Failure, RoundReplies
 
 __all__ = [
     "EVALUATE",
+    "FAILURE_KINDS",
     "TRAIN",
     "AcceptedReply",
     "CodecFedAvg",
@@ -49,9 +52,13 @@ def make_strategy(
         sites=dict(sites),
         fraction_train=run.fraction_train,
         min_sites=run.min_sites,
+        wait_timeout=run.join_timeout or None,
         seed=run.seed,
         trajectory_frames=run.trajectory_frames,
         action_dims=action_dims,
+        min_replies=run.min_replies,
+        max_update_norm_ratio=run.max_update_norm_ratio,
+        round_timeout=run.round_timeout or None,
     )
     match run.strategy:
         case "fedavg":

@@ -11,9 +11,13 @@ trainable parameters in ``wire-dtype`` with a digest per array, and sites send b
   global weights are encoded once for the wire and the federation's normalization stats are
   attached;
 - ``aggregate_train``: every reply goes through :meth:`CodecFedAvg.check_reply` (error,
-  report, digest, encoding, names/shapes/dtypes against the global model); what fails is
-  recorded as a :class:`~superlink.strategy.replies.Failure` and left out, and the weighted mean
-  of the accepted updates is added to the float32 global straight from the wire bytes.
+  report, digest, encoding, names/shapes/dtypes against the global model, finite values) and
+  the accepted updates through :meth:`CodecFedAvg.check_norms` (norm against the round's
+  median, :mod:`superlink.strategy.update_checks`); what fails is recorded as a
+  :class:`~superlink.strategy.replies.Failure` and left out. With fewer than ``min_replies``
+  accepted updates the round does not move the model (``None``, so Flower's server step is
+  skipped and its state left as it was); otherwise the weighted mean of the accepted updates
+  is added to the float32 global straight from the wire bytes.
 
 Flower's server optimizers derive from ``FedAvg`` and call ``super().aggregate_train`` for the
 weighted mean, then take their own step. So a zk0 strategy is Flower's class with
@@ -23,6 +27,7 @@ FedAdam, ... steps run unchanged on a mean that every strategy computes the same
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +49,8 @@ from common.protocol import (
     SiteReport,
 )
 from common.trajectory import Trajectory, TrajectoryError
-from superlink.strategy.node_selection import SampledNodes, select_nodes
+from superlink.strategy import state, update_checks
+from superlink.strategy.node_selection import SampledNodes, sample_sites, wait_for_sites
 from superlink.strategy.replies import AcceptedReply, Failure, ReplyRejected, RoundReplies
 
 TRAIN, EVALUATE = "train", "evaluate"
@@ -70,10 +76,14 @@ class ExchangeSettings:
     norm_stats: ArrayRecord  # the federation's normalization stats, sent with every model
     sites: Mapping[int, str]  # node id -> site name, from stage 0
     fraction_train: float = 1.0
-    min_sites: int = 1  # a round waits until this many of the sites are connected
+    min_sites: int = 1  # a round waits until this many of the sites are connected ...
+    wait_timeout: float | None = None  # ... or this many seconds have passed (None: forever)
     seed: int = 0
     trajectory_frames: int = 0  # the most frames a site's trajectory may have
     action_dims: int = 0  # the federation's action feature size
+    min_replies: int = 1  # accepted train updates a round needs to move the global model
+    max_update_norm_ratio: float = 0.0  # see update_checks.norm_outliers; 0 = off
+    round_timeout: float | None = None  # for the reason of an expired message
 
 
 class CodecFedAvg(FedAvg):
@@ -84,6 +94,8 @@ class CodecFedAvg(FedAvg):
     """
 
     settings: ExchangeSettings
+    #: Attributes carrying server state from round to round (saved with every checkpoint).
+    state_attributes: tuple[str, ...] = state.FLOWER_STATE_ATTRIBUTES
 
     def __init__(self, **flower_params: Any) -> None:
         super().__init__(**flower_params)
@@ -91,6 +103,8 @@ class CodecFedAvg(FedAvg):
         self._global: dict[str, np.ndarray] = {}  # float32 weights the replies refer to
         self._sent: dict[tuple[str, int], list[Message]] = {}
         self._replies: dict[tuple[str, int], RoundReplies] = {}
+        self.offline: list[int] = []  # the federation's sites not connected at the last selection
+        self._said_norm_skipped = False
 
     # -- configure ---------------------------------------------------------------------------
 
@@ -98,6 +112,8 @@ class CodecFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
         nodes = self.select_nodes(grid, server_round, self.settings.fraction_train)
+        if not nodes:  # Flower's sampling would wait forever for one
+            return self._with_payload(TRAIN, server_round, [], arrays)
         messages = super().configure_train(server_round, arrays, config, SampledNodes(nodes))
         return self._with_payload(TRAIN, server_round, messages, arrays)
 
@@ -105,13 +121,20 @@ class CodecFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
         nodes = self.select_nodes(grid, server_round, 1.0)
+        if not nodes:
+            return self._with_payload(EVALUATE, server_round, [], arrays)
         messages = super().configure_evaluate(server_round, arrays, config, SampledNodes(nodes))
         return self._with_payload(EVALUATE, server_round, messages, arrays)
 
     def select_nodes(self, grid: Grid, server_round: int, fraction: float) -> list[int]:
-        """The sites asked this round (an overridable step): seeded by (run seed, round)."""
+        """The sites asked this round (an overridable step): seeded by (run seed, round),
+        among those connected once ``min_sites`` are or ``wait_timeout`` has passed; the
+        federation's sites not connected then are in :attr:`offline`."""
         s = self.settings
-        return select_nodes(grid, s.sites, fraction, s.seed, server_round, s.min_sites)
+        connected = wait_for_sites(grid, s.sites, s.min_sites, s.wait_timeout)
+        self.offline = [n for n in sorted(s.sites, key=s.sites.__getitem__)
+                        if n not in connected]
+        return sample_sites(connected, s.sites, fraction, s.seed, server_round)
 
     def _with_payload(
         self, kind: str, server_round: int, messages: Iterable[Message], arrays: ArrayRecord
@@ -126,6 +149,7 @@ class CodecFedAvg(FedAvg):
         payload = codec.encode(self._global, self.settings.wire_dtype)
         self.downlink_bytes = payload.nbytes
         for msg in messages:  # Flower's strategies share one RecordDict: this is cheap
+            msg.metadata.group_id = str(server_round)
             msg.content[ARRAYS] = payload.arrays
             msg.content[CODEC] = payload.meta
             msg.content[NORM_STATS] = self.settings.norm_stats
@@ -147,20 +171,41 @@ class CodecFedAvg(FedAvg):
         }
         judged = RoundReplies()
         for msg in replies:
-            node = routes.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            answered = msg.metadata.reply_to_message_id
+            node = routes.get(answered, msg.metadata.src_node_id)
             site = self.settings.sites.get(node, f"node-{node}")
+            if answered not in routes:  # never applied to a round it does not belong to
+                judged.failures.append(Failure(
+                    node, site, "stale", f"reply to message {answered!r}, not one of round "
+                    f"{server_round}'s {kind} messages"))
+                continue
             if msg.has_error():
-                reason = msg.error.reason or f"error code {msg.error.code}"
-                judged.failures.append(Failure(node, site, "error", reason))
+                judged.failures.append(self.error_failure(msg, node, site))
                 continue
             try:
                 judged.accepted.append(self.check_reply(kind, msg, node, site))
             except ReplyRejected as err:
                 judged.failures.append(Failure(node, site, err.kind, str(err)))
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    judged.refused_reports[site] = SiteReport.from_record(
+                        msg.content.metric_records[METRICS])
+        if kind == TRAIN:
+            self.check_norms(judged)
         # Arrival order varies from run to run; float sums depend on order.
         judged.accepted.sort(key=lambda r: r.site)
         self._replies[(kind, server_round)] = judged
         return judged
+
+    def error_failure(self, msg: Message, node: int, site: str) -> Failure:
+        """An error reply as a failure: an expired message (Flower's codes 3 and 4: no reply
+        before its TTL, which is the round's deadline) is a timeout, the rest errors."""
+        reason = msg.error.reason or f"error code {msg.error.code}"
+        if msg.error.code in (3, 4):  # MESSAGE_UNAVAILABLE, REPLY_MESSAGE_UNAVAILABLE
+            limit = self.settings.round_timeout
+            return Failure(node, site, "timeout",
+                           f"no reply before the message expired (round-timeout={limit}s): "
+                           f"{reason}")
+        return Failure(node, site, "error", reason)
 
     def check_reply(self, kind: str, msg: Message, node: int, site: str) -> AcceptedReply:
         """Accept a reply or raise :class:`ReplyRejected` (an overridable step)."""
@@ -169,8 +214,10 @@ class CodecFedAvg(FedAvg):
         except (KeyError, TypeError, ValueError) as err:
             raise ReplyRejected("integrity", f"no usable '{METRICS}' record: {err}") from None
         payload = self.check_update(msg) if kind == TRAIN else None
+        norm = self.check_values(payload) if payload is not None else None
         trajectory, note = self.read_trajectory(msg, site)
-        return AcceptedReply(node, site, report, payload, trajectory, note)
+        return AcceptedReply(node, site, report, payload, trajectory=trajectory,
+                             trajectory_note=note, update_norm=norm)
 
     def read_trajectory(self, msg: Message, site: str) -> tuple[Trajectory | None, str]:
         """The reply's trajectory, if it has one that checks out.
@@ -192,6 +239,29 @@ class CodecFedAvg(FedAvg):
         except TrajectoryError as err:
             log.warning("trajectory_refused", site=site, reason=str(err)[:300])
             return None, f"refused: {err}"
+
+    def check_values(self, payload: codec.Payload) -> float:
+        """The update's L2 norm, once every value is finite (else :class:`ReplyRejected`)."""
+        scan = update_checks.scan(payload)
+        if scan.nonfinite:
+            raise ReplyRejected("nonfinite", f"update not finite: {scan.nonfinite}")
+        return scan.norm
+
+    def check_norms(self, judged: RoundReplies) -> None:
+        """Move accepted updates whose norm is an outlier of this round's to the failures."""
+        norms = {r.site: r.update_norm for r in judged.accepted if r.update_norm is not None}
+        ratio = self.settings.max_update_norm_ratio
+        few = 0 < len(norms) < update_checks.MIN_UPDATES_FOR_NORM_RULE
+        if ratio > 0 and few and not self._said_norm_skipped:  # once, not every round
+            log.info("norm_check_skipped", updates=len(norms),
+                     needed=update_checks.MIN_UPDATES_FOR_NORM_RULE)
+            self._said_norm_skipped = True
+        outliers = update_checks.norm_outliers(norms, ratio)
+        for reply in [r for r in judged.accepted if r.site in outliers]:
+            judged.accepted.remove(reply)
+            judged.refused_reports[reply.site] = reply.report
+            judged.failures.append(Failure(reply.node_id, reply.site, "norm",
+                                           outliers[reply.site]))
 
     def check_update(self, msg: Message) -> codec.Payload:
         """The reply's update, once its digests, encoding, names, shapes and dtypes check out."""
@@ -217,7 +287,7 @@ class CodecFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The weighted mean of the accepted updates, added to the float32 global."""
         judged = self._judge(TRAIN, server_round, replies)
-        if not judged.accepted:
+        if not judged.accepted or len(judged.accepted) < self.settings.min_replies:
             return None, None
         return self.weighted_mean(judged.accepted), self._train_metrics(judged.accepted)
 
@@ -249,3 +319,12 @@ class CodecFedAvg(FedAvg):
         """Per-site results are in :meth:`replies`; the run report weighs them itself."""
         self._judge(EVALUATE, server_round, replies)
         return None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def export_state(self) -> tuple[dict[str, np.ndarray], state.Layout]:
+        """The server state a resumed run needs (see :mod:`superlink.strategy.state`)."""
+        return state.export_state(self, self.state_attributes)
+
+    def restore_state(self, arrays: Mapping[str, np.ndarray], layout: state.Layout) -> None:
+        state.restore_state(self, arrays, layout)

@@ -15,16 +15,42 @@ from collections.abc import Iterable, Mapping
 from flwr.serverapp import Grid
 
 from common.logs import get_logger
+from superlink.exchange import with_retries
 
 log = get_logger("zk0.superlink")
 
 WAIT_POLL_SECONDS = 1.0
+WAIT_LOG_SECONDS = 60.0  # while waiting, a "waiting_for_sites" line at most this often
 
 
-def connected_sites(grid: Grid, sites: Mapping[int, str]) -> list[int]:
-    """Node ids of the federation's sites that the SuperLink lists as connected, by site name."""
-    online = set(grid.get_node_ids())
+def connected_sites(grid: Grid, sites: Mapping[int, str] | None = None) -> list[int]:
+    """Node ids the SuperLink lists as connected: of the federation's ``sites`` (by site name),
+    or every connected node (by id) when ``sites`` is None (stage 0, before anyone joined)."""
+    online = set(with_retries(lambda: list(grid.get_node_ids()), "list_nodes"))
+    if sites is None:
+        return sorted(online)
     return sorted((n for n in sites if n in online), key=lambda n: sites[n])
+
+
+def wait_for_sites(
+    grid: Grid, sites: Mapping[int, str] | None, needed: int, timeout: float | None
+) -> list[int]:
+    """:func:`connected_sites` once ``needed`` of them are connected, or whatever is connected
+    when ``timeout`` seconds (None or 0: no limit) have passed; the caller decides if it is
+    enough."""
+    deadline = None if not timeout else time.monotonic() + timeout
+    logged, last = -1.0, -1
+    while len(nodes := connected_sites(grid, sites)) < needed:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            log.warning("sites_missing", connected=len(nodes), needed=needed, waited=timeout)
+            return nodes
+        if len(nodes) != last or now - logged >= WAIT_LOG_SECONDS:
+            log.info("waiting_for_sites", connected=len(nodes), needed=needed,
+                     timeout=timeout or None)
+            logged, last = now, len(nodes)
+        time.sleep(WAIT_POLL_SECONDS)
+    return nodes
 
 
 def select_nodes(
@@ -34,12 +60,22 @@ def select_nodes(
     seed: int,
     server_round: int,
     wait_for: int = 1,
+    timeout: float | None = None,
 ) -> list[int]:
     """``max(1, int(fraction * connected))`` of the connected sites, the same ones for the
-    same inputs, once at least ``wait_for`` of the federation's sites are connected."""
-    while len(nodes := connected_sites(grid, sites)) < wait_for:
-        log.info("waiting_for_sites", connected=len(nodes), needed=wait_for)
-        time.sleep(WAIT_POLL_SECONDS)
+    same inputs, once at least ``wait_for`` of the federation's sites are connected or
+    ``timeout`` seconds have passed (then of those connected; none if none is)."""
+    nodes = wait_for_sites(grid, sites, wait_for, timeout)
+    return sample_sites(nodes, sites, fraction, seed, server_round)
+
+
+def sample_sites(
+    nodes: list[int], sites: Mapping[int, str], fraction: float, seed: int, server_round: int
+) -> list[int]:
+    """``max(1, int(fraction * len(nodes)))`` of ``nodes`` (connected, ordered by site name),
+    drawn with a generator seeded by (run seed, round); none of none."""
+    if not nodes:
+        return []
     size = max(1, int(fraction * len(nodes)))
     if size >= len(nodes):
         return nodes

@@ -20,8 +20,21 @@ class Failure:
 
     node_id: int
     site: str
-    kind: str  # "error" | "integrity" | "timeout"
+    kind: str  # one of FAILURE_KINDS
     reason: str
+
+
+#: Why a site did not contribute (``Failure.kind``), counted per site in the run's reports.
+FAILURE_KINDS = {
+    "error": "the site replied with an error (its ClientApp raised, or its node went offline)",
+    "timeout": "no reply within round-timeout (or the message expired with the round)",
+    "offline": "not connected when the round started (after waiting up to join-timeout)",
+    "integrity": "digest, encoding, names, shapes or dtype do not match the global model",
+    "nonfinite": "the update holds NaN or Inf values",
+    "norm": "the update's L2 norm exceeds max-update-norm-ratio x the round's median",
+    "stale": "the reply answers a message of an earlier round",
+    "excluded": "left out at stage 0 (features differ from the federation's)",
+}
 
 
 class ReplyRejected(ValueError):
@@ -42,6 +55,7 @@ class AcceptedReply:
     payload: Payload | None = None  # None for evaluation replies (no arrays)
     trajectory: Trajectory | None = None  # the held-out episode the site shared, if asked
     trajectory_note: str = ""  # why there is none although the site computed one
+    update_norm: float | None = None  # L2 norm of the update (train replies)
 
 
 @dataclass
@@ -50,6 +64,14 @@ class RoundReplies:
 
     accepted: list[AcceptedReply] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    # Reports of refused updates that still carry a readable report: a site whose update is
+    # dropped (say, not finite) has still measured the global model it received.
+    refused_reports: dict[str, SiteReport] = field(default_factory=dict)
+
+    @property
+    def measured(self) -> dict[str, SiteReport]:
+        """Every readable report, accepted or not (the eval numbers of the round)."""
+        return {**self.refused_reports, **self.reports}
 
     @property
     def reports(self) -> dict[str, SiteReport]:
