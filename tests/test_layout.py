@@ -54,7 +54,7 @@ def test_the_app_bundle_is_exactly_the_app_packages():
 def test_no_module_shadows_a_stdlib_or_dependency_name():
     taken = set(sys.stdlib_module_names) | {
         name for name, dists in importlib.metadata.packages_distributions().items()
-        if dists != ["zk0"]
+        if set(dists) != {"zk0"}
     }
     clashes = []
     for package in OUR_PACKAGES:
