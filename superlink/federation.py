@@ -23,7 +23,12 @@ from flwr.serverapp import Grid
 from common import atomic
 from common import logs as zlog
 from common.norm_stats import stats_to_record
-from common.policy_factory import build_policy, frozen_fingerprint, trainable_state
+from common.policy_factory import (
+    build_policy,
+    frozen_fingerprint,
+    make_policy_config,
+    trainable_state,
+)
 from common.protocol import METRICS, RoundInstructions, SiteReport
 from common.settings import RunConfig
 from superlink import federated_stats
@@ -90,6 +95,7 @@ def run_federation(grid: Grid, context: Context) -> Path:
 
 def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Path:
     started = time.time()
+    make_policy_config(run, "cpu")  # policy name and policy-options, before any site is asked
     log.info(
         "run_started",
         run_dir=str(run_dir),
@@ -168,7 +174,8 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
         replies = strategy.replies(TRAIN, server_round)
         failures = replies.failures + timeouts
         if evaluate_incoming:
-            report.record_eval(server_round - 1, replies.reports, failures)
+            report.record_eval(server_round - 1, replies.eval_reports,
+                               failures + replies.eval_failures)
         if aggregated is not None:
             weights = {k: v.numpy() for k, v in aggregated.items()}
         ckpt = save_checkpoint(
@@ -188,6 +195,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             downlink_bytes=strategy.downlink_bytes * len(messages),
             seconds=time.time() - round_start,
             checkpoint=str(ckpt),
+            notes=replies.notes,
         )
         for f in failures:
             log.warning(

@@ -93,6 +93,9 @@ class RunReport:
             "action_mse_mean": sum(mse.values()) / len(mse),
             "samples": {s: r.eval_samples for s, r in measured.items()},
             "seconds": {s: r.eval_seconds for s, r in measured.items()},
+            # held-out frames a site could not read and left out (names: round notes / logs)
+            "skipped": {s: r.skipped_eval_samples for s, r in measured.items()
+                        if r.skipped_eval_samples},
             "failures": [asdict(f) for f in failures if f.site not in measured],
         }
         self.evals[after_round] = entry
@@ -115,6 +118,9 @@ class RunReport:
             "per_site": {s: [self.evals[r]["action_mse"].get(s) for r in rounds] for s in sites},
             "weighted": [self.evals[r]["action_mse_weighted"] for r in rounds],
             "mean": [self.evals[r]["action_mse_mean"] for r in rounds],
+            # sites that did not evaluate a model, and why (round 0's live nowhere else)
+            "failures": {str(r): self.evals[r]["failures"] for r in rounds
+                         if self.evals[r]["failures"]},
         }
 
     def _write_history(self) -> None:

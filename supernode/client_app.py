@@ -3,7 +3,9 @@
 - ``query.stats``: describe the dataset (features, episode counts) and send count-level moments
   of the numeric features, so the server can build the policy and exact global norm stats.
 - ``train``: load the global trainable weights, optionally evaluate them on the held-out
-  episodes, train ``local-steps`` with the FedProx term, and send back the update.
+  episodes, train ``local-steps`` with the FedProx term, and send back the update. Unreadable
+  samples are skipped and counted (:mod:`supernode.sample_guard`); if training fails after the
+  evaluation succeeded, the reply carries that evaluation and the reason, and no update.
 - ``evaluate``: evaluate the global weights only (the final model after the last round).
 
 Nothing else leaves the site: no frames, no per-sample values, no frozen weights.
@@ -27,12 +29,16 @@ from common.protocol import (
     METRICS,
     MOMENTS,
     NORM_STATS,
+    NOTES,
     SITE,
     RoundInstructions,
+    SiteNotes,
     SiteReport,
 )
 from supernode.evaluation import evaluate_action_mse
 from supernode.local_site import Site
+from supernode.sample_guard import BadDataError
+from supernode.site_dataset import DatasetError
 from supernode.training import train_round
 
 app = ClientApp()
@@ -60,13 +66,33 @@ def _global_policy(site: Site, msg: Message):
     return instructions, payload, weights, bundle
 
 
-def _evaluate(site: Site, bundle) -> dict:
+#: What a site's own data can do wrong; anything else is a bug and fails the message loudly.
+DATA_ERRORS = (BadDataError, DatasetError)
+
+
+def _evaluate(site: Site, bundle) -> tuple[dict, dict]:
+    """(SiteReport fields, SiteNotes fields) of the held-out evaluation."""
+    tally = site.skip_tally("evaluation", site.run.eval_samples)
     result = evaluate_action_mse(
-        bundle, site.eval_dataset(), site.run.eval_samples, site.run.eval_batch_size,
-        site.run.seed,
+        bundle, site.eval_dataset(tally), site.run.eval_samples, site.run.eval_batch_size,
+        site.run.seed, tally=tally,
     )
-    return {"eval_action_mse": result.action_mse, "eval_samples": result.samples,
-            "eval_seconds": result.seconds}
+    return (
+        {"eval_action_mse": result.action_mse, "eval_samples": result.samples,
+         "eval_seconds": result.seconds, "skipped_eval_samples": result.skipped},
+        {"eval_skipped": result.skipped_summary},
+    )
+
+
+def _reply(msg: Message, site: Site, report: dict, notes: dict, update=None) -> Message:
+    records = {
+        METRICS: SiteReport(**report).to_record(),
+        SITE: ConfigRecord({"site-name": site.node.site_name}),
+        NOTES: SiteNotes(**notes).to_record(),
+    }
+    if update is not None:
+        records |= {ARRAYS: update.arrays, CODEC: update.meta}
+    return Message(RecordDict(records), reply_to=msg)
 
 
 @app.train()
@@ -76,34 +102,48 @@ def train(msg: Message, context: Context) -> Message:
     instructions, payload, weights, bundle = _global_policy(site, msg)
     setup = time.perf_counter() - start
     report: dict = {"num_examples": site.info().train_frames, "setup_seconds": setup}
+    notes: dict = {}
     if instructions.evaluate:
-        report |= _evaluate(site, bundle)
+        try:
+            metrics, more = _evaluate(site, bundle)
+            report |= metrics
+            notes |= more
+        except DATA_ERRORS as err:  # the update does not depend on it: train anyway
+            notes["eval_error"] = f"{type(err).__name__}: {err}"
+            log.warning("eval_failed", site=site.node.site_name, error=notes["eval_error"])
     site.seed_round(instructions.server_round)
-    result = train_round(
-        bundle, site.train_loader(instructions.server_round), site.run,
-        instructions.server_round, instructions.proximal_mu,
-        site.optimizer_state_file(context.run_id),
-    )
-    update = codec.encode(
-        trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights
-    )
+    tally = site.skip_tally("training", site.run.local_steps * site.run.batch_size)
+    try:
+        result = train_round(
+            bundle, site.train_loader(instructions.server_round, tally), site.run,
+            instructions.server_round, instructions.proximal_mu,
+            site.optimizer_state_file(context.run_id), tally=tally,
+        )
+        update = codec.encode(
+            trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights
+        )
+    except Exception as err:
+        if "eval_action_mse" not in report:
+            raise  # nothing measured to keep: Flower's error reply carries the reason
+        # The evaluation of the global model stands: report it with the reason, no update.
+        notes |= {"train_error": f"{type(err).__name__}: {err}",
+                  "train_error_kind": "bad-data" if isinstance(err, DATA_ERRORS) else "error"}
+        report["skipped_samples"] = tally.skipped
+        log.warning("train_failed", site=site.node.site_name, round=instructions.server_round,
+                    eval_mse=report["eval_action_mse"], error=notes["train_error"])
+        return _reply(msg, site, report, notes)
     report |= {
         "train_loss": result.loss_mean, "train_loss_last": result.loss_last,
         "proximal": result.proximal_mean, "steps": result.steps, "samples": result.samples,
         "train_seconds": result.seconds, "payload_bytes": update.nbytes,
+        "skipped_samples": result.skipped,
     }
+    notes["skipped"] = result.skipped_summary
     log.info("trained", site=site.node.site_name, round=instructions.server_round,
              loss=round(result.loss_mean, 4), eval_mse=report.get("eval_action_mse"),
+             skipped=result.skipped, skipped_eval=report.get("skipped_eval_samples", 0),
              seconds=round(time.perf_counter() - start, 1))
-    content = RecordDict(
-        {
-            ARRAYS: update.arrays,
-            CODEC: update.meta,
-            METRICS: SiteReport(**report).to_record(),
-            SITE: ConfigRecord({"site-name": site.node.site_name}),
-        }
-    )
-    return Message(content, reply_to=msg)
+    return _reply(msg, site, report, notes, update)
 
 
 @app.evaluate()
@@ -111,15 +151,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     site = Site.open(context.node_config, context.run_config)
     _, _, _, bundle = _global_policy(site, msg)
-    report = SiteReport(
-        num_examples=site.info().eval_frames,
-        setup_seconds=time.perf_counter() - start,
-        **_evaluate(site, bundle),
-    )
-    log.info("evaluated", site=site.node.site_name, eval_mse=report.eval_action_mse)
-    content = RecordDict(
-        {METRICS: report.to_record(), SITE: ConfigRecord({"site-name": site.node.site_name})}
-    )
-    return Message(content, reply_to=msg)
-
-
+    metrics, notes = _evaluate(site, bundle)  # nothing else to report: a failure is the reply
+    report = {"num_examples": site.info().eval_frames,
+              "setup_seconds": time.perf_counter() - start, **metrics}
+    log.info("evaluated", site=site.node.site_name, eval_mse=report["eval_action_mse"],
+             skipped=report["skipped_eval_samples"])
+    return _reply(msg, site, report, notes)

@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import codec
-from common.protocol import ARRAYS, CODEC, METRICS, NORM_STATS, SiteReport
+from common.protocol import ARRAYS, CODEC, METRICS, NORM_STATS, NOTES, SiteNotes, SiteReport
 from superlink.strategy.node_selection import SampledNodes, select_nodes
 from superlink.strategy.replies import AcceptedReply, Failure, ReplyRejected, RoundReplies
 
@@ -141,7 +141,7 @@ class CodecFedAvg(FedAvg):
             try:
                 judged.accepted.append(self.check_reply(kind, msg, node, site))
             except ReplyRejected as err:
-                judged.failures.append(Failure(node, site, err.kind, str(err)))
+                judged.failures.append(Failure(node, site, err.kind, str(err), err.report))
         # Arrival order varies from run to run; float sums depend on order.
         judged.accepted.sort(key=lambda r: r.site)
         self._replies[(kind, server_round)] = judged
@@ -153,8 +153,17 @@ class CodecFedAvg(FedAvg):
             report = SiteReport.from_record(msg.content.metric_records[METRICS])
         except (KeyError, TypeError, ValueError) as err:
             raise ReplyRejected("integrity", f"no usable '{METRICS}' record: {err}") from None
+        notes = SiteNotes.from_record(msg.content.config_records.get(NOTES))
+        self.check_site_outcome(kind, report, notes)
         payload = self.check_update(msg) if kind == TRAIN else None
-        return AcceptedReply(node, site, report, payload)
+        return AcceptedReply(node, site, report, payload, notes)
+
+    def check_site_outcome(self, kind: str, report: SiteReport, notes: SiteNotes) -> None:
+        """Refuse a train reply whose training failed at the site (its data, or an error after
+        it had evaluated the global model): no update to aggregate, but the evaluation it
+        reports stays with the failure (:attr:`RoundReplies.eval_reports`)."""
+        if kind == TRAIN and notes.train_error:
+            raise ReplyRejected(notes.train_error_kind or "error", notes.train_error, report)
 
     def check_update(self, msg: Message) -> codec.Payload:
         """The reply's update, once its digests, encoding, names, shapes and dtypes check out."""

@@ -7,10 +7,11 @@ from the node the message was sent to, never from what the reply claims about it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from common.codec import Payload
-from common.protocol import SiteReport
+from common.protocol import SiteNotes, SiteReport
 
 
 @dataclass(frozen=True)
@@ -19,16 +20,20 @@ class Failure:
 
     node_id: int
     site: str
-    kind: str  # "error" | "integrity" | "timeout"
+    kind: str  # "error" | "integrity" | "timeout" | "bad-data"
     reason: str
+    # What the site still measured (its evaluation of the global model) when only its training
+    # failed; None when nothing usable came back.
+    report: SiteReport | None = None
 
 
 class ReplyRejected(ValueError):
     """A reply that arrived but cannot be used; ``kind`` says which check refused it."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, kind: str, reason: str, report: SiteReport | None = None) -> None:
         super().__init__(reason)
         self.kind = kind
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class AcceptedReply:
     site: str
     report: SiteReport
     payload: Payload | None = None  # None for evaluation replies (no arrays)
+    notes: SiteNotes = field(default_factory=SiteNotes)  # what the site skipped, in words
 
 
 @dataclass
@@ -51,6 +57,24 @@ class RoundReplies:
     @property
     def reports(self) -> dict[str, SiteReport]:
         return {r.site: r.report for r in self.accepted}
+
+    @property
+    def eval_reports(self) -> dict[str, SiteReport]:
+        """Every site's report that holds an evaluation: also those whose training failed
+        after they had evaluated the global model (the measurement stands)."""
+        kept = {f.site: f.report for f in self.failures if f.report is not None}
+        return {**kept, **self.reports}
+
+    @property
+    def eval_failures(self) -> list[Failure]:
+        """Sites whose update was accepted but whose evaluation failed (their own data)."""
+        return [Failure(r.node_id, r.site, "bad-data", r.notes.eval_error)
+                for r in self.accepted if r.notes.eval_error]
+
+    @property
+    def notes(self) -> dict[str, dict[str, Any]]:
+        """What each accepted site skipped or could not do, in words (non-empty notes only)."""
+        return {r.site: asdict(r.notes) for r in self.accepted if r.notes}
 
     @property
     def uplink_bytes(self) -> dict[str, int]:
