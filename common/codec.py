@@ -111,17 +111,55 @@ def to_array(x: np.ndarray) -> Array:
 
 
 def wire_view(array: Array) -> np.ndarray:
-    """Read-only, zero-copy view of an Array's .npy bytes (``Array.numpy()`` copies twice)."""
+    """Read-only, zero-copy view of an Array's .npy bytes (``Array.numpy()`` copies twice).
+
+    Raises ValueError for bytes that are not exactly one numeric .npy array (object arrays,
+    which only pickle could load, included).
+    """
     fp = io.BytesIO(array.data)  # shares the bytes
     version = np.lib.format.read_magic(fp)
     if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
     else:
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-    if fortran or dtype.hasobject:
-        return array.numpy()
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused (loading them needs pickle)")
     count = math.prod(shape)
+    if len(array.data) - fp.tell() != count * dtype.itemsize:
+        raise ValueError(
+            f"{len(array.data) - fp.tell()} data bytes for shape {shape} of {dtype} "
+            f"({count * dtype.itemsize} expected)"
+        )
+    if fortran:
+        return array.numpy()
     return np.frombuffer(array.data, dtype=dtype, count=count, offset=fp.tell()).reshape(shape)
+
+
+def _wire_dtype(payload: Payload) -> str:
+    """The payload's declared wire dtype, or :class:`PayloadIntegrityError`."""
+    wire_dtype = payload.meta.get("wire-dtype")
+    if not isinstance(wire_dtype, str) or wire_dtype not in _WIRE_NUMPY:
+        raise PayloadIntegrityError(
+            f"unknown wire dtype {wire_dtype!r}: expected one of {sorted(_WIRE_NUMPY)}"
+        )
+    return wire_dtype
+
+
+def checked_view(name: str, array: Array, wire_dtype: str) -> np.ndarray:
+    """:func:`wire_view` of one parameter whose bytes must be a ``wire_dtype`` .npy array;
+    anything else is a :class:`PayloadIntegrityError` naming the parameter."""
+    try:
+        view = wire_view(array)
+    except Exception as err:  # numpy's header parser raises ValueError, SyntaxError, ...
+        raise PayloadIntegrityError(
+            f"parameter {name!r}: not a valid .npy array ({type(err).__name__}: {err})"
+        ) from None
+    want = np.dtype(_WIRE_NUMPY[wire_dtype])
+    if view.dtype != want:
+        raise PayloadIntegrityError(
+            f"parameter {name!r}: dtype {view.dtype}, wire dtype {wire_dtype} needs {want}"
+        )
+    return view
 
 
 def _array_digest(name: str, array: Array) -> str:
@@ -171,7 +209,9 @@ def _verified(payload: Payload) -> Iterator[tuple[str, Array]]:
     Every digest is computed in the pool from the start, so the caller's work on array i
     (decoding) overlaps the hashing of the arrays after it; nothing unchecked is yielded.
     """
-    expected = list(payload.meta.get("digests", []))
+    expected = payload.meta.get("digests", [])
+    if not isinstance(expected, list) or not all(isinstance(d, str) for d in expected):
+        raise PayloadIntegrityError("payload metadata 'digests' is not a list of strings")
     names = list(payload.arrays.keys())
     if len(expected) != len(names):
         raise PayloadIntegrityError(
@@ -204,17 +244,33 @@ def decode(
     payload: Payload, *, base: Mapping[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
     """Return float32 weights (adding ``base`` back for an update payload), each array
-    verified before it is decoded and nothing returned unless all of them are."""
-    wire_dtype = str(payload.meta["wire-dtype"])
-    is_update = payload.meta.get("encoding") == "update"
+    verified before it is decoded and nothing returned unless all of them are.
+
+    Whatever the bytes, the result is a :class:`PayloadIntegrityError` or arrays of exactly
+    the shapes their headers declare (for an update: exactly ``base``'s names and shapes).
+    """
+    wire_dtype = _wire_dtype(payload)
+    encoding = payload.meta.get("encoding")
+    if encoding not in ("weights", "update"):
+        raise PayloadIntegrityError(f"unknown encoding {encoding!r}: expected weights or update")
+    is_update = encoding == "update"
     if is_update and base is None:
         raise ValueError("an update payload needs the base weights it was computed against")
+    if is_update and set(payload.arrays.keys()) != set(base):
+        raise PayloadIntegrityError("update parameter names differ from the base weights'")
     out: dict[str, np.ndarray] = {}
     with _one_torch_thread():
         for name, array in _verified(payload):
-            x = _wire_tensor(wire_view(array), wire_dtype).to(torch.float32, copy=True)
+            view = checked_view(name, array, wire_dtype)
+            x = _wire_tensor(view, wire_dtype).to(torch.float32, copy=True)
             if is_update:
-                x.add_(_torch(np.asarray(base[name], dtype=np.float32)))
+                ref = np.asarray(base[name], dtype=np.float32)
+                if tuple(ref.shape) != tuple(x.shape):
+                    raise PayloadIntegrityError(
+                        f"parameter {name!r}: update shape {tuple(x.shape)}, base "
+                        f"{tuple(ref.shape)}"
+                    )
+                x.add_(_torch(ref))
             out[name] = x.numpy()
     return out
 
@@ -240,9 +296,7 @@ def accumulate(into: Mapping[str, np.ndarray], payload: Payload, factor: float) 
 def check_layout(payload: Payload, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Raise :class:`PayloadIntegrityError` unless the payload holds exactly the parameters of
     ``shapes`` (names and shapes) in its declared wire dtype; reads headers only."""
-    wire_dtype = str(payload.meta.get("wire-dtype"))
-    if wire_dtype not in _WIRE_NUMPY:
-        raise PayloadIntegrityError(f"unknown wire dtype {wire_dtype!r}")
+    wire_dtype = _wire_dtype(payload)
     names = set(payload.arrays.keys())
     if names != set(shapes):
         missing, extra = sorted(set(shapes) - names), sorted(names - set(shapes))
@@ -250,17 +304,12 @@ def check_layout(payload: Payload, shapes: Mapping[str, tuple[int, ...]]) -> Non
             f"parameter names differ from the model's: missing {missing[:3]}, unexpected "
             f"{extra[:3]} ({len(missing)} missing, {len(extra)} unexpected)"
         )
-    want = np.dtype(_WIRE_NUMPY[wire_dtype])
     for name, array in payload.arrays.items():
-        view = wire_view(array)
+        view = checked_view(name, array, wire_dtype)
         if tuple(view.shape) != tuple(shapes[name]):
             raise PayloadIntegrityError(
                 f"parameter {name!r}: shape {tuple(view.shape)}, the model's is "
                 f"{tuple(shapes[name])}"
-            )
-        if view.dtype != want:
-            raise PayloadIntegrityError(
-                f"parameter {name!r}: dtype {view.dtype}, wire dtype {wire_dtype} needs {want}"
             )
 
 

@@ -10,6 +10,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+# The SO-100 / SO-101 arm as LeRobot records it (lerobot's so100_follower): five joints and the
+# gripper, in this order, for observation.state and action, at 30 fps.
+SO100_JOINTS: tuple[str, ...] = (
+    "shoulder_pan.pos",
+    "shoulder_lift.pos",
+    "elbow_flex.pos",
+    "wrist_flex.pos",
+    "wrist_roll.pos",
+    "gripper.pos",
+)
+SO100_FPS = 30
+
 # Bookkeeping columns every LeRobotDataset has; they are never policy inputs.
 _BOOKKEEPING = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
 CAMERA_DTYPES = ("image", "video")

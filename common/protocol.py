@@ -28,6 +28,7 @@ SITE = "site"  # ConfigRecord: the site's self-description
 TRAJECTORY = "trajectory"  # ArrayRecord: predicted/recorded actions of one held-out episode
 TRAJECTORY_INFO = "trajectory-info"  # ConfigRecord: its episode, joint names, units, fps
 NOTICE = "notice"  # ConfigRecord: an ExclusionNotice
+NOTES = "notes"  # ConfigRecord: what a site skipped or could not do, in words (SiteNotes)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ class SiteReport:
     trajectory_seconds: float = 0.0  # predicting the plotted episode (part of the eval cost)
     setup_seconds: float = 0.0
     payload_bytes: int = 0
+    skipped_samples: int = 0  # training samples left out this round: unreadable (SiteNotes)
+    skipped_eval_samples: int = 0  # held-out samples left out: unreadable (SiteNotes)
 
     def to_record(self) -> MetricRecord:
         return MetricRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)})
@@ -141,3 +144,33 @@ class SiteReport:
             if key in record:
                 values[f.name] = int(record[key]) if f.type == "int" else float(record[key])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class SiteNotes:
+    """What a site skipped or could not do for one message, in words (the counts are in
+    :class:`SiteReport`, which a MetricRecord limits to numbers).
+
+    A train reply whose ``train_error`` is set carries no update, only the evaluation of the
+    global model the site had already made: that measurement is valid whatever happened to
+    training afterwards, so it is reported instead of being lost with the failure.
+    """
+
+    skipped: str = ""  # training samples left out: file, episode, frame, key and why
+    eval_skipped: str = ""  # held-out samples left out
+    train_error: str = ""  # why training failed (then the reply has no update)
+    train_error_kind: str = ""  # "bad-data" (too many unreadable samples) | "error"
+    eval_error: str = ""  # why evaluation failed (training still ran)
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord | None) -> SiteNotes:
+        """The notes in ``record`` (missing record or keys: nothing to note)."""
+        if record is None:
+            return cls()
+        return cls(**{f.name: str(record.get(f.name.replace("_", "-"), "")) for f in fields(cls)})

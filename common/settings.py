@@ -46,8 +46,11 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 class _Strict(BaseModel):
+    # allow_inf_nan=False: TOML (and so ``flwr run -c``) carries inf and nan, and no key of
+    # ours means anything by them (an infinite lr or round-timeout is garbage, not a setting).
     model_config = ConfigDict(
-        strict=True, extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True
+        strict=True, extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True,
+        allow_inf_nan=False,
     )
 
     @classmethod
@@ -97,6 +100,9 @@ class RunConfig(_Strict):
     # Per-joint trajectory plots: every k-th evaluated model (and the final one); 0 = off
     trajectory_every: int = Field(1, ge=0)
     trajectory_frames: int = Field(300, ge=2, le=3000)  # first frames of the fixed episode
+    # Bad data: a site skips samples it cannot read (a video stretch that no longer decodes, a
+    # truncated file) and fails its round only past this share of the samples it meant to read.
+    max_bad_sample_share: float = Field(0.1, ge=0.0, lt=1.0)
     # Outputs
     output_dir: str = "runs"
     keep_checkpoints: int = Field(0, ge=0)  # 0 = keep every round's checkpoint
@@ -271,15 +277,37 @@ def flwr_config_pairs(values: Mapping[str, Any], source: str) -> list[str]:
     return pairs
 
 
+# A value that is not TOML but reads as one word (a path, a policy name): taken as a string.
+_BARE_WORD = re.compile(r"[^\s\"'#=\[\]{},]+")
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` pairs the way ``flwr run -c`` does (TOML values)."""
+    """Parse ``key=value`` pairs the way ``flwr run -c`` does (TOML values).
+
+    A value must be exactly one TOML value, or else one bare word (taken as a string, so
+    ``policy=smolvla-tiny`` needs no quotes). Anything else is refused rather than read in
+    part: ``1\nlocal-steps=5`` is not 1, and ``"unterminated`` is not a string.
+    """
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise SettingsError(f"run config override {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
+        key, raw = (part.strip() for part in item.split("=", 1))
+        if not _CONFIG_KEY.fullmatch(key):
+            raise SettingsError(
+                f"run config override {item!r}: key {key!r}: only letters, digits, '-', '_', '.'"
+            )
         try:
-            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+            doc = tomllib.loads(f"v = {raw}")
         except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw.strip()  # bare word: a string, as flwr treats it
+            doc = None
+        if doc is not None and set(doc) == {"v"} and "\n" not in raw:
+            out[key] = doc["v"]
+        elif _BARE_WORD.fullmatch(raw):
+            out[key] = raw
+        else:
+            raise SettingsError(
+                f"run config override {item!r}: the value is neither one TOML value (123, "
+                "0.5, true, \"text\", '{\"a\": 1}') nor one bare word"
+            )
     return out

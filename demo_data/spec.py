@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FPS = 30
+from common.features import SO100_FPS, SO100_JOINTS
+
+FPS = SO100_FPS
 ROBOT_TYPE = "so100"
-STATE_NAMES: list[str] = [
-    "shoulder_pan.pos",
-    "shoulder_lift.pos",
-    "elbow_flex.pos",
-    "wrist_flex.pos",
-    "wrist_roll.pos",
-    "gripper.pos",
-]
+STATE_NAMES: list[str] = list(SO100_JOINTS)
 CAMERA_KEYS: tuple[str, str] = ("observation.images.top", "observation.images.wrist")
 
 

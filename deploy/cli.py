@@ -52,6 +52,11 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
+        "check-dataset",
+        "deploy.check_dataset_cli",
+        help="check a LeRobotDataset against the policy and the federation before joining",
+    ),
+    Command(
         "cluster",
         "deploy.cluster_cli",
         help="run a federation on a local TLS cluster (SuperLink + SuperNodes on 127.0.0.1)",

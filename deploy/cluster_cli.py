@@ -4,7 +4,11 @@ Makes what is missing (demo datasets, CA + SuperLink certificate + site keys), s
 SuperLink and one SuperNode per site as separate processes on 127.0.0.1 with TLS, node
 authentication and process isolation on, runs the federation with ``flwr run --stream``
 (progress on the console), prints the per-site held-out action MSE per round, and stops every
-process it started, also on Ctrl-C.
+process it started, also on Ctrl-C, SIGTERM or SIGHUP (:mod:`deploy.signals`).
+
+Everything that can be checked is checked before the first process starts: every run-config key
+and type, the policy name and ``policy-options`` (the policy's config is built), and every
+site's dataset against the first site's (:mod:`supernode.dataset_checks`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import NodeConfig, RunConfig, SettingsError, parse_overrides
+from deploy.signals import Stopped, stop_on_signals
 
 REPO = Path(__file__).resolve().parent.parent
 # The offline demo: tiny SmolVLA on the generated SO-100 data. From the learning-quality study
@@ -53,6 +58,38 @@ def ensure_demo_data(data_dir: Path, sites: int) -> None:
     make_demo_datasets(data_dir, DemoSpec(num_sites=sites), overwrite=True)
 
 
+def check_run_config(values: dict[str, Any]) -> RunConfig:
+    """Every run-config key and type, then the policy itself (name, ``policy-options``,
+    ``pretrained-path``): :class:`SettingsError` before anything starts."""
+    from common.policy_factory import make_policy_config
+
+    run = RunConfig.with_overrides(values)
+    make_policy_config(run, "cpu")
+    return run
+
+
+def check_sites(nodes: list[NodeConfig]) -> None:
+    """Each site's dataset, against the first site's features and fps (what stage 0 would
+    find, but before any process starts); raises ValueError with every problem."""
+    from supernode.dataset_checks import Expectation
+    from supernode.preflight import SiteCheckError, check_site
+    from supernode.site_dataset import open_metadata
+
+    reference = Expectation.of_dataset(open_metadata(nodes[0]), f"{nodes[0].site_name}'s data")
+    problems = []
+    for node in nodes:  # what each lab's launcher checks before connecting
+        try:
+            summary = check_site(node, reference)
+        except SiteCheckError as err:
+            problems.append(str(err))
+            continue
+        print(f"[zk0] {summary.describe()}", flush=True)
+        for line in summary.warnings:
+            print(f"[zk0] {node.site_name}: {line}", flush=True)
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
 def run_cluster(
     work_dir: Path,
     sites: int,
@@ -64,17 +101,15 @@ def run_cluster(
 ) -> dict[str, Any]:
     """Run one federation on a fresh local cluster; return the run folder's eval history."""
     from deploy.local_cluster import LocalCluster
-    from supernode.preflight import check_site
 
     work_dir = work_dir.resolve()
     data_dir = (data_dir or work_dir / "data").resolve()
     values = {**DEMO_OVERRIDES, "min-sites": sites,
               "output-dir": str(work_dir / "runs"), **overrides}
-    RunConfig.with_overrides(values)  # every key and type checked before anything starts
+    check_run_config(values)  # before any data is generated or any process starts
     ensure_demo_data(data_dir, sites)
     nodes = site_configs(data_dir, sites, eval_episodes, torch_threads)
-    for node in nodes:  # what each lab's launcher checks before connecting
-        print(f"[zk0] {check_site(node).describe()}", flush=True)
+    check_sites(nodes)
     with LocalCluster(REPO, nodes, work_dir) as cluster:
         print(f"[zk0] SuperLink https://{cluster.address} with {sites} authenticated "
               f"SuperNodes; logs in {cluster.logs}", flush=True)
@@ -111,8 +146,13 @@ def run_cli(args: argparse.Namespace) -> int:
         os.environ["ZK0_LOG_LEVEL"] = "DEBUG"
     try:
         overrides = parse_overrides(args.run_config)
-        out = run_cluster(args.work_dir, args.sites, overrides, args.data_dir,
-                          args.eval_episodes, args.torch_threads, args.timeout)
+        with stop_on_signals():  # SIGTERM/SIGHUP unwind like Ctrl-C: every process stopped
+            out = run_cluster(args.work_dir, args.sites, overrides, args.data_dir,
+                              args.eval_episodes, args.torch_threads, args.timeout)
+    except Stopped as stop:
+        print(f"zk0 cluster: {stop}; every process it started has been stopped",
+              file=sys.stderr)
+        return stop.exit_code
     except SettingsError as err:
         print(f"zk0 cluster: {err}", file=sys.stderr)
         return 2

@@ -45,7 +45,8 @@ def flower_exit_code(proc: ManagedProcess) -> int | None:
     return int(codes[-1]) if codes else proc.returncode
 
 
-def logged_node_id(proc: ManagedProcess) -> int | None:
-    """The node id a SuperNode logs once the SuperLink accepted it ("SuperNode ID: N")."""
-    match = _NODE_ID.search(proc.log_text())
+def logged_node_id(proc: ManagedProcess, since: int = 0) -> int | None:
+    """The node id a SuperNode logs once the SuperLink accepted it ("SuperNode ID: N"), in
+    its log from byte ``since`` on (a restarted process appends to the same log)."""
+    match = _NODE_ID.search(proc.log_text(since))
     return int(match.group(1)) if match else None

@@ -23,6 +23,7 @@ Working dir::
 
 from __future__ import annotations
 
+import math
 import socket
 import sys
 import time
@@ -58,6 +59,10 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status == "finished:completed"
+
+
+def _finished(status: str | None) -> bool:
+    return bool(status) and str(status).startswith("finished")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -342,8 +347,8 @@ class LocalCluster:
     ) -> RunResult:
         """Submit the app (``flwr run --format json``), follow its log with a ``[run]`` prefix.
 
-        Waits for the run to end (the log stream ends with the run), or at most ``timeout`` s:
-        then ``flwr stop`` and the stream is stopped. The final status comes from ``flwr ls``.
+        Waits for the run to end (its status in ``flwr ls``: the log stream may end earlier), or
+        at most ``timeout`` s: then ``flwr stop`` and the stream is stopped.
         A run that cannot even start raises :class:`deploy.flwr_cli.FlwrCliError`.
         """
         lines: list[str] = []
@@ -372,10 +377,16 @@ class LocalCluster:
         try:
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
             code = proc.wait(left)
-            if code is None:  # timed out
+            status: str | None = None
+            if code is not None:
+                # Flower's log stream can end before the run does (seen after minutes without
+                # a log line on a busy machine): the run's status, not the stream, says when.
+                left = None if timeout is None else max(15.0, timeout - (time.monotonic() - t0))
+                status, details = self._final_status(run_id, wait=left)
+            if code is None or (status is not None and not _finished(status)):  # timed out
                 flwr_cli.stop_run(self.flwr_home, self.connection, run_id)
-                code = proc.stop(self.stop_timeout)
-            status, details = self._final_status(run_id)
+                code = proc.stop(self.stop_timeout) if code is None else code
+                status, details = self._final_status(run_id)
         finally:
             proc.stop(self.stop_timeout)
             self._run_proc = None
@@ -389,9 +400,10 @@ class LocalCluster:
         )
 
     def _final_status(
-        self, run_id: int, wait: float = 15.0
+        self, run_id: int, wait: float | None = 15.0
     ) -> tuple[str | None, dict[str, Any]]:
-        deadline = time.monotonic() + wait
+        """The run's status once finished, or whatever it is after ``wait`` s (None: no limit)."""
+        deadline = math.inf if wait is None else time.monotonic() + wait
         row: dict[str, Any] = {}
         while True:
             try:
@@ -400,7 +412,7 @@ class LocalCluster:
                 return None, {"error": str(err)}
             row = next((r for r in rows if str(r.get("run-id")) == str(run_id)), {})
             status = row.get("status")
-            if (status and str(status).startswith("finished")) or time.monotonic() > deadline:
+            if _finished(status) or time.monotonic() > deadline:
                 return status, row
             time.sleep(0.5)
 

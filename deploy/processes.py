@@ -251,11 +251,21 @@ class ManagedProcess:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def log_text(self) -> str:
+    def log_text(self, since: int = 0) -> str:
+        """The log from byte ``since`` on (:meth:`log_size` before a start: that run's part)."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
         except OSError:
             return ""
+
+    def log_size(self) -> int:
+        """Bytes in the log so far (the log is appended to across starts)."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
 
     def __repr__(self) -> str:
         pid = self._popen.pid if self._popen else None

@@ -21,6 +21,7 @@ Why the local runtime API uses TLS and a secret: see :mod:`deploy.runtime_tls` a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import os
 import shlex
@@ -28,6 +29,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -40,6 +42,7 @@ from certs.checks import check_ca, check_site_key
 from certs.keys import make_secret
 from certs.names import HOST_RULE, is_host_name
 from common.settings import NodeConfig, SettingsError
+from deploy import rejoin
 from deploy.flower_commands import runtime_address, superexec_cmd, supernode_cmd
 from deploy.flower_env import child_env
 from deploy.flower_logs import (
@@ -89,6 +92,10 @@ class SiteSettings(BaseSettings):
     superexec_secret_file: Path | None = None
     work_dir: Path = Path(".zk0/site")
     startup_timeout: float = 60.0
+    # What the federation expects of this site's data: "so100", "none" or a features JSON the
+    # coordinator publishes (zk0 check-dataset --write-expectation).
+    expect: str = "so100"
+    deep_check: bool = False  # decode every frame before starting (--check always does)
 
     # Absolute paths: the children run with the work dir as cwd.
     @property
@@ -175,8 +182,19 @@ def _check_secret_file(path: Path) -> str | None:
     return None
 
 
-def check_settings(settings: SiteSettings, *, dataset: bool = True) -> NodeConfig:
-    """Every check that can fail before start; raises :class:`SiteConfigError` listing all."""
+def check_settings(
+    settings: SiteSettings,
+    *,
+    dataset: bool = True,
+    deep: bool = False,
+    warn: Callable[[str], object] | None = None,
+) -> NodeConfig:
+    """Every check that can fail before start; raises :class:`SiteConfigError` listing all.
+
+    The dataset check (:mod:`supernode.dataset_checks`) decodes every frame with ``deep`` or
+    ``settings.deep_check``; its warnings (what training survives and will skip) go to
+    ``warn`` (default: stderr).
+    """
     problems: list[str] = []
     try:
         parse_superlink_address(settings.superlink)
@@ -198,15 +216,25 @@ def check_settings(settings: SiteSettings, *, dataset: bool = True) -> NodeConfi
     except SettingsError as err:
         problems.extend(str(err).splitlines())
     if node is not None and dataset:
-        from supernode.preflight import SiteCheckError, check_site  # loads the ML stack
+        from supernode.dataset_checks import resolve_expectation  # loads the ML stack
+        from supernode.preflight import SiteCheckError, check_site
 
         try:
-            check_site(node)
+            expect = resolve_expectation(settings.expect)
+            summary = check_site(node, expect, deep=deep or settings.deep_check)
+            for line in summary.warnings:
+                (warn or _stderr)(f"zk0 supernode: {line}")
         except SiteCheckError as err:
-            problems.append(str(err))
+            problems.extend(str(err).splitlines())
+        except ValueError as err:  # an unreadable expectation file
+            problems.append(f"ZK0_EXPECT / --expect: {err}")
     if problems or node is None:
         raise SiteConfigError("\n".join(problems))
     return node
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -234,9 +262,26 @@ def build_site_processes(settings: SiteSettings) -> list[list[str]]:
     return [supernode, superexec]
 
 
-def _explain_exit(proc: ManagedProcess) -> str:
+def _explain_exit(proc: ManagedProcess, since: int = 0) -> str:
+    """Why a SuperNode or SuperExec exited, in a lab operator's terms."""
     code = flower_exit_code(proc)
     name = proc.name
+    text = proc.log_text(since)
+    if code == EXIT_SUPERNODE_CONNECTION_ERROR and "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            f"{name} exited (Flower code {code}): TLS verification failed. The CA (--ca-cert / "
+            "ZK0_CA_CERT) did not sign the SuperLink's certificate, or the certificate does "
+            "not name the address dialled. See the log above."
+        )
+    if code == EXIT_SUPERNODE_CONNECTION_ERROR and rejoin.refused_activation(text):
+        return (
+            f"{name} exited (Flower code {code}): the SuperLink refused to activate this "
+            "SuperNode ([code: 2004]). Usual cause: this site's public key is not registered "
+            "(the operator runs `flwr supernode register <site>.pub`). Also possible: another "
+            "SuperNode with this key is running, or one stopped without deactivating less "
+            f"than {rejoin.NODE_EXPIRY_S} s ago and still counts as online (start again in a "
+            "minute)."
+        )
     if code == EXIT_SUPERNODE_CONNECTION_ERROR:
         return (
             f"{name} exited (Flower code {code}): the SuperLink refused this SuperNode or could "
@@ -267,6 +312,8 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
 
     SIGTERM/SIGINT/SIGHUP stop both (SuperExec first, then the SuperNode; SIGKILL after a
     timeout) and return 0; a child exiting on its own stops the other and returns its code.
+    A restart refused because this site's previous node still counts as online is retried
+    with backoff until that node expires (:mod:`deploy.rejoin`).
     """
     check_settings(settings)
     work = settings.work_path
@@ -278,48 +325,99 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
             return None
         return lambda line: print(f"[{prefix}] {strip_ansi(line)}", flush=True)
 
-    supernode = ManagedProcess(
-        "supernode", node_cmd, work / "logs" / "supernode.log",
-        env=env, cwd=work, on_line=sink("supernode"),
-    )  # fmt: skip
+    def new_supernode() -> ManagedProcess:
+        return ManagedProcess(
+            "supernode", node_cmd, work / "logs" / "supernode.log",
+            env=env, cwd=work, on_line=sink("supernode"),
+        )  # fmt: skip
+
     superexec = ManagedProcess(
         "superexec", exec_cmd, work / "logs" / "superexec.log",
         env=env, cwd=work, on_line=sink("superexec"),
     )  # fmt: skip
     stop = threading.Event()
     restore = _install_signal_handlers(stop)
+    supernode: ManagedProcess | None = None
     try:
-        supernode.start()
-        tls_ca = RuntimeTls.in_dir(settings.runtime_tls_dir).ca
-        runtime = runtime_address(settings.runtime_connect_host, settings.runtime_port)
-        try:
-            supernode.wait_healthy(
-                lambda: stop.is_set() or https_ok(runtime, tls_ca),
-                settings.startup_timeout,
-                what=f"serving its runtime API on {runtime}",
-            )
-        except ProcessFailed as err:
-            code = supernode.returncode
-            print(_explain_exit(supernode) if code else str(err), file=sys.stderr)
-            return code or 1
+        supernode, since, code = _start_supernode(settings, new_supernode, stop)
+        if code is not None:
+            return code
         if not stop.is_set():
             superexec.start()
-        announced = False
+        record: rejoin.NodeRecord | None = None
         while not stop.is_set():
-            if not announced and (node_id := logged_node_id(supernode)) is not None:
+            if record is None and (node_id := logged_node_id(supernode, since)) is not None:
                 print(f"site {settings.site_name!r} connected as node {node_id}", flush=True)
-                announced = True
+                record = rejoin.NodeRecord(node_id, settings.superlink, 0.0)
+            if record is not None and time.time() - record.last_seen >= rejoin.REFRESH_S:
+                record = dataclasses.replace(record, last_seen=time.time())
+                record.save(work)
             for proc in (supernode, superexec):
                 code = proc.returncode
                 if code is not None:
-                    print(_explain_exit(proc), file=sys.stderr)
+                    print(_explain_exit(proc, since if proc is supernode else 0),
+                          file=sys.stderr)
                     return code or 1
             stop.wait(0.5)
         return 0
     finally:
         superexec.stop()
-        supernode.stop()
+        if supernode is not None:
+            supernode.stop()
         restore()
+
+
+def _start_supernode(
+    settings: SiteSettings, new: Callable[[], ManagedProcess], stop: threading.Event
+) -> tuple[ManagedProcess, int, int | None]:
+    """Start the SuperNode until the SuperLink has accepted it: (process, its log offset, exit
+    code or None).
+
+    It must serve its runtime API within ``startup_timeout``; then it may keep dialling an
+    unreachable SuperLink for as long as it likes (Flower retries forever). A 2004 refusal
+    while this site's previous node may still count as online
+    (:func:`deploy.rejoin.rejoin_deadline`) is retried with backoff, saying so.
+    """
+    tls_ca = RuntimeTls.in_dir(settings.runtime_tls_dir).ca
+    runtime = runtime_address(settings.runtime_connect_host, settings.runtime_port)
+    record: rejoin.NodeRecord | None = None
+    delays = rejoin.backoff()
+    while True:
+        proc = new()
+        since = proc.log_size()
+        proc.start()
+        try:
+            proc.wait_healthy(
+                lambda: stop.is_set() or https_ok(runtime, tls_ca),
+                settings.startup_timeout,
+                what=f"serving its runtime API on {runtime}",
+            )
+            # Refusals come within seconds of dialling: wait for the node id, or the exit.
+            while not stop.is_set() and logged_node_id(proc, since) is None:
+                if proc.returncode is not None:
+                    raise ProcessFailed(f"{proc.name} exited with code {proc.returncode}")
+                stop.wait(0.25)
+        except ProcessFailed as err:
+            code = proc.returncode
+            if code is None:  # still running, never healthy
+                print(str(err), file=sys.stderr)
+                return proc, since, 1
+            # Re-read: an old launcher still running refreshes it (its node is online, too).
+            record = rejoin.NodeRecord.load(settings.work_path) or record
+            deadline = rejoin.rejoin_deadline(record, settings.superlink, time.time())
+            if deadline is not None and record is not None and rejoin.refused_activation(
+                proc.log_text(since)
+            ):
+                delay = min(next(delays), max(deadline - time.time(), 1.0))
+                print(rejoin.retry_message(settings.site_name, record, deadline, delay),
+                      file=sys.stderr, flush=True)
+                proc.stop()
+                if stop.wait(delay):
+                    return proc, since, 0
+                continue
+            print(_explain_exit(proc, since), file=sys.stderr)
+            return proc, since, code or 1
+        return proc, since, None
 
 
 def _runtime_hosts(connect_host: str) -> list[str]:
@@ -378,6 +476,7 @@ _FLAGS: dict[str, tuple[Any, str]] = {
     "runtime_port": (int, "port of this SuperNode's runtime API (distinct per SuperNode)"),
     "superexec_secret_file": (Path, "SuperExec secret file (created 0600 if missing)"),
     "work_dir": (Path, "logs, runtime TLS, secret, FLWR_HOME"),
+    "expect": (str, "what the federation expects of the data: so100 | none | features JSON"),
 }
 
 
@@ -388,7 +487,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=typ, default=None, help=f"{help_text} [ZK0_{name.upper()}]")
     p.add_argument("--env-file", type=Path, default=None, help="read settings from this file")
     p.add_argument(
-        "--check", action="store_true", help="run the checks, print the commands and exit"
+        "--deep-check", action="store_true", default=None,
+        help="decode every video frame before starting [ZK0_DEEP_CHECK]",
+    )
+    p.add_argument(
+        "--check", action="store_true",
+        help="run the checks (every video frame decoded), print the commands and exit",
     )
     p.add_argument("-v", "--verbose", action="store_true",
                    help="DEBUG logs from this site's ClientApps (sets ZK0_LOG_LEVEL)")
@@ -396,7 +500,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> SiteSettings:
     """SiteSettings with explicit flags over env/.env; SiteConfigError names missing ones."""
-    given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in (*_FLAGS, "deep_check")
+             if getattr(args, k, None) is not None}
     env_file = getattr(args, "env_file", None)
     if env_file is not None and not Path(env_file).is_file():
         raise SiteConfigError(f"--env-file {env_file}: file not found")
@@ -420,7 +525,7 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         if args.check:
-            check_settings(settings)
+            check_settings(settings, deep=True)
             for cmd in build_site_processes(settings):
                 print(shlex.join(cmd))
             print("checks passed", file=sys.stderr)

@@ -36,7 +36,13 @@ from flwr.serverapp import Grid
 from common import atomic
 from common import logs as zlog
 from common.norm_stats import stats_to_record
-from common.policy_factory import LoadedPolicy, build_policy, frozen_fingerprint, trainable_state
+from common.policy_factory import (
+    LoadedPolicy,
+    build_policy,
+    frozen_fingerprint,
+    make_policy_config,
+    trainable_state,
+)
 from common.protocol import METRICS, RoundInstructions, SiteReport
 from common.settings import RunConfig
 from superlink import disk, federated_stats, resume
@@ -118,6 +124,7 @@ def _federate(
 ) -> Path:
     started = time.time()
     first_round = point.completed_round + 1 if point else 1
+    make_policy_config(run, "cpu")  # policy name and policy-options, before any site is asked
     log.info(
         "run_started",
         run_dir=str(run_dir),
@@ -249,7 +256,8 @@ class Rounds:
         self, after_round: int, replies: RoundReplies, failures: list[Failure]
     ) -> dict[str, Any] | None:
         """The held-out MSE (and per-joint plots) of the model after ``after_round``."""
-        entry = self.report.record_eval(after_round, replies.measured, failures,
+        entry = self.report.record_eval(after_round, replies.measured,
+                                        failures + replies.eval_failures,
                                         replies.trajectories, replies.trajectory_notes)
         if entry is not None:
             self.tracker.log_eval(entry, self.run_dir)
@@ -324,6 +332,7 @@ class Rounds:
             seconds=time.time() - round_start,
             checkpoint=str(checkpoint_dir(self.run_dir, server_round) / PRETRAINED_DIR)
             if ok else None,
+            notes=replies.notes,
         )
         if ok:
             self._checkpoint(server_round, sorted(replies.reports), entry)

@@ -134,6 +134,9 @@ class RunReport:
             "action_mse_mean": sum(mse.values()) / len(mse),
             "samples": {s: r.eval_samples for s, r in measured.items()},
             "seconds": {s: r.eval_seconds for s, r in measured.items()},
+            # held-out frames a site could not read and left out (names: round notes / logs)
+            "skipped": {s: r.skipped_eval_samples for s, r in measured.items()
+                        if r.skipped_eval_samples},
             "failures": [asdict(f) for f in failures if f.site not in measured],
             "trajectories": plots.trajectory_plots(self.run_dir, after_round, trajectories or {}),
             "trajectory_notes": dict(trajectory_notes or {}),
@@ -170,6 +173,9 @@ class RunReport:
                 for r in rounds
                 if self.evals[r]["trajectories"] or self.evals[r]["trajectory_notes"]
             },
+            # sites that did not evaluate a model, and why (round 0's live nowhere else)
+            "failures": {str(r): self.evals[r]["failures"] for r in rounds
+                         if self.evals[r]["failures"]},
         }
 
     def _write_history(self) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from common.policy_factory import LoadedPolicy
+from supernode.sample_guard import SkipTally, guarded, split_problems
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class EvalResult:
     action_mse: float  # mean over valid (frame, chunk step, action dim), real units squared
     samples: int  # frames evaluated
     seconds: float
+    skipped: int = 0  # held-out frames left out: unreadable (see supernode.sample_guard)
+    skipped_summary: str = ""
 
 
 def eval_indices(num_frames: int, samples: int, seed: int) -> list[int]:
@@ -77,15 +80,34 @@ def collate(items: list[dict]) -> dict:
 
 @torch.no_grad()
 def evaluate_action_mse(
-    bundle: LoadedPolicy, dataset, samples: int, batch_size: int, seed: int
+    bundle: LoadedPolicy,
+    dataset,
+    samples: int,
+    batch_size: int,
+    seed: int,
+    tally: SkipTally | None = None,
 ) -> EvalResult:
-    """Predict the action chunk for fixed held-out frames and compare with recorded actions."""
+    """Predict the action chunk for fixed held-out frames and compare with recorded actions.
+
+    A frame that cannot be read is left out and counted in ``tally`` (the same frames every
+    round, so rounds stay comparable); past ``tally``'s share it raises ``BadDataError``.
+    Without ``tally`` any unreadable frame does.
+    """
     start = time.perf_counter()
+    dataset = guarded(dataset)
     indices = eval_indices(len(dataset), samples, seed)
+    if tally is None:
+        tally = SkipTally("evaluation", len(indices), 0.0, "the held-out data")
+    tally.planned = len(indices)
     predict = ChunkPredictor(bundle, seed)
-    sq_err, count = 0.0, 0
+    sq_err, count, evaluated = 0.0, 0, 0
     for lo in range(0, len(indices), batch_size):
-        raw = collate([dataset[i] for i in indices[lo : lo + batch_size]])
+        items, problems = split_problems(dataset[i] for i in indices[lo : lo + batch_size])
+        tally.add(problems)
+        if not items:
+            continue
+        evaluated += len(items)
+        raw = collate(items)
         target = raw["action"].to(torch.float32)  # (B, T, D) real units
         pad = raw.get("action_is_pad")
         valid = ~pad if pad is not None else torch.ones(target.shape[:2], dtype=torch.bool)
@@ -97,6 +119,8 @@ def evaluate_action_mse(
         count += int(mask.sum())
     return EvalResult(
         action_mse=sq_err / max(count, 1),
-        samples=len(indices),
+        samples=evaluated,
         seconds=time.perf_counter() - start,
+        skipped=tally.skipped,
+        skipped_summary=tally.summary(),
     )

@@ -28,6 +28,7 @@ from common.policy_factory import (
 from common.protocol import SiteInfo
 from common.settings import NodeConfig, RunConfig
 from supernode import site_dataset as ds
+from supernode.sample_guard import GuardedDataset, MissingEpisode, SkipTally, collate_skipping
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,10 @@ class Site:
         )
 
     def moments(self) -> dict[str, Moments]:
-        """Sufficient statistics of the numeric features over the training episodes only."""
-        dataset = ds.open_dataset(self.node, self.split.train)
+        """Sufficient statistics of the numeric features over the training episodes only
+        (those whose files are all there: the same episodes training reads)."""
+        episodes = self._readable(self.split.train, self.skip_tally("statistics", 0))
+        dataset = ds.open_dataset(self.node, episodes, meta=self.meta)
         columns = ds.numeric_columns(dataset, feat.numeric_keys(self.spec))
         return {key: Moments.of(values) for key, values in columns.items()}
 
@@ -135,17 +138,39 @@ class Site:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
-    def train_loader(self, server_round: int) -> DataLoader:
-        dataset = ds.open_dataset(self.node, self.split.train, self._delta_timestamps())
+    def skip_tally(self, what: str, planned: int) -> SkipTally:
+        """A count of the samples one train or eval step leaves out (run's share applies)."""
+        root = str(ds.dataset_root(self.node) or self.node.repo_id)
+        return SkipTally(what, planned, self.run.max_bad_sample_share, root, self.node.site_name)
+
+    def _readable(self, episodes: tuple[int, ...], tally: SkipTally) -> list[int]:
+        """``episodes`` without those whose files are missing (counted in ``tally``)."""
+        gone = ds.missing_files(self.meta, ds.dataset_root(self.node), episodes)
+        if gone:
+            lengths = list(self.meta.episodes["length"])
+            tally.add_missing(
+                [MissingEpisode(ep, int(lengths[ep]), rel) for ep, rel in gone.items()],
+                sum(int(lengths[ep]) for ep in episodes),
+            )
+        return [ep for ep in episodes if ep not in gone]
+
+    def train_loader(self, server_round: int, tally: SkipTally | None = None) -> DataLoader:
+        """The round's shuffled batches; unreadable samples are left out of them and counted
+        (:mod:`supernode.sample_guard`), and so are episodes with a missing file."""
+        if tally is None:
+            tally = self.skip_tally("training", self.run.local_steps * self.run.batch_size)
+        episodes = self._readable(self.split.train, tally)
+        dataset = ds.open_dataset(self.node, episodes, self._delta_timestamps(), meta=self.meta)
         generator = torch.Generator().manual_seed(self.round_seed(server_round))
         return DataLoader(
-            dataset,
+            GuardedDataset(dataset),
             batch_size=self.run.batch_size,
             shuffle=True,
             drop_last=len(dataset) >= self.run.batch_size,
             num_workers=self.node.num_workers,
             generator=generator,
             pin_memory=self.device.startswith("cuda"),
+            collate_fn=collate_skipping,
         )
 
     def run_state_dir(self, run_id: str | int) -> Path:
@@ -179,8 +204,14 @@ class Site:
         return OptimizerFiles(earlier[-1] if earlier else None,
                               folder / f"optimizer-r{server_round:06d}.pt")
 
-    def eval_dataset(self):
-        return ds.open_dataset(self.node, self.split.eval, self._delta_timestamps())
+    def eval_dataset(self, tally: SkipTally | None = None) -> GuardedDataset:
+        """The held-out episodes (those with a missing file left out and counted)."""
+        if tally is None:
+            tally = self.skip_tally("evaluation", self.run.eval_samples)
+        episodes = self._readable(self.split.eval, tally)
+        return GuardedDataset(
+            ds.open_dataset(self.node, episodes, self._delta_timestamps(), meta=self.meta)
+        )
 
 
 def _file_round(path: Path) -> int | None:

@@ -7,16 +7,13 @@ that names the path, key or value and what was expected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common import features as feat
-from common.settings import NodeConfig
+from common.settings import NodeConfig, RunConfig
 from supernode import site_dataset as ds
-
-# SmolVLA pads state and action vectors to 32 dims (max_state_dim / max_action_dim).
-MAX_STATE_DIM = 32
-MAX_ACTION_DIM = 32
+from supernode.dataset_checks import DatasetReport, Expectation, check_dataset
 
 
 class SiteCheckError(ValueError):
@@ -34,6 +31,7 @@ class SiteSummary:
     eval_episodes: tuple[int, ...]
     features: dict[str, Any]
     cameras: list[str]
+    warnings: list[str] = field(default_factory=list)  # what training survives and will skip
 
     def describe(self) -> str:
         state = self.features["observation.state"]["shape"]
@@ -46,51 +44,48 @@ class SiteSummary:
         )
 
 
-def _check_features(spec: dict[str, Any]) -> list[str]:
-    problems = []
-    for key, limit in (("observation.state", MAX_STATE_DIM), ("action", MAX_ACTION_DIM)):
-        if key not in spec:
-            problems.append(f"feature {key!r} is missing")
-            continue
-        shape = spec[key]["shape"]
-        if len(shape) != 1 or not 1 <= shape[0] <= limit:
-            problems.append(f"feature {key!r} has shape {shape}, expected (n,) with n <= {limit}")
-    cameras = feat.camera_keys(spec)
-    if not cameras:
-        problems.append("no camera feature (dtype image or video): a VLA policy needs one")
-    for cam in cameras:
-        shape = spec[cam]["shape"]
-        if len(shape) != 3 or 3 not in (shape[0], shape[-1]):
-            problems.append(f"camera {cam!r} has shape {shape}, expected (H, W, 3)")
-    return problems
+def check_site(
+    node: NodeConfig,
+    expect: Expectation | None = None,
+    *,
+    deep: bool = False,
+    max_bad_share: float | None = None,
+) -> SiteSummary:
+    """Check the site's dataset (:func:`supernode.dataset_checks.check_dataset`) against the
+    policy and ``expect`` (default: policy only), then split it.
 
-
-def check_site(node: NodeConfig) -> SiteSummary:
-    """Open the site's dataset, split it, check its features and read a frame of each split."""
-    try:
-        meta = ds.open_metadata(node)
-        split = ds.split_episodes(meta.total_episodes, node.eval_episodes, node.split_seed)
-    except ds.DatasetError as err:
-        raise SiteCheckError(f"site {node.site_name!r}: {err}") from None
-    spec = feat.feature_spec(meta.features)
-    problems = _check_features(spec)
-    if problems:
-        raise SiteCheckError(
-            f"site {node.site_name!r}: dataset {ds.dataset_root(node) or node.repo_id} does not "
-            "fit a SmolVLA policy: " + "; ".join(problems)
-        )
-    for episodes in (split.train[:1], split.eval[:1]):
+    Raises :class:`SiteCheckError` with one line per error (file, episode, frame, key, what was
+    expected); warnings (what training survives) come back in the summary. ``max_bad_share``
+    defaults to the run config's ``max-bad-sample-share`` default.
+    """
+    if max_bad_share is None:
+        max_bad_share = RunConfig.model_fields["max_bad_sample_share"].default
+    root = ds.dataset_root(node)
+    where = root or node.repo_id
+    if root is None:  # a Hub dataset: nothing local to check beyond what LeRobot reads
         try:
-            dataset = ds.open_dataset(node, episodes)
-            dataset[0]  # decodes the frame's images: catches missing or unreadable files
-        except Exception as err:  # parquet, video and image errors come in many types
-            raise SiteCheckError(
-                f"site {node.site_name!r}: cannot read episode {episodes[0]} of "
-                f"{ds.dataset_root(node) or node.repo_id}: {err}"
-            ) from err
+            meta = ds.open_metadata(node)
+        except ds.DatasetError as err:
+            raise SiteCheckError(f"site {node.site_name!r}: {err}") from None
+        report = DatasetReport(str(where), meta=meta)
+    else:
+        report = check_dataset(
+            root, expect=expect, eval_episodes=node.eval_episodes, deep=deep,
+            max_bad_share=max_bad_share, repo_id=node.repo_id,
+            video_backend=node.video_backend,
+        )
+    if report.errors:
+        lines = "\n".join(f.line() for f in report.errors)
+        raise SiteCheckError(
+            f"site {node.site_name!r}: dataset {where} cannot take part "
+            f"({len(report.errors)} error(s)):\n{lines}"
+        )
+    meta = report.meta
+    split = ds.split_episodes(meta.total_episodes, node.eval_episodes, node.split_seed)
+    spec = feat.feature_spec(meta.features)
     return SiteSummary(
         site_name=node.site_name,
-        root=str(ds.dataset_root(node) or node.repo_id),
+        root=str(where),
         episodes=meta.total_episodes,
         frames=meta.total_frames,
         fps=int(meta.fps),
@@ -98,4 +93,5 @@ def check_site(node: NodeConfig) -> SiteSummary:
         eval_episodes=split.eval,
         features=spec,
         cameras=feat.camera_keys(spec),
+        warnings=[f.line() for f in report.warnings],
     )

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from common import atomic
 from common.policy_factory import LoadedPolicy, learning_rate, trainable_parameters
 from common.settings import RunConfig
+from supernode.sample_guard import SKIPPED, SkipTally, batch_size_of
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class TrainResult:
     loss_last: float
     proximal_mean: float
     seconds: float
+    skipped: int = 0  # samples left out: unreadable (see supernode.sample_guard)
+    skipped_summary: str = ""
 
 
 def proximal_term(
@@ -85,7 +88,12 @@ def lr_at(run: RunConfig, peak: float, global_step: int) -> float:
 
 def _batches(loader: DataLoader) -> Iterator[dict]:
     while True:  # a small dataset is cycled: a round is a number of steps, not of epochs
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the training data loader yields no batch: no training frames")
 
 
 def train_round(
@@ -96,6 +104,7 @@ def train_round(
     proximal_mu: float,
     optimizer_state: Path | None = None,
     optimizer_start: Path | None = None,
+    tally: SkipTally | None = None,
 ) -> TrainResult:
     """Run ``run.local_steps`` optimizer steps from the global weights already in the policy.
 
@@ -103,6 +112,10 @@ def train_round(
     (read before from ``optimizer_start``, or from ``optimizer_state`` itself; written after to
     ``optimizer_state``, atomically): a fresh Adam makes its first steps ~lr-sized sign steps
     in every coordinate, which a 20-step round cannot amortize.
+
+    Samples the loader could not read (a guarded loader, :mod:`supernode.sample_guard`) are
+    left out of their batch and counted in ``tally``; a batch with none left is no step. Past
+    ``max-bad-sample-share`` of the round's planned samples ``tally`` raises ``BadDataError``.
     """
     policy, cfg = bundle.policy, bundle.config
     params = list(trainable_parameters(policy).values())
@@ -111,20 +124,33 @@ def train_round(
     peak = learning_rate(run, cfg)
     preset.lr = peak
     optimizer = preset.build(params)
-    start = optimizer_start or optimizer_state
-    if optimizer_state is not None and start is not None and start.is_file():
-        optimizer.load_state_dict(torch.load(start, map_location=params[0].device))
+    moments_from = optimizer_start or optimizer_state
+    if optimizer_state is not None and moments_from is not None and moments_from.is_file():
+        optimizer.load_state_dict(torch.load(moments_from, map_location=params[0].device))
     clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
+
+    if tally is None:
+        planned = run.local_steps * (loader.batch_size or 1)
+        tally = SkipTally("training", planned, run.max_bad_sample_share, "the training data")
 
     policy.train()
     losses, proxes = [], []
+    samples = 0
     start = time.perf_counter()
     batches = _batches(loader)
     first_step = (server_round - 1) * run.local_steps
-    for step in range(run.local_steps):
+    step = 0
+    while step < run.local_steps:
+        raw = next(batches)
+        tally.add(raw.pop(SKIPPED, []) if isinstance(raw, dict) else [])
+        size = batch_size_of(raw)
+        if not size:
+            continue  # every sample of this batch was unreadable: no step
+        samples += size
         for group in optimizer.param_groups:
             group["lr"] = lr_at(run, peak, first_step + step)
-        batch = bundle.preprocessor(next(batches))
+        step += 1
+        batch = bundle.preprocessor(raw)
         loss, _ = policy.forward(batch)
         loss.backward()
         prox = add_proximal_gradient(params, anchors, proximal_mu)
@@ -145,9 +171,11 @@ def train_round(
         atomic.write_bytes(optimizer_state, buffer.getvalue(), mode=0o600)
     return TrainResult(
         steps=run.local_steps,
-        samples=run.local_steps * (loader.batch_size or 1),
+        samples=samples,
         loss_mean=sum(losses) / len(losses),
         loss_last=losses[-1],
         proximal_mean=sum(proxes) / len(proxes),
         seconds=time.perf_counter() - start,
+        skipped=tally.skipped,
+        skipped_summary=tally.summary(),
     )

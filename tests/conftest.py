@@ -41,3 +41,16 @@ def tiny_run():
         {"policy": "smolvla-tiny", "local-steps": 3, "batch-size": 4, "eval-samples": 8,
          "num-server-rounds": 2}
     )
+
+
+@pytest.fixture(scope="session")
+def video_demo_root(tmp_path_factory) -> Path:
+    """Two small sites whose cameras are AV1 video (5 episodes x 30 frames each), for the
+    bad-data and dataset-check tests that damage video files."""
+    from demo_data import DemoSpec, make_demo_datasets
+
+    root = tmp_path_factory.mktemp("video-demo")
+    make_demo_datasets(
+        root, DemoSpec(num_sites=2, episodes_per_site=5, frames_per_episode=30, use_videos=True)
+    )
+    return root

@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
+from process_checks import descendants, procs_mentioning
 
 from certs import FederationCerts, ensure_federation_certs
 from common.settings import NodeConfig
@@ -649,15 +649,6 @@ def _launcher(
     ).start()  # fmt: skip
 
 
-def _procs_mentioning(text: str) -> list[int]:
-    """PIDs whose command line mentions ``text`` (to find leftovers; never used to kill)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if text in " ".join(proc.info["cmdline"] or []) and pid_alive(proc.pid):
-            found.append(proc.pid)
-    return found
-
-
 @pytest.mark.e2e
 def test_launcher_explains_unregistered_key(
     cluster: LocalCluster, fed: FederationCerts, demo_root: Path, tmp_path: Path
@@ -671,7 +662,7 @@ def test_launcher_explains_unregistered_key(
         assert "Flower code 305" in log and "not registered" in log
     finally:
         proc.stop()
-    assert _procs_mentioning(str(tmp_path / "site")) == []
+    assert procs_mentioning(str(tmp_path / "site")) == []
 
 
 @pytest.mark.e2e
@@ -685,12 +676,14 @@ def test_launcher_runs_site_and_stops_on_sigterm(
         cluster.wait_online([node_id], 90)
         assert _mode(tmp_path / "site" / "superexec.secret") == 0o600
         assert _mode(tmp_path / "site") == 0o700
-        assert len(_procs_mentioning(str(tmp_path / "site"))) >= 2  # supernode + superexec
+        assert len(procs_mentioning(str(tmp_path / "site"))) >= 2  # supernode + superexec
+        tree = descendants(proc.pid)
         os.kill(proc.pid, signal.SIGTERM)  # what `docker stop` / systemd send
         assert proc.wait(30) == 0, proc.log_tail()
     finally:
         proc.stop()
-    assert _procs_mentioning(str(tmp_path / "site")) == []
+    assert [p for p in tree if pid_alive(p)] == []  # every child PID it had is gone
+    assert procs_mentioning(str(tmp_path / "site")) == []
     assert f"site 'lab-c' connected as node {node_id}" in proc.log_text()
 
 

@@ -24,12 +24,12 @@ def test_good_site_summary(demo_root):
 
 
 def test_missing_root(tmp_path):
-    with pytest.raises(SiteCheckError, match=r"lab-a.*missing-dir.*does not exist"):
+    with pytest.raises(SiteCheckError, match=r"(?s)lab-a.*missing-dir.*does not exist"):
         check_site(_node(tmp_path / "missing-dir"))
 
 
 def test_too_few_episodes(demo_root):
-    with pytest.raises(SiteCheckError, match=r"6 episode.*eval-episodes=6"):
+    with pytest.raises(SiteCheckError, match=r"(?s)6 episode.*eval-episodes=6"):
         check_site(_node(demo_root / "site-0", eval_episodes=6))
 
 

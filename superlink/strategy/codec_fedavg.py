@@ -44,8 +44,10 @@ from common.protocol import (
     CODEC,
     METRICS,
     NORM_STATS,
+    NOTES,
     TRAJECTORY,
     TRAJECTORY_INFO,
+    SiteNotes,
     SiteReport,
 )
 from common.trajectory import Trajectory, TrajectoryError
@@ -185,10 +187,11 @@ class CodecFedAvg(FedAvg):
             try:
                 judged.accepted.append(self.check_reply(kind, msg, node, site))
             except ReplyRejected as err:
-                judged.failures.append(Failure(node, site, err.kind, str(err)))
-                with contextlib.suppress(KeyError, TypeError, ValueError):
-                    judged.refused_reports[site] = SiteReport.from_record(
-                        msg.content.metric_records[METRICS])
+                judged.failures.append(Failure(node, site, err.kind, str(err), err.report))
+                if err.report is None:
+                    with contextlib.suppress(KeyError, TypeError, ValueError):
+                        judged.refused_reports[site] = SiteReport.from_record(
+                            msg.content.metric_records[METRICS])
         if kind == TRAIN:
             self.check_norms(judged)
         # Arrival order varies from run to run; float sums depend on order.
@@ -213,11 +216,13 @@ class CodecFedAvg(FedAvg):
             report = SiteReport.from_record(msg.content.metric_records[METRICS])
         except (KeyError, TypeError, ValueError) as err:
             raise ReplyRejected("integrity", f"no usable '{METRICS}' record: {err}") from None
+        notes = SiteNotes.from_record(msg.content.config_records.get(NOTES))
+        self.check_site_outcome(kind, report, notes)
         payload = self.check_update(msg) if kind == TRAIN else None
         norm = self.check_values(payload) if payload is not None else None
         trajectory, note = self.read_trajectory(msg, site)
         return AcceptedReply(node, site, report, payload, trajectory=trajectory,
-                             trajectory_note=note, update_norm=norm)
+                             trajectory_note=note, update_norm=norm, notes=notes)
 
     def read_trajectory(self, msg: Message, site: str) -> tuple[Trajectory | None, str]:
         """The reply's trajectory, if it has one that checks out.
@@ -262,6 +267,13 @@ class CodecFedAvg(FedAvg):
             judged.refused_reports[reply.site] = reply.report
             judged.failures.append(Failure(reply.node_id, reply.site, "norm",
                                            outliers[reply.site]))
+
+    def check_site_outcome(self, kind: str, report: SiteReport, notes: SiteNotes) -> None:
+        """Refuse a train reply whose training failed at the site (its data, or an error after
+        it had evaluated the global model): no update to aggregate, but the evaluation it
+        reports stays with the failure (:attr:`RoundReplies.measured`)."""
+        if kind == TRAIN and notes.train_error:
+            raise ReplyRejected(notes.train_error_kind or "error", notes.train_error, report)
 
     def check_update(self, msg: Message) -> codec.Payload:
         """The reply's update, once its digests, encoding, names, shapes and dtypes check out."""

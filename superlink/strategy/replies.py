@@ -7,10 +7,11 @@ from the node the message was sent to, never from what the reply claims about it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from common.codec import Payload
-from common.protocol import SiteReport
+from common.protocol import SiteNotes, SiteReport
 from common.trajectory import Trajectory
 
 
@@ -22,6 +23,9 @@ class Failure:
     site: str
     kind: str  # one of FAILURE_KINDS
     reason: str
+    # What the site still measured (its evaluation of the global model) when only its training
+    # failed; None when nothing usable came back.
+    report: SiteReport | None = None
 
 
 #: Why a site did not contribute (``Failure.kind``), counted per site in the run's reports.
@@ -34,15 +38,17 @@ FAILURE_KINDS = {
     "norm": "the update's L2 norm exceeds max-update-norm-ratio x the round's median",
     "stale": "the reply answers a message of an earlier round",
     "excluded": "left out at stage 0 (features differ from the federation's)",
+    "bad-data": "the site's own data failed it (past max-bad-sample-share unreadable samples)",
 }
 
 
 class ReplyRejected(ValueError):
     """A reply that arrived but cannot be used; ``kind`` says which check refused it."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, kind: str, reason: str, report: SiteReport | None = None) -> None:
         super().__init__(reason)
         self.kind = kind
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class AcceptedReply:
     trajectory: Trajectory | None = None  # the held-out episode the site shared, if asked
     trajectory_note: str = ""  # why there is none although the site computed one
     update_norm: float | None = None  # L2 norm of the update (train replies)
+    notes: SiteNotes = field(default_factory=SiteNotes)  # what the site skipped, in words
 
 
 @dataclass
@@ -70,8 +77,11 @@ class RoundReplies:
 
     @property
     def measured(self) -> dict[str, SiteReport]:
-        """Every readable report, accepted or not (the eval numbers of the round)."""
-        return {**self.refused_reports, **self.reports}
+        """Every readable report, accepted or not (the eval numbers of the round): also sites
+        whose update was refused or whose training failed after they had evaluated the global
+        model (the measurement stands)."""
+        kept = {f.site: f.report for f in self.failures if f.report is not None}
+        return {**kept, **self.refused_reports, **self.reports}
 
     @property
     def reports(self) -> dict[str, SiteReport]:
@@ -84,6 +94,17 @@ class RoundReplies:
     @property
     def trajectory_notes(self) -> dict[str, str]:
         return {r.site: r.trajectory_note for r in self.accepted if r.trajectory_note}
+
+    @property
+    def eval_failures(self) -> list[Failure]:
+        """Sites whose update was accepted but whose evaluation failed (their own data)."""
+        return [Failure(r.node_id, r.site, "bad-data", r.notes.eval_error)
+                for r in self.accepted if r.notes.eval_error]
+
+    @property
+    def notes(self) -> dict[str, dict[str, Any]]:
+        """What each accepted site skipped or could not do, in words (non-empty notes only)."""
+        return {r.site: asdict(r.notes) for r in self.accepted if r.notes}
 
     @property
     def uplink_bytes(self) -> dict[str, int]:
