@@ -107,10 +107,15 @@ def _evaluate(
     if not instructions.trajectory:
         return report, notes, {}
     start = time.perf_counter()
-    trajectory = predict_trajectory(
-        bundle, dataset, plotted_episode(site.split.eval, site.run.seed),
-        site.run.trajectory_frames, site.run.eval_batch_size, site.run.seed,
-    )
+    try:  # the plot is for people: a frame that cannot be read costs the plot, not the round
+        trajectory = predict_trajectory(
+            bundle, dataset.dataset, plotted_episode(site.split.eval, site.run.seed),
+            site.run.trajectory_frames, site.run.eval_batch_size, site.run.seed,
+        )
+    except Exception as err:  # noqa: BLE001 - decoders and file readers raise many kinds
+        log.warning("trajectory_failed", site=site.node.site_name, round=after_round,
+                    error=f"{type(err).__name__}: {err}"[:300])
+        return report, notes, {}
     if site.node.share_trajectories:
         arrays, info = trajectory.to_records()
         records = {TRAJECTORY: arrays, TRAJECTORY_INFO: info}
