@@ -23,6 +23,7 @@ METRICS = "metrics"  # MetricRecord: what a site reports
 NORM_STATS = "norm-stats"  # ArrayRecord: the federation's normalization statistics
 MOMENTS = "moments"  # ArrayRecord: a site's sufficient statistics (stats query reply)
 SITE = "site"  # ConfigRecord: the site's self-description
+SIGNATURE = "signature"  # ConfigRecord: the sender's signature over the rest (common.signing)
 
 
 @dataclass(frozen=True)

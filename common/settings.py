@@ -163,6 +163,9 @@ class NodeConfig(_Strict):
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes
     torch_threads: int = Field(0, ge=0)  # 0 = torch's default (all cores)
     state_dir: str = ""  # per-run local state (optimizer moments); "" = $ZK0_CACHE/sites/<site>
+    # Paths (never key material) for signing (common.signing), set by the site's launcher:
+    site_key: str = ""  # this node's OpenSSH EC private key (the SuperNode's own), 0600
+    coordinator_pubkey: str = ""  # the coordinator's public key, shipped next to ca.crt
 
     @model_validator(mode="after")
     def _one_dataset_source(self) -> NodeConfig:

@@ -4,12 +4,17 @@ Every connected site answers a ``query.stats`` message with its feature descript
 sufficient statistics (count, sum, sum of squares, min, max) of its numeric features over its
 training episodes. From these the SuperLink checks that the sites agree on one policy's
 inputs and outputs, and merges exact global normalization statistics.
+
+The query is signed by the coordinator and every reply must be signed by the node's registered
+key under its registered name (:mod:`superlink.authenticity`); a site whose reply fails that is
+left out of the run with the reason, and the frame counts of the accepted replies bound the
+sites' aggregation weights from then on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -21,6 +26,10 @@ from common.norm_stats import Moments, from_record, global_stats, merge_all
 from common.protocol import MOMENTS, SITE, STATS_QUERY, SiteInfo
 from common.settings import RunConfig
 from superlink.exchange import exchange
+from superlink.strategy.replies import ReplyRejected
+
+if TYPE_CHECKING:
+    from superlink.authenticity import FederationGuard
 
 log = get_logger("zk0.superlink")
 
@@ -49,12 +58,14 @@ def agree_features(sites: dict[int, SiteInfo]) -> dict[str, Any]:
     return first.features
 
 
-def collect(grid: Grid, run: RunConfig) -> FederationData:
+def collect(grid: Grid, run: RunConfig, guard: FederationGuard) -> FederationData:
     """Query every connected site (waiting for ``min-sites``) and merge their statistics."""
     _, node_ids = sample_nodes(grid, run.min_sites, run.min_sites)
+    guard.refresh(grid)
     messages = [
         Message(RecordDict(), dst_node_id=node, message_type=STATS_QUERY) for node in node_ids
     ]
+    guard.sign_instructions(messages)
     result = exchange(grid, messages, run.round_timeout or None)
     sites: dict[int, SiteInfo] = {}
     parts: list[dict[str, Moments]] = []
@@ -65,7 +76,15 @@ def collect(grid: Grid, run: RunConfig) -> FederationData:
             failures[node] = msg.error.reason or f"error code {msg.error.code}"
             log.error("site_refused", node_id=node, reason=failures[node])
             continue
+        try:
+            guard.check_signed(msg, node, STATS_QUERY, 0)
+        except ReplyRejected as err:
+            failures[node] = f"{guard.name_of(node)}: refused ({err.kind}): {err}"
+            log.error("site_refused", node_id=node, site=guard.name_of(node), kind=err.kind,
+                      reason=str(err))
+            continue
         info = SiteInfo.from_record(msg.content.config_records[SITE])
+        guard.declare(node, info)
         sites[node] = info
         parts.append(from_record(msg.content.array_records[MOMENTS]))
         log.info("site_joined", site=info.site_name, node_id=node,

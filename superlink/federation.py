@@ -27,6 +27,7 @@ from common.policy_factory import build_policy, frozen_fingerprint, trainable_st
 from common.protocol import METRICS, RoundInstructions, SiteReport
 from common.settings import RunConfig
 from superlink import federated_stats
+from superlink.authenticity import FederationGuard
 from superlink.checkpoints import save_checkpoint
 from superlink.exchange import exchange
 from superlink.reports import RunReport
@@ -101,7 +102,8 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
         min_sites=run.min_sites,
     )
 
-    data = federated_stats.collect(grid, run)
+    guard = FederationGuard.for_run(context)  # no coordinator key: fail before any work
+    data = federated_stats.collect(grid, run, guard)
     bundle = build_policy(run, data.features, data.stats, "cpu")
     fingerprint = frozen_fingerprint(bundle.policy)
     weights = {k: v.numpy() for k, v in trainable_state(bundle.policy).items()}
@@ -118,6 +120,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
                     "train_frames": info.train_frames,
                     "eval_episodes": info.eval_episodes,
                     "device": info.device,
+                    "key": guard.identity(node).fingerprint,  # the registered key it signs with
                 }
                 for node, info in data.sites.items()
             },
@@ -136,7 +139,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
     )
 
     sites = {node: info.site_name for node, info in data.sites.items()}
-    strategy: CodecFedAvg = make_strategy(run, stats_to_record(data.stats), sites)
+    strategy: CodecFedAvg = make_strategy(run, stats_to_record(data.stats), sites, guard=guard)
 
     def instructions(server_round: int, evaluate: bool, train: bool = True):
         return RoundInstructions(

@@ -6,7 +6,9 @@
   episodes, train ``local-steps`` with the FedProx term, and send back the update.
 - ``evaluate``: evaluate the global weights only (the final model after the last round).
 
-Nothing else leaves the site: no frames, no per-sample values, no frozen weights.
+Nothing else leaves the site: no frames, no per-sample values, no frozen weights. Every reply
+is signed with the node's key, every instruction must carry the coordinator's signature
+(:mod:`supernode.authenticity`).
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ from common.protocol import (
     RoundInstructions,
     SiteReport,
 )
+from supernode.authenticity import authenticity_mod
 from supernode.evaluation import evaluate_action_mse
 from supernode.local_site import Site
 from supernode.training import train_round
 
-app = ClientApp()
+# Every instruction is checked for the coordinator's signature and every reply signed by this
+# node's key (supernode.authenticity).
+app = ClientApp(mods=[authenticity_mod])
 log = get_logger("zk0.supernode")
 
 

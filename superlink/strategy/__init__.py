@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord
 
@@ -26,6 +27,9 @@ from superlink.strategy.flower_strategies import (
 )
 from superlink.strategy.replies import AcceptedReply, Failure, RoundReplies
 
+if TYPE_CHECKING:
+    from superlink.authenticity import FederationGuard
+
 __all__ = [
     "EVALUATE",
     "TRAIN",
@@ -39,9 +43,14 @@ __all__ = [
 
 
 def make_strategy(
-    run: RunConfig, norm_stats: ArrayRecord, sites: Mapping[int, str]
+    run: RunConfig,
+    norm_stats: ArrayRecord,
+    sites: Mapping[int, str],
+    *,
+    guard: FederationGuard | None = None,
 ) -> CodecFedAvg:
-    """The strategy named by ``run.strategy`` for the sites that joined (node id -> name)."""
+    """The strategy named by ``run.strategy`` for the sites that joined (node id -> name);
+    ``guard`` signs its instructions and checks every reply (:mod:`superlink.authenticity`)."""
     settings = ExchangeSettings(
         wire_dtype=run.wire_dtype,
         norm_stats=norm_stats,
@@ -49,6 +58,7 @@ def make_strategy(
         fraction_train=run.fraction_train,
         min_sites=run.min_sites,
         seed=run.seed,
+        guard=guard,
     )
     match run.strategy:
         case "fedavg":

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -36,6 +36,9 @@ from common import codec
 from common.protocol import ARRAYS, CODEC, METRICS, NORM_STATS, SiteReport
 from superlink.strategy.node_selection import SampledNodes, select_nodes
 from superlink.strategy.replies import AcceptedReply, Failure, ReplyRejected, RoundReplies
+
+if TYPE_CHECKING:
+    from superlink.authenticity import FederationGuard
 
 TRAIN, EVALUATE = "train", "evaluate"
 
@@ -59,6 +62,9 @@ class ExchangeSettings:
     fraction_train: float = 1.0
     min_sites: int = 1  # a round waits until this many of the sites are connected
     seed: int = 0
+    # Signs instructions and checks identity/signature/weight of replies (a run always has one;
+    # None only for tests and benchmarks of the aggregation itself).
+    guard: FederationGuard | None = None
 
 
 class CodecFedAvg(FedAvg):
@@ -114,6 +120,8 @@ class CodecFedAvg(FedAvg):
             msg.content[ARRAYS] = payload.arrays
             msg.content[CODEC] = payload.meta
             msg.content[NORM_STATS] = self.settings.norm_stats
+        if self.settings.guard is not None:
+            self.settings.guard.sign_instructions(messages)
         return messages
 
     # -- checks ------------------------------------------------------------------------------
@@ -149,12 +157,26 @@ class CodecFedAvg(FedAvg):
 
     def check_reply(self, kind: str, msg: Message, node: int, site: str) -> AcceptedReply:
         """Accept a reply or raise :class:`ReplyRejected` (an overridable step)."""
+        self.check_authenticity(kind, msg, node)
         try:
             report = SiteReport.from_record(msg.content.metric_records[METRICS])
         except (KeyError, TypeError, ValueError) as err:
             raise ReplyRejected("integrity", f"no usable '{METRICS}' record: {err}") from None
         payload = self.check_update(msg) if kind == TRAIN else None
         return AcceptedReply(node, site, report, payload)
+
+    def check_authenticity(self, kind: str, msg: Message, node: int) -> None:
+        """The guard's identity, signature, replay and weight checks, before anything in the
+        reply is decoded (:mod:`superlink.authenticity`)."""
+        guard = self.settings.guard
+        if guard is None:
+            return
+        answered = msg.metadata.reply_to_message_id
+        rounds = [r for (k, r), sent in self._sent.items() if k == kind
+                  and any(m.metadata.message_id == answered for m in sent)]
+        if not rounds:
+            raise ReplyRejected("identity", f"reply to {answered!r}, which was not sent to it")
+        guard.check_reply(msg, node, kind, rounds[0])
 
     def check_update(self, msg: Message) -> codec.Payload:
         """The reply's update, once its digests, encoding, names, shapes and dtypes check out."""
