@@ -1,4 +1,5 @@
-"""The ``zk0`` command: certificates, demo data, a lab's SuperNode, a local cluster.
+"""The ``zk0`` command: certificates, demo data, a lab's SuperNode, site registration, a local
+cluster.
 
 One table lists the commands; each command module exposes ``add_arguments(parser)`` (its flags
 only) and ``run_cli(args) -> int``. Modules are imported when the parser is built, so a command
@@ -50,6 +51,11 @@ COMMANDS: tuple[Command, ...] = (
             "Run this lab's SuperNode + SuperExec. Each flag overrides the matching "
             "ZK0_<NAME> environment variable (and .env)."
         ),
+    ),
+    Command(
+        "site",
+        "deploy.site_registry",
+        help="register a site's key under its name, revoke it, list registrations (coordinator)",
     ),
     Command(
         "cluster",
