@@ -94,6 +94,7 @@ def run_cli(args: argparse.Namespace) -> int:
         name, (priv, pub) = next(iter(made.site_keys.items()))
         print(
             f"SuperNode ({name}): --root-certificates {made.ca_cert} "
-            f"--auth-supernode-private-key {priv}; register with: flwr supernode register {pub}"
+            f"--auth-supernode-private-key {priv}; register with: zk0 site register {pub} "
+            f"--name {name}"
         )
     return 0

@@ -28,8 +28,7 @@ from certs.keys import (
     make_coordinator_key,
     make_secret,
     make_site_key,
-    pem_pub_matches,
-    site_pub_matches,
+    pub_matches,
     ssh_public_line,
 )
 from certs.names import check_site_name
@@ -209,7 +208,7 @@ def ensure_federation_certs(
         else:
             key = load_pem_key(coord_key, "coordinator key")
             note("kept", coord_key)
-            if pem_pub_matches(coord_pub, key):
+            if pub_matches(coord_pub, key):
                 note("kept", coord_pub)
             else:
                 write_public(coord_pub, public_pem(key.public_key()))
@@ -232,7 +231,7 @@ def ensure_federation_certs(
                 continue
             key = check_site_key(priv)
             note("kept", priv)
-            if site_pub_matches(pub, key):
+            if pub_matches(pub, key):
                 note("kept", pub)
             else:
                 write_public(pub, ssh_public_line(key.public_key(), site))

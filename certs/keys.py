@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from certs.errors import CertError
 from certs.files import private_dir, read_file, write_private, write_public
 from certs.names import check_site_name
-from common.signing import public_pem
+from common.signing import KeyFileError, load_public_key, public_pem
 
 CURVE = ec.SECP384R1
 NIST_CURVES = (ec.SECP192R1, ec.SECP224R1, ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
@@ -110,20 +110,12 @@ def make_coordinator_key(out_dir: Path | str) -> tuple[Path, Path]:
     return priv, pub
 
 
-def pem_pub_matches(pub_path: Path, key: ec.EllipticCurvePrivateKey) -> bool:
-    """True if ``pub_path`` holds ``key``'s public half as PEM (False if missing/unreadable)."""
+def pub_matches(pub_path: Path, key: ec.EllipticCurvePrivateKey) -> bool:
+    """True if ``pub_path`` holds the public half of ``key``, as an OpenSSH line (``<site>.pub``)
+    or PEM (``coordinator.pub``); False if missing, unreadable or another key."""
     try:
-        pub = serialization.load_pem_public_key(pub_path.read_bytes())
-    except (OSError, ValueError, UnsupportedAlgorithm):
-        return False
-    return same_public_key(key.public_key(), pub)
-
-
-def site_pub_matches(pub_path: Path, key: ec.EllipticCurvePrivateKey) -> bool:
-    """True if ``pub_path`` holds the public half of ``key`` (False if missing or unreadable)."""
-    try:
-        pub = serialization.load_ssh_public_key(pub_path.read_bytes())
-    except (OSError, ValueError, UnsupportedAlgorithm):
+        pub = load_public_key(pub_path)
+    except KeyFileError:
         return False
     return same_public_key(key.public_key(), pub)
 

@@ -36,7 +36,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from common.protocol import ARRAYS, CODEC, CONFIG, SIGNATURE
 
@@ -138,6 +138,21 @@ class Statement:
     site: str  # the site name the replying node claims; "" for an instruction
     reply_to: str  # id of the instruction a reply answers; "" for an instruction
     content: str  # content_digest of the message
+
+    @classmethod
+    def instruction(cls, msg: Message, run_id: int) -> Statement:
+        """What the coordinator signs for an instruction, and a site expects: the same for
+        every site (no node, no name), bound to the run, the round and the content."""
+        return cls(
+            direction=INSTRUCTION,
+            kind=msg.metadata.message_type,
+            run_id=run_id,
+            server_round=instruction_round(msg.content),
+            node_id=0,
+            site="",
+            reply_to="",
+            content=content_digest(msg.content),
+        )
 
     def to_bytes(self) -> bytes:
         body = {"scheme": SCHEME, **asdict(self)}

@@ -124,9 +124,9 @@ class EntryProxy:
     def write_config(self) -> Path:
         """Render the config into the (0700) folder and have nginx check it (``nginx -t``)."""
         s = self.settings
-        private_dir(s.folder)
+        private_dir(s.folder, tighten=True)
         for sub in _SUBDIRS:
-            private_dir(s.folder / sub)
+            private_dir(s.folder / sub, tighten=True)
         atomic.write_bytes(s.conf, render(s).encode(), 0o600)
         check = subprocess.run(self._cmd("-t"), capture_output=True, text=True, timeout=30,
                                check=False, stdin=subprocess.DEVNULL)

@@ -166,16 +166,7 @@ class FederationGuard:
             if id(msg.content) in done:
                 continue
             done.add(id(msg.content))
-            statement = signing.Statement(
-                direction=signing.INSTRUCTION,
-                kind=msg.metadata.message_type,
-                run_id=self.run_id,
-                server_round=signing.instruction_round(msg.content),
-                node_id=0,
-                site="",
-                reply_to="",
-                content=signing.content_digest(msg.content),
-            )
+            statement = signing.Statement.instruction(msg, self.run_id)
             signing.attach(msg.content, statement, self._key)
 
     # -- check --------------------------------------------------------------------------------

@@ -58,18 +58,8 @@ class SiteKeys:
 
 def check_instruction(msg: Message, context: Context, key: ec.EllipticCurvePublicKey) -> None:
     """Refuse an instruction unless the coordinator signed exactly this content, for this run."""
-    expected = signing.Statement(
-        direction=signing.INSTRUCTION,
-        kind=msg.metadata.message_type,
-        run_id=context.run_id,
-        server_round=signing.instruction_round(msg.content),
-        node_id=0,
-        site="",
-        reply_to="",
-        content=signing.content_digest(msg.content),
-    )
     try:
-        signing.verify(msg.content, expected, key)
+        signing.verify(msg.content, signing.Statement.instruction(msg, context.run_id), key)
     except signing.SignatureRejected as err:
         raise InstructionRejected(f"instruction refused ({err.kind}): {err}") from None
 

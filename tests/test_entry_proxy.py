@@ -78,3 +78,16 @@ def test_no_private_key_or_generated_secret_is_tracked_by_git() -> None:
     assert leaks == []
     ignored = (REPO / ".gitignore").read_text()
     assert "certs/generated" in ignored and ".zk0" in ignored
+
+
+def test_key_folders_zk0_owns_are_made_private_even_when_they_exist(tmp_path: Path) -> None:
+    from deploy.runtime_tls import ensure_runtime_tls
+
+    folder = tmp_path / "runtime-tls"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    tls = ensure_runtime_tls(folder)
+    assert folder.stat().st_mode & 0o777 == 0o700 and tls.key.stat().st_mode & 0o777 == 0o600
+    folder.chmod(0o755)
+    assert ensure_runtime_tls(folder).key == tls.key  # kept, and the folder closed again
+    assert folder.stat().st_mode & 0o777 == 0o700
