@@ -63,8 +63,12 @@ def list_nodes(flwr_home: Path, connection: str | None = None) -> list[Registere
     from flwr.supercore.control import ControlHttpClient
 
     _, address, ca = flwr_cli.read_connection(flwr_home, connection)
+    try:
+        ca_pem = ca.read_bytes()
+    except OSError as err:
+        raise SiteRegistryError(f"CA certificate {ca} of the connection: {err.strerror}") from None
     client = ControlHttpClient.from_server_address(
-        address, insecure=False, root_certificates=str(ca), interceptors=[]
+        address, insecure=False, root_certificates=ca_pem, interceptors=[]
     )
     try:
         infos = client.ListNodes(ListNodesRequest()).nodes_info
