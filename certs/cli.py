@@ -87,11 +87,14 @@ def run_cli(args: argparse.Namespace) -> int:
         f"SuperLink: --ssl-ca-certfile {made.ca_cert} --ssl-certfile {made.server_cert} "
         f"--ssl-keyfile {made.server_key}"
     )
-    print(f"SuperExec: --superexec-auth-secret-file {made.superexec_secret}")
+    print(f"SuperExec: --superexec-auth-secret-file {made.superexec_secret}; "
+          f"env ZK0_COORDINATOR_KEY={made.coordinator_key}")
+    print(f"Sites get: {made.ca_cert} and {made.coordinator_pub} (public; never the .key files)")
     if made.site_keys:
         name, (priv, pub) = next(iter(made.site_keys.items()))
         print(
             f"SuperNode ({name}): --root-certificates {made.ca_cert} "
-            f"--auth-supernode-private-key {priv}; register with: flwr supernode register {pub}"
+            f"--auth-supernode-private-key {priv}; register with: zk0 site register {pub} "
+            f"--name {name}"
         )
     return 0

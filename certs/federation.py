@@ -1,5 +1,5 @@
 """The set of files a federation needs, made once and kept: CA, SuperLink certificate, the
-SuperLink's SuperExec secret and one OpenSSH key per site.
+SuperLink's SuperExec secret, the coordinator's signing key and one OpenSSH key per site.
 
 Idempotent on purpose: a restarted cluster must keep the CA its nodes trust and the site keys
 registered with the SuperLink, so a file that exists and is valid is never rewritten, and one
@@ -22,7 +22,15 @@ from cryptography import x509
 from certs.checks import check_site_key, load_ca, now, verify_server_cert
 from certs.errors import CertError
 from certs.files import load_cert, private_dir, write_public
-from certs.keys import make_secret, make_site_key, site_pub_matches, ssh_public_line
+from certs.keys import (
+    COORDINATOR_NAME,
+    load_pem_key,
+    make_coordinator_key,
+    make_secret,
+    make_site_key,
+    pub_matches,
+    ssh_public_line,
+)
 from certs.names import check_site_name
 from certs.x509 import (
     CA_NAME,
@@ -34,6 +42,7 @@ from certs.x509 import (
     parse_san,
     san_key,
 )
+from common.signing import public_pem
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,8 @@ class FederationCerts:
     server_key: Path
     superexec_secret: Path
     site_keys: dict[str, tuple[Path, Path]]
+    coordinator_key: Path  # signs global models (PEM, 0600, stays with the coordinator)
+    coordinator_pub: Path  # ships to every site next to ca.crt
     sans: tuple[str, ...] = ()
     actions: dict[Path, str] = field(default_factory=dict)
 
@@ -94,7 +105,7 @@ def _server_problem(
 def _check_sites(sites: Sequence[str]) -> None:
     for site in sites:
         check_site_name(site)
-        if site in (CA_NAME, SERVER_NAME):
+        if site in (CA_NAME, SERVER_NAME, COORDINATOR_NAME):
             raise CertError(f"site name {site!r} is reserved")
     dupes = sorted({s for s in sites if sites.count(s) > 1})
     if dupes:
@@ -187,6 +198,22 @@ def ensure_federation_certs(
         else:
             note("kept", secret)
 
+        # Coordinator signing key
+        coord_key, coord_pub = out / f"{COORDINATOR_NAME}.key", out / f"{COORDINATOR_NAME}.pub"
+        if force or not coord_key.exists():
+            existed = coord_key.exists() or coord_pub.exists()
+            make_coordinator_key(out)
+            note("regenerated: --force; every site needs the new coordinator.pub" if existed
+                 else "created", coord_key, coord_pub)
+        else:
+            key = load_pem_key(coord_key, "coordinator key")
+            note("kept", coord_key)
+            if pub_matches(coord_pub, key):
+                note("kept", coord_pub)
+            else:
+                write_public(coord_pub, public_pem(key.public_key()))
+                note("regenerated: missing or did not match the private key", coord_pub)
+
         # Site keys
         site_keys: dict[str, tuple[Path, Path]] = {}
         for site in site_list:
@@ -204,7 +231,7 @@ def ensure_federation_certs(
                 continue
             key = check_site_key(priv)
             note("kept", priv)
-            if site_pub_matches(pub, key):
+            if pub_matches(pub, key):
                 note("kept", pub)
             else:
                 write_public(pub, ssh_public_line(key.public_key(), site))
@@ -218,6 +245,8 @@ def ensure_federation_certs(
         server_key=srv_key,
         superexec_secret=secret,
         site_keys=site_keys,
+        coordinator_key=coord_key,
+        coordinator_pub=coord_pub,
         sans=final_sans,
         actions=actions,
     )

@@ -20,12 +20,16 @@ PUBLIC_MODE = 0o644
 PRIVATE_DIR_MODE = 0o700
 
 
-def private_dir(folder: Path | str) -> Path:
-    """Create ``folder`` as 0700 (it holds private keys); an existing folder keeps its mode."""
+def private_dir(folder: Path | str, *, tighten: bool = False) -> Path:
+    """Create ``folder`` as 0700 (it holds private keys); an existing folder keeps its mode,
+    unless ``tighten`` (a folder zk0 owns outright, e.g. a SuperNode's runtime-TLS folder):
+    then it is made 0700 too."""
     folder = Path(folder)
     if not folder.is_dir():
         folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         os.chmod(folder, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask
+    elif tighten and folder.stat().st_mode & 0o077:
+        os.chmod(folder, PRIVATE_DIR_MODE)
     return folder
 
 

@@ -7,6 +7,9 @@ Why this shape (Flower 1.42):
   Ed25519 and RSA are refused, so P-384 is used for every key, TLS ones included.
 * A SuperExec secret file is read as exact raw bytes, so it is written as hex text with no
   trailing newline (the same bytes whether passed as a file or copied into an env var).
+* The coordinator signs every global model and query (:mod:`common.signing`); its key pair is
+  ``coordinator.key`` (PEM, 0600, stays on the coordinator host) and ``coordinator.pub``
+  (PEM, shipped to every site next to ``ca.crt``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from certs.errors import CertError
 from certs.files import private_dir, read_file, write_private, write_public
 from certs.names import check_site_name
+from common.signing import KeyFileError, load_public_key, public_pem
 
 CURVE = ec.SECP384R1
 NIST_CURVES = (ec.SECP192R1, ec.SECP224R1, ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 SECRET_BYTES = 32
+COORDINATOR_NAME = "coordinator"  # files coordinator.key / coordinator.pub
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -94,11 +99,23 @@ def make_site_key(out_dir: Path | str, site_name: str) -> tuple[Path, Path]:
     return priv_path, pub_path
 
 
-def site_pub_matches(pub_path: Path, key: ec.EllipticCurvePrivateKey) -> bool:
-    """True if ``pub_path`` holds the public half of ``key`` (False if missing or unreadable)."""
+def make_coordinator_key(out_dir: Path | str) -> tuple[Path, Path]:
+    """Create the coordinator's P-384 signing key: ``coordinator.key`` (PEM PKCS#8, 0600, in a
+    0700 folder) and ``coordinator.pub`` (PEM, 0644, for the sites). Overwrites existing files:
+    every site then needs the new ``coordinator.pub``. Returns (private, public)."""
+    out = private_dir(out_dir)
+    key = new_key()
+    priv = write_private(out / f"{COORDINATOR_NAME}.key", pem_private_bytes(key))
+    pub = write_public(out / f"{COORDINATOR_NAME}.pub", public_pem(key.public_key()))
+    return priv, pub
+
+
+def pub_matches(pub_path: Path, key: ec.EllipticCurvePrivateKey) -> bool:
+    """True if ``pub_path`` holds the public half of ``key``, as an OpenSSH line (``<site>.pub``)
+    or PEM (``coordinator.pub``); False if missing, unreadable or another key."""
     try:
-        pub = serialization.load_ssh_public_key(pub_path.read_bytes())
-    except (OSError, ValueError, UnsupportedAlgorithm):
+        pub = load_public_key(pub_path)
+    except KeyFileError:
         return False
     return same_public_key(key.public_key(), pub)
 

@@ -29,6 +29,7 @@ TRAJECTORY = "trajectory"  # ArrayRecord: predicted/recorded actions of one held
 TRAJECTORY_INFO = "trajectory-info"  # ConfigRecord: its episode, joint names, units, fps
 NOTICE = "notice"  # ConfigRecord: an ExclusionNotice
 NOTES = "notes"  # ConfigRecord: what a site skipped or could not do, in words (SiteNotes)
+SIGNATURE = "signature"  # ConfigRecord: the sender's signature over the rest (common.signing)
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,9 @@ class NodeConfig(_Strict):
     # true: the predicted and recorded actions of one held-out episode's first trajectory-frames
     # frames go to the SuperLink, which plots them; false: the site plots them under state-dir
     share_trajectories: bool = True
+    # Paths (never key material) for signing (common.signing), set by the site's launcher:
+    site_key: str = ""  # this node's OpenSSH EC private key (the SuperNode's own), 0600
+    coordinator_pubkey: str = ""  # the coordinator's public key, shipped next to ca.crt
 
     @model_validator(mode="after")
     def _one_dataset_source(self) -> NodeConfig:

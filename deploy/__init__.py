@@ -8,6 +8,9 @@
 ``flwr_cli``: the ``flwr`` CLI (``--format json``): runs, node registration, connection config.
 ``flower_logs``: what only Flower's logs say (exit reasons, a SuperNode's node id).
 ``health``: ``/health`` over HTTPS.
+``entry_proxy``: nginx as the labs' only entry (``/v1/fleet/*`` and ``/health``; template in
+``proxy/nginx.conf.template``).
+``site_registry``: ``zk0 site`` (register a site's key under its name, revoke, list).
 ``local_cluster``: a whole federation on 127.0.0.1 (tests, demos, benchmarks).
 ``cluster_cli``: ``zk0 cluster``. ``site_launcher``: ``zk0 supernode`` (a lab's box).
 """

@@ -1,4 +1,5 @@
-"""The ``zk0`` command: certificates, demo data, a lab's SuperNode, a local cluster, export.
+"""The ``zk0`` command: certificates, demo data, dataset checks, a lab's SuperNode, site
+registration, a local cluster, export.
 
 One table lists the commands; each command module exposes ``add_arguments(parser)`` (its flags
 only) and ``run_cli(args) -> int``. Modules are imported when the parser is built, so a command
@@ -55,6 +56,11 @@ COMMANDS: tuple[Command, ...] = (
         "check-dataset",
         "deploy.check_dataset_cli",
         help="check a LeRobotDataset against the policy and the federation before joining",
+    ),
+    Command(
+        "site",
+        "deploy.site_registry",
+        help="register a site's key under its name, revoke it, list registrations (coordinator)",
     ),
     Command(
         "cluster",

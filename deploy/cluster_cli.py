@@ -1,10 +1,14 @@
 """``zk0 cluster``: a whole federation on this machine, from nothing to a report, in one command.
 
-Makes what is missing (demo datasets, CA + SuperLink certificate + site keys), starts the
-SuperLink and one SuperNode per site as separate processes on 127.0.0.1 with TLS, node
-authentication and process isolation on, runs the federation with ``flwr run --stream``
-(progress on the console), prints the per-site held-out action MSE per round, and stops every
-process it started, also on Ctrl-C, SIGTERM or SIGHUP (:mod:`deploy.signals`).
+Makes what is missing (demo datasets, CA + SuperLink certificate + coordinator and site keys),
+starts the SuperLink on loopback, nginx as the labs' only entry in front of it (``/v1/fleet/*``
+and ``/health`` only), and one SuperNode per site joining through that entry, as separate
+processes on 127.0.0.1 with TLS, node authentication, signed messages and process isolation on;
+runs the federation with ``flwr run --stream`` (progress on the console; the operator's ``flwr``
+talks to the SuperLink directly), prints the per-site held-out action MSE per round, and stops
+every process it started, also on Ctrl-C, SIGTERM or SIGHUP (:mod:`deploy.signals`). Without
+nginx it still runs, sites dialling the SuperLink directly, and says that the entry is not
+shielded.
 
 Everything that can be checked is checked before the first process starts: every run-config key
 and type, the policy name and ``policy-options`` (the policy's config is built), and every
@@ -111,8 +115,17 @@ def run_cluster(
     nodes = site_configs(data_dir, sites, eval_episodes, torch_threads)
     check_sites(nodes)
     with LocalCluster(REPO, nodes, work_dir) as cluster:
-        print(f"[zk0] SuperLink https://{cluster.address} with {sites} authenticated "
-              f"SuperNodes; logs in {cluster.logs}", flush=True)
+        print(f"[zk0] SuperLink https://{cluster.address} (loopback: the operator's flwr and "
+              f"zk0 site, FLWR_HOME={cluster.flwr_home}); logs in {cluster.logs}", flush=True)
+        if cluster.shielded:
+            print(f"[zk0] labs' entry https://{cluster.site_address} (nginx: /v1/fleet/* and "
+                  f"/health only); {sites} authenticated SuperNodes joined through it",
+                  flush=True)
+        else:
+            print(f"[zk0] WARNING: nginx not found, the entry is NOT shielded: {sites} "
+                  f"SuperNodes dial the SuperLink directly, whose Control API has no "
+                  f"authentication. Install nginx (scripts/system-deps.sh as root) for the "
+                  f"shielded layout.", file=sys.stderr, flush=True)
         result = cluster.run(values, timeout=timeout)
     if not result.ok:
         raise RuntimeError(

@@ -44,6 +44,24 @@ def write_connection_config(flwr_home: Path, name: str, address: str, ca: Path) 
     return atomic.write_bytes(path, tomli_w.dumps(data).encode())
 
 
+def read_connection(flwr_home: Path, name: str | None = None) -> tuple[str, str, Path]:
+    """(name, address, CA path) of connection ``name`` (default: the config's default) in
+    ``$FLWR_HOME/config.toml``; :class:`FlwrCliError` naming the file if it is not there."""
+    path = Path(flwr_home) / "config.toml"
+    try:
+        links = tomllib.loads(path.read_text()).get("superlink", {})
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise FlwrCliError(f"flwr connection config {path}: {err}") from None
+    name = name or links.get("default")
+    entry = links.get(name) if name else None
+    if not isinstance(entry, dict) or "address" not in entry or "root-certificates" not in entry:
+        known = sorted(k for k, v in links.items() if isinstance(v, dict))
+        raise FlwrCliError(
+            f"flwr connection config {path}: no TLS connection {name!r} (known: {known})"
+        )
+    return str(name), str(entry["address"]), Path(entry["root-certificates"])
+
+
 def _cli_env(flwr_home: Path) -> dict[str, str]:
     # No colours and wide lines: what the CLI prints is read back or shown in our logs.
     return child_env(flwr_home, {"NO_COLOR": "1", "COLUMNS": "200"})
@@ -97,6 +115,12 @@ def register_supernode(flwr_home: Path, conn: str, pubkey: Path, name: str) -> i
     """``flwr supernode register KEY.pub <conn> --name <name>``; returns the node id."""
     payload = _flwr_json(["supernode", "register", str(pubkey), conn, "--name", name], flwr_home)
     return int(payload["node-id"])
+
+
+def unregister_supernode(flwr_home: Path, conn: str, node_id: int) -> None:
+    """``flwr supernode unregister <node_id> <conn>``: the node's key is refused from its next
+    request to the Fleet API on (Flower marks the node unregistered)."""
+    _flwr_json(["supernode", "unregister", str(node_id), conn], flwr_home)
 
 
 def list_supernodes(flwr_home: Path, conn: str) -> list[dict[str, Any]]:

@@ -3,14 +3,21 @@
 Layout (every process in its own process group, stopped by PID in reverse order):
 
     superlink            flower-superlink  TLS, --enable-supernode-auth, --isolation process,
-                                           --superexec-auth-secret-file, --database state.db
-    superexec-link       flower-superexec  -> SuperLink Runtime API (runs the ServerApp)
-    supernode-<site>     flower-supernode  TLS + site key -> SuperLink; own HTTPS runtime port
+                                           --superexec-auth-secret-file, --database state.db;
+                                           on 127.0.0.1: only this host (the operator) reaches it
+    superexec-link       flower-superexec  -> SuperLink Runtime API (runs the ServerApp, which
+                                           signs with the coordinator key: ZK0_COORDINATOR_KEY)
+    entry-proxy          nginx             the labs' entry: /v1/fleet/* and /health -> SuperLink,
+                                           403 for the rest (deploy/entry_proxy.py)
+    supernode-<site>     flower-supernode  TLS + site key -> the entry; own HTTPS runtime port
     superexec-<site>     flower-superexec  -> that SuperNode's Runtime API (runs ClientApps)
     flwr-log             flwr log RUN --stream (only while :meth:`LocalCluster.run` is active)
 
-It is the same topology a real deployment has (one SuperLink host, one box per lab), only on
-one machine: tests exercise TLS, node authentication and process isolation for real.
+It is the same topology a real deployment has (one SuperLink host behind its entry proxy, one
+box per lab), only on one machine: tests exercise TLS, the proxy's allow-list, node
+authentication, signed messages and process isolation for real. Without nginx (``proxy=None``
+and none installed) the sites dial the SuperLink directly and :attr:`LocalCluster.shielded` is
+False: the Control API is then as open as the port.
 
 Working dir::
 
@@ -18,6 +25,7 @@ Working dir::
     <work_dir>/flwr-home/        FLWR_HOME of the operator side (config.toml, ServerApp FABs)
     <work_dir>/state.db          SuperLink state (SQLite)
     <work_dir>/logs/*.log        one log per process
+    <work_dir>/proxy/            nginx.conf, its pid, access/error logs, temp folders (0700)
     <work_dir>/sites/<site>/     the site's FLWR_HOME, runtime TLS and SuperExec secret
 """
 
@@ -37,6 +45,7 @@ from certs.federation import FederationCerts, ensure_federation_certs
 from certs.keys import make_secret
 from common.settings import NodeConfig
 from deploy import flwr_cli
+from deploy.entry_proxy import EntryProxy, ProxySettings, find_nginx
 from deploy.flower_commands import runtime_address, superexec_cmd, superlink_cmd, supernode_cmd
 from deploy.flower_env import child_env
 from deploy.flower_logs import flower_exit_code, logged_node_id, strip_ansi
@@ -110,7 +119,10 @@ class LocalCluster:
         startup_timeout: float = 60.0,
         stop_timeout: float = 10.0,
         echo_run: bool = True,
+        proxy: bool | None = None,
     ) -> None:
+        """``proxy``: True = the labs dial an nginx entry (error if nginx is missing); False =
+        they dial the SuperLink; None = the entry if nginx is installed."""
         names = [s.site_name for s in sites]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate site names: {names}")
@@ -130,12 +142,25 @@ class LocalCluster:
         self.processes: list[ManagedProcess] = []  # start order; stopped in reverse
         self._site_procs: dict[str, SiteProcesses] = {}
         self._run_proc: ManagedProcess | None = None
+        self.use_proxy = find_nginx() is not None if proxy is None else proxy
+        self.entry: EntryProxy | None = None
 
     # -- properties --------------------------------------------------------------------------
 
     @property
     def address(self) -> str:
+        """The SuperLink itself (all APIs): the operator's ``flwr`` CLI, never the labs."""
         return runtime_address(self.host, self.port)
+
+    @property
+    def shielded(self) -> bool:
+        """True once the labs' entry proxy runs (the SuperLink is then loopback-only)."""
+        return self.entry is not None
+
+    @property
+    def site_address(self) -> str:
+        """What the labs dial: the entry proxy, or the SuperLink itself when unshielded."""
+        return self.entry.address if self.entry is not None else self.address
 
     @property
     def certs(self) -> FederationCerts:
@@ -158,9 +183,12 @@ class LocalCluster:
 
     # -- start -------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, cmd: list[str], flwr_home: Path) -> ManagedProcess:
+    def _spawn(
+        self, name: str, cmd: list[str], flwr_home: Path, env: Mapping[str, str] | None = None
+    ) -> ManagedProcess:
         proc = ManagedProcess(
-            name, cmd, self.logs / f"{name}.log", env=child_env(flwr_home), cwd=self.work_dir
+            name, cmd, self.logs / f"{name}.log", env=child_env(flwr_home, env),
+            cwd=self.work_dir,
         )
         self.processes.append(proc)
         return proc.start()
@@ -173,6 +201,8 @@ class LocalCluster:
         """
         try:
             self._start_superlink()
+            if self.use_proxy:
+                self._start_proxy()
             for node in self.sites:
                 self.register(node.site_name, self.certs.site_keys[node.site_name][1])
             spawned = [
@@ -212,11 +242,32 @@ class LocalCluster:
             "superexec-link",
             superexec_cmd(self.address, c.ca_cert, c.superexec_secret),
             self.flwr_home,
+            # the ServerApp signs every instruction with it (superlink.authenticity): a path
+            {"ZK0_COORDINATOR_KEY": str(c.coordinator_key.resolve())},
         )
         time.sleep(0.5)
         if exec_link.returncode is not None:
             raise ProcessFailed(f"superexec-link exited at once:\n{exec_link.log_tail()}")
         flwr_cli.write_connection_config(self.flwr_home, self.connection, self.address, c.ca_cert)
+
+    def _start_proxy(self) -> None:
+        """nginx on its own port, re-encrypting to the SuperLink (verified as ``localhost``)."""
+        c = self.certs
+        entry = EntryProxy(ProxySettings(
+            listen=runtime_address(self.host, free_port(self.host)),
+            superlink=self.address,
+            cert=c.server_cert,
+            key=c.server_key,
+            ca=c.ca_cert,
+            folder=self.work_dir / "proxy",
+        ))
+        try:
+            proc = entry.start(self.logs / "entry-proxy.log", self.startup_timeout)
+        except BaseException:
+            entry.stop(self.stop_timeout)
+            raise
+        self.processes.append(proc)
+        self.entry = entry
 
     def register(self, site: str, pubkey: Path) -> int | None:
         """Register a site's public key; None if this database already has it (a restart).
@@ -286,21 +337,24 @@ class LocalCluster:
         root_certificates: Path | None = None,
         name: str | None = None,
         max_retries: int | None = None,
+        superlink: str | None = None,
     ) -> SiteProcesses:
         """Start only a SuperNode (no SuperExec, no waiting): tests use it to see refusals.
 
         ``key`` may be unregistered (-> exit 305) and ``root_certificates`` another CA
-        (-> exit 305, certificate verify failed). Returns the site record; its ``supernode``
-        is a :class:`ManagedProcess` owned (and stopped) by the cluster.
+        (-> exit 305, certificate verify failed); ``superlink`` overrides the address it dials
+        (default :attr:`site_address`). Returns the site record; its ``supernode`` is a
+        :class:`ManagedProcess` owned (and stopped) by the cluster.
         """
         site_dir = self._site_dir(name or node.site_name)
         secret = make_secret(site_dir / "superexec.secret", keep_existing=True)
         tls = ensure_runtime_tls(site_dir / "runtime-tls")
         port = free_port(self.host)
+        node = self.signing_config(node, key)
         proc = self._spawn(
             f"supernode-{name or node.site_name}",
             supernode_cmd(
-                superlink=self.address,
+                superlink=superlink or self.site_address,
                 root_certificates=root_certificates or self.certs.ca_cert,
                 private_key=key,
                 node_config=node,
@@ -316,6 +370,15 @@ class LocalCluster:
         if name is None:
             self._site_procs[node.site_name] = site
         return site
+
+    def signing_config(self, node: NodeConfig, key: Path) -> NodeConfig:
+        """``node`` with the paths its ClientApp signs and verifies with (as ``zk0 supernode``
+        sets them): the SuperNode's own key and the coordinator's public key."""
+        return node.model_copy(update={
+            "site_key": node.site_key or str(Path(key).resolve()),
+            "coordinator_pubkey": node.coordinator_pubkey
+            or str(self.certs.coordinator_pub.resolve()),
+        })
 
     def wait_online(self, node_ids: Sequence[int], timeout: float) -> None:
         """Block until ``flwr supernode list`` shows every node id ``online``."""
@@ -344,8 +407,12 @@ class LocalCluster:
         *,
         timeout: float | None = None,
         app_dir: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> RunResult:
         """Submit the app (``flwr run --format json``), follow its log with a ``[run]`` prefix.
+
+        ``on_line`` also gets every line of the run's log as it arrives (e.g. to act when a
+        round starts).
 
         Waits for the run to end (its status in ``flwr ls``: the log stream may end earlier), or
         at most ``timeout`` s: then ``flwr stop`` and the stream is stopped.
@@ -359,6 +426,8 @@ class LocalCluster:
             lines.append(line)
             if echo:
                 echo(line)
+            if on_line:
+                on_line(line)
 
         t0 = time.monotonic()
         run_id = flwr_cli.start_run(

@@ -55,12 +55,12 @@ def ensure_runtime_tls(
 
     Signed by a one-off CA whose private key is never written to disk: nobody can mint another
     certificate this SuperExec would trust. Reused while it covers ``hosts`` and is valid.
-    ``directory`` is created 0700 (it holds the server key).
+    ``directory`` is made 0700, also when it exists (it holds the server key).
     """
     tls = RuntimeTls.in_dir(Path(directory))
+    private_dir(directory, tighten=True)  # it holds the server key, also when kept
     if _usable(tls, hosts):
         return tls
-    private_dir(directory)
     ca_key, ca_cert = build_ca("zk0 SuperNode runtime CA", days)
     key, cert = build_server_cert(ca_key, ca_cert, list(hosts), hosts[0], days)
     write_key_and_cert(key, cert, tls.key, tls.cert)

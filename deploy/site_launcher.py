@@ -1,21 +1,27 @@
 """What a lab operator runs on its GPU box: this site's SuperNode and its SuperExec.
 
 Settings come from flags, else ``ZK0_*`` environment variables, else a ``.env`` file (see
-:class:`SiteSettings`). Everything is checked before any process starts, and each refusal names
-the setting, the file or value, and what was expected: a wrong path or key otherwise shows up
-only as an opaque exit code (305) or a TLS error in a Flower log.
+:class:`SiteSettings`). ``--superlink`` is the federation's entry (the coordinator's reverse
+proxy, which forwards only the Fleet API), not the SuperLink's own port. Everything is checked
+before any process starts, and each refusal names the setting, the file or value, and what was
+expected: a wrong path or key otherwise shows up only as an opaque exit code (305) or a TLS
+error in a Flower log.
 
 Process layout (both in their own process groups, stopped by PID on SIGTERM/SIGINT/SIGHUP)::
 
-    flower-supernode  --superlink H:P --root-certificates ca.crt --auth-supernode-private-key K
-                      --node-config '...' --isolation process --host 127.0.0.1 --port 9094
+    flower-supernode  --superlink ENTRY:P --root-certificates ca.crt --auth-supernode-private-key K
+                      --node-config '... site-key="K" coordinator-pubkey="coordinator.pub"'
+                      --isolation process --host 127.0.0.1 --port 9094
                       --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile (local runtime TLS)
                       --superexec-auth-secret-file <work>/superexec.secret
     flower-superexec  --runtime-api-address 127.0.0.1:9094 --root-certificates <runtime CA>
                       --superexec-auth-secret-file <work>/superexec.secret
 
 Why the local runtime API uses TLS and a secret: see :mod:`deploy.runtime_tls` and
-:mod:`deploy.flower_commands`.
+:mod:`deploy.flower_commands`. The node config carries two *paths* for end-to-end signing
+(:mod:`supernode.authenticity`): the site key (the ClientApp signs every reply with it) and the
+coordinator's public key (every instruction must carry its signature), by default
+``coordinator.pub`` next to ``ca.crt``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from certs.checks import check_ca, check_site_key
 from certs.keys import make_secret
 from certs.names import HOST_RULE, is_host_name
+from common import signing
 from common.settings import NodeConfig, SettingsError
 from deploy import rejoin
 from deploy.flower_commands import runtime_address, superexec_cmd, supernode_cmd
@@ -75,8 +82,9 @@ class SiteSettings(BaseSettings):
         env_prefix="ZK0_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    superlink: str = Field(description="SuperLink address host:port, no scheme")
+    superlink: str = Field(description="federation entry host:port (the proxy), no scheme")
     ca_cert: Path = Field(description="federation CA certificate (PEM) that signed the SuperLink")
+    coordinator_pub: Path | None = None  # default: coordinator.pub next to ca_cert
     site_key: Path = Field(description="this site's OpenSSH EC private key (registered)")
     site_name: str = Field(description="site name, as registered with the SuperLink")
     dataset_root: str = ""
@@ -107,6 +115,11 @@ class SiteSettings(BaseSettings):
         return _abs(self.superexec_secret_file or self.work_dir / "superexec.secret")
 
     @property
+    def coordinator_pub_path(self) -> Path:
+        return _abs(self.coordinator_pub or Path(self.ca_cert).expanduser().parent
+                    / "coordinator.pub")
+
+    @property
     def runtime_tls_dir(self) -> Path:
         return self.work_path / "runtime-tls"
 
@@ -128,6 +141,9 @@ class SiteSettings(BaseSettings):
             "share-trajectories": self.share_trajectories,
             # the site's per-run state (optimizer moments) stays in its work dir
             "state-dir": str((self.work_dir / "state").expanduser().resolve()),
+            # paths only: the ClientApp signs with the key, verifies with the coordinator's
+            "site-key": str(_abs(self.site_key)),
+            "coordinator-pubkey": str(self.coordinator_pub_path),
         }
         return NodeConfig.parse({k: v for k, v in values.items() if v is not None}, "site settings")
 
@@ -208,6 +224,11 @@ def check_settings(
         check_site_key(settings.site_key.expanduser())
     except ValueError as err:
         problems.append(f"ZK0_SITE_KEY / --site-key: {err}")
+    try:
+        signing.load_public_key(settings.coordinator_pub_path, "coordinator public key")
+    except signing.KeyFileError as err:
+        problems.append(f"ZK0_COORDINATOR_PUB / --coordinator-pub: {err} (the coordinator "
+                        "ships coordinator.pub with ca.crt)")
     if (secret_problem := _check_secret_file(settings.secret_path)) is not None:
         problems.append(secret_problem)
     node: NodeConfig | None = None
@@ -286,9 +307,9 @@ def _explain_exit(proc: ManagedProcess, since: int = 0) -> str:
         return (
             f"{name} exited (Flower code {code}): the SuperLink refused this SuperNode or could "
             "not be reached. Usual "
-            "causes: this site's public key is not registered (the operator runs `flwr supernode "
-            "register <site>.pub`), the CA does not match the SuperLink's certificate, or the "
-            "address is wrong. See the log above."
+            "causes: this site's public key is not registered or was revoked (the coordinator "
+            "runs `zk0 site register <site>.pub --name <site>`), the CA does not match the "
+            "entry's certificate, or the address is wrong. See the log above."
         )
     return f"{name} exited (code {code}); see the log above and {proc.log_path}."
 
@@ -456,8 +477,10 @@ def _true_false(value: str) -> bool:
 
 
 _FLAGS: dict[str, tuple[Any, str]] = {
-    "superlink": (str, "SuperLink address host:port"),
+    "superlink": (str, "the federation's entry host:port (the coordinator's proxy)"),
     "ca_cert": (Path, "federation CA certificate (PEM)"),
+    "coordinator_pub": (Path, "coordinator's public key (default: coordinator.pub next to "
+                              "the CA certificate)"),
     "site_key": (Path, "this site's OpenSSH EC private key"),
     "site_name": (str, "site name (as registered)"),
     "dataset_root": (str, "local LeRobotDataset folder"),

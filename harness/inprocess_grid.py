@@ -7,11 +7,19 @@ calling ``supernode.client_app.app`` directly, with each site's node config, whi
 ``superlink.federation.run_federation`` drives the rounds exactly as in a deployment. The
 maths is identical to a cluster run with the same seeds (bench.quality checks that on one
 configuration); only the transport is missing.
+
+Signing is not left out: as a SuperLink registers each site's key under its name, the grid
+gives every node a key of its own (and its node config the ``site-key`` and
+``coordinator-pubkey`` paths a launcher would set) and lists them in :meth:`get_nodes`; the
+ServerApp context names a coordinator key (:func:`server_context`). So in-process runs sign and
+verify every message exactly as a deployment does.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import shutil
 import tempfile
 import time
@@ -21,12 +29,25 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
+
+from certs.keys import make_coordinator_key, make_site_key
+from common import signing
 
 FIRST_NODE_ID = 1001
 #: Flower's error code for a message whose TTL passed before a reply came (SuperLink's answer
 #: to a pull then).
 MESSAGE_UNAVAILABLE = 3
+
+
+@functools.cache
+def coordinator_keys() -> tuple[Path, Path]:
+    """This process's in-process coordinator key pair (private, public), made once and removed
+    when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix="zk0-inprocess-coordinator-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return make_coordinator_key(folder)
 
 
 class InProcessGrid(Grid):
@@ -69,12 +90,20 @@ class InProcessGrid(Grid):
         self.expired: list[Message] = []  # messages whose TTL passed before their reply was due
         self.state_root = Path(tempfile.mkdtemp(prefix="zk0-inprocess-state-"))
         self._remove_state = weakref.finalize(self, shutil.rmtree, self.state_root, True)
+        # each node's own key, as `zk0 site register KEY.pub --name <site-name>` binds it
+        self.keys = {FIRST_NODE_ID + i: make_site_key(self.state_root / "keys", f"node-{i}")
+                     for i in range(len(node_configs))}
+        coordinator_pub = str(coordinator_keys()[1])
         self.contexts = {
             FIRST_NODE_ID + i: Context(
                 run_id=run_id,
                 node_id=FIRST_NODE_ID + i,
-                node_config={**cfg, "state-dir": cfg.get("state-dir")
-                             or str(self.state_root / f"node-{i}")},
+                node_config={
+                    **cfg,
+                    "state-dir": cfg.get("state-dir") or str(self.state_root / f"node-{i}"),
+                    "site-key": cfg.get("site-key") or str(self.keys[FIRST_NODE_ID + i][0]),
+                    "coordinator-pubkey": cfg.get("coordinator-pubkey") or coordinator_pub,
+                },
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
@@ -107,6 +136,19 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.contexts if self.site_name(n) not in self.offline]
 
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        """What a SuperLink lists for a run: node id, registered name and public key (PEM)."""
+        return [
+            NodeInfo(
+                node_id=node,
+                name=str(ctx.node_config.get("site-name", "")),
+                public_key=signing.public_pem(signing.parse_public_key(
+                    self.keys[node][1].read_bytes())),
+                status="online",
+            )
+            for node, ctx in self.contexts.items()
+        ]
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         now = time.monotonic()
@@ -123,8 +165,11 @@ class InProcessGrid(Grid):
         return ids
 
     def _answer(self, msg: Message) -> Message:
+        context = self.contexts[msg.metadata.dst_node_id]
+        # a SuperNode runs a message in the context of the message's run
+        context.run_id = msg.metadata.run_id or context.run_id
         try:
-            return self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+            return self.client_app(msg, context)
         except Exception as err:  # what a SuperNode turns an exception into
             return Message(Error(code=2, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
 
@@ -178,12 +223,17 @@ def _act_as_serverapp(run_id: int) -> None:
 
 
 def server_context(run_config: Mapping[str, Any], run_id: int) -> Context:
-    """The ServerApp's Context, with Flower's task identity set as a ServerApp process has it."""
+    """The ServerApp's Context, with Flower's task identity set as a ServerApp process has it,
+    naming this process's in-process coordinator key (a deployment's comes from the SuperExec's
+    environment, see :mod:`superlink.authenticity`)."""
     from flwr.common.constant import SUPERLINK_NODE_ID
 
+    from superlink.authenticity import COORDINATOR_KEY_CONFIG
+
     _act_as_serverapp(run_id)
-    return Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
-                   run_config=dict(run_config))
+    return Context(run_id=run_id, node_id=SUPERLINK_NODE_ID,
+                   node_config={COORDINATOR_KEY_CONFIG: str(coordinator_keys()[0])},
+                   state=RecordDict(), run_config=dict(run_config))
 
 
 @contextlib.contextmanager

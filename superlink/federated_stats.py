@@ -13,6 +13,11 @@ first site name, so the choice never depends on who answered first), or, for a r
 the features the run started with. A site that differs is left out, with its reason in
 ``run.json`` and the log, and is sent an ``EXCLUDED_NOTICE`` so its own operator's log says
 what to fix. Only if fewer than ``min-sites`` sites remain does the run end.
+
+The query is signed by the coordinator and every reply must be signed by the node's registered
+key under its registered name (:mod:`superlink.authenticity`); a site whose reply fails that is
+left out of the run with the reason, and the frame counts of the accepted replies bound the
+sites' aggregation weights from then on.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Message, RecordDict
 
@@ -39,6 +44,10 @@ from common.protocol import (
 from common.settings import RunConfig
 from superlink.exchange import exchange
 from superlink.strategy.node_selection import wait_for_sites
+from superlink.strategy.replies import ReplyRejected
+
+if TYPE_CHECKING:
+    from superlink.authenticity import FederationGuard
 
 log = get_logger("zk0.superlink")
 
@@ -88,7 +97,7 @@ def agree_features(
 
 
 def collect(
-    grid, run: RunConfig, federation: Mapping[str, Any] | None = None
+    grid, run: RunConfig, guard: FederationGuard, federation: Mapping[str, Any] | None = None
 ) -> FederationData:
     """Query every connected site (after waiting for ``min-sites``, at most ``join-timeout``)
     and merge the statistics of those whose features agree (with ``federation`` if given)."""
@@ -99,9 +108,11 @@ def collect(
             f"min-sites is {run.min_sites}: start the missing sites' SuperNodes (and check "
             "their log for refusals), or lower min-sites"
         )
+    guard.refresh(grid)
     messages = [
         Message(RecordDict(), dst_node_id=node, message_type=STATS_QUERY) for node in node_ids
     ]
+    guard.sign_instructions(messages)
     result = exchange(grid, messages, run.round_timeout or None)
     sites: dict[int, SiteInfo] = {}
     parts: dict[int, dict[str, Moments]] = {}
@@ -113,12 +124,20 @@ def collect(
             log.error("site_refused", node_id=node, reason=failures[node])
             continue
         try:
+            guard.check_signed(msg, node, STATS_QUERY, 0)
+        except ReplyRejected as err:
+            failures[node] = f"{guard.name_of(node)}: refused ({err.kind}): {err}"
+            log.error("site_refused", node_id=node, site=guard.name_of(node), kind=err.kind,
+                      reason=str(err))
+            continue
+        try:
             info = SiteInfo.from_record(msg.content.config_records[SITE])
             parts[node] = from_record(msg.content.array_records[MOMENTS])
         except (KeyError, TypeError, ValueError) as err:
             failures[node] = f"unusable stats reply: {type(err).__name__}: {err}"
             log.error("site_refused", node_id=node, reason=failures[node])
             continue
+        guard.declare(node, info)
         sites[node] = info
         log.info("site_joined", site=info.site_name, node_id=node,
                  train_frames=info.train_frames, eval_episodes=info.eval_episodes,
@@ -127,7 +146,7 @@ def collect(
     excluded = {sites[node].site_name: reason for node, reason in odd.items()}
     for node, reason in odd.items():
         log.error("site_excluded", site=sites[node].site_name, node_id=node, reason=reason)
-    notify_excluded(grid, {node: sites.pop(node) for node in odd}, odd)
+    notify_excluded(grid, {node: sites.pop(node) for node in odd}, odd, guard)
     for node in odd:
         parts.pop(node)
     if len(sites) < run.min_sites:
@@ -150,7 +169,9 @@ def collect(
     )
 
 
-def notify_excluded(grid, sites: Mapping[int, SiteInfo], reasons: Mapping[int, str]) -> None:
+def notify_excluded(
+    grid, sites: Mapping[int, SiteInfo], reasons: Mapping[int, str], guard: FederationGuard
+) -> None:
     """Tell each excluded site why (its ClientApp logs it), waiting briefly for the answer."""
     if not sites:
         return
@@ -162,6 +183,7 @@ def notify_excluded(grid, sites: Mapping[int, SiteInfo], reasons: Mapping[int, s
         )
         for node, info in sites.items()
     ]
+    guard.sign_instructions(messages)  # sites act only on the coordinator's signed word
     result = exchange(grid, messages, NOTICE_TIMEOUT)
     for msg in result.replies:
         node = result.routes[msg.metadata.reply_to_message_id]

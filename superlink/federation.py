@@ -46,6 +46,7 @@ from common.policy_factory import (
 from common.protocol import METRICS, RoundInstructions, SiteReport
 from common.settings import RunConfig
 from superlink import disk, federated_stats, resume
+from superlink.authenticity import FederationGuard
 from superlink.checkpoints import PRETRAINED_DIR, checkpoint_dir, save_checkpoint
 from superlink.exchange import Exchange, exchange
 from superlink.reports import RunReport
@@ -137,7 +138,8 @@ def _federate(
         resumed_after_round=point.completed_round if point else None,
     )
 
-    data = federated_stats.collect(grid, run, point.features if point else None)
+    guard = FederationGuard.for_run(context)  # no coordinator key: fail before any work
+    data = federated_stats.collect(grid, run, guard, point.features if point else None)
     stats = point.state.stats if point and point.state else data.stats
     bundle = build_policy(run, data.features, stats, "cpu")
     initial = {k: v.numpy() for k, v in trainable_state(bundle.policy).items()}
@@ -159,6 +161,7 @@ def _federate(
                 "train_frames": info.train_frames,
                 "eval_episodes": info.eval_episodes,
                 "device": info.device,
+                "key": guard.identity(node).fingerprint,  # the registered key it signs with
             }
             for node, info in data.sites.items()
         },
@@ -186,7 +189,7 @@ def _federate(
     tracker.update_config({k: report.meta[k] for k in ("sites", "parameters")})
 
     action_dims = int(data.features["action"]["shape"][0])
-    strategy = make_strategy(run, stats_to_record(stats), sites, action_dims)
+    strategy = make_strategy(run, stats_to_record(stats), sites, action_dims, guard=guard)
     weights = initial
     if point and point.state:
         weights = dict(point.state.weights)

@@ -13,7 +13,8 @@ When the server asks for a trajectory (``trajectory-every``), the evaluation als
 first ``trajectory-frames`` frames of one held-out episode; their predicted and recorded actions
 go back with the reply, or, with ``share-trajectories = false`` in the node config, are plotted
 under the site's state dir and only a note says so. Nothing else leaves the site: no frames,
-no other per-sample values, no frozen weights.
+no other per-sample values, no frozen weights. Every reply is signed with the node's key, every
+instruction must carry the coordinator's signature (:mod:`supernode.authenticity`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from common.protocol import (
     SiteNotes,
     SiteReport,
 )
+from supernode.authenticity import authenticity_mod
 from supernode.evaluation import evaluate_action_mse
 from supernode.local_site import Site
 from supernode.sample_guard import BadDataError
@@ -51,7 +53,9 @@ from supernode.site_dataset import DatasetError
 from supernode.training import train_round
 from supernode.trajectory import keep_at_site, plotted_episode, predict_trajectory
 
-app = ClientApp()
+# Every instruction is checked for the coordinator's signature and every reply signed by this
+# node's key (supernode.authenticity).
+app = ClientApp(mods=[authenticity_mod])
 log = get_logger("zk0.supernode")
 
 
@@ -112,7 +116,7 @@ def _evaluate(
             bundle, dataset.dataset, plotted_episode(site.split.eval, site.run.seed),
             site.run.trajectory_frames, site.run.eval_batch_size, site.run.seed,
         )
-    except Exception as err:  # noqa: BLE001 - decoders and file readers raise many kinds
+    except Exception as err:
         log.warning("trajectory_failed", site=site.node.site_name, round=after_round,
                     error=f"{type(err).__name__}: {err}"[:300])
         return report, notes, {}

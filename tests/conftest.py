@@ -54,3 +54,14 @@ def video_demo_root(tmp_path_factory) -> Path:
         root, DemoSpec(num_sites=2, episodes_per_site=5, frames_per_episode=30, use_videos=True)
     )
     return root
+def nginx() -> str:
+    """The nginx binary for the labs' entry proxy. Its tests skip only where nobody could
+    install it here: never in CI and never as root (scripts/system-deps.sh installs it)."""
+    from deploy.entry_proxy import find_nginx
+
+    found = find_nginx()
+    if found is not None:
+        return found
+    if os.environ.get("CI") or os.geteuid() == 0:
+        pytest.fail("nginx is not installed; scripts/system-deps.sh installs it (test.sh runs it)")
+    pytest.skip("nginx not installed and not root: install nginx-light to test the labs' entry")

@@ -501,7 +501,8 @@ def test_run_cli_makes_then_keeps_and_never_prints_keys(tmp_path: Path, capsys) 
     assert run_cli(args) == 0
     first = capsys.readouterr().out
     names = sorted(p.name for p in out.iterdir() if p.name != ".lock")
-    expected = ["ca.crt", "ca.key", "superexec.secret", "superlink.crt", "superlink.key"]
+    expected = ["ca.crt", "ca.key", "superexec.secret", "superlink.crt", "superlink.key",
+                "coordinator.key", "coordinator.pub"]
     expected += [f"site-{i}.{ext}" for i in range(4) for ext in ("key", "pub")]
     assert names == sorted(expected)
     assert "created" in first and str(out / "site-3.pub") in first

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord
 
@@ -28,6 +29,9 @@ from superlink.strategy.flower_strategies import (
 )
 from superlink.strategy.replies import FAILURE_KINDS, AcceptedReply, Failure, RoundReplies
 
+if TYPE_CHECKING:
+    from superlink.authenticity import FederationGuard
+
 __all__ = [
     "EVALUATE",
     "FAILURE_KINDS",
@@ -42,10 +46,16 @@ __all__ = [
 
 
 def make_strategy(
-    run: RunConfig, norm_stats: ArrayRecord, sites: Mapping[int, str], action_dims: int = 0
+    run: RunConfig,
+    norm_stats: ArrayRecord,
+    sites: Mapping[int, str],
+    action_dims: int = 0,
+    *,
+    guard: FederationGuard | None = None,
 ) -> CodecFedAvg:
     """The strategy named by ``run.strategy`` for the sites that joined (node id -> name);
-    ``action_dims`` (the federation's action size) bounds the trajectories sites may send."""
+    ``action_dims`` (the federation's action size) bounds the trajectories sites may send;
+    ``guard`` signs its instructions and checks every reply (:mod:`superlink.authenticity`)."""
     settings = ExchangeSettings(
         wire_dtype=run.wire_dtype,
         norm_stats=norm_stats,
@@ -59,6 +69,7 @@ def make_strategy(
         min_replies=run.min_replies,
         max_update_norm_ratio=run.max_update_norm_ratio,
         round_timeout=run.round_timeout or None,
+        guard=guard,
     )
     match run.strategy:
         case "fedavg":

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -54,6 +54,9 @@ from common.trajectory import Trajectory, TrajectoryError
 from superlink.strategy import state, update_checks
 from superlink.strategy.node_selection import SampledNodes, sample_sites, wait_for_sites
 from superlink.strategy.replies import AcceptedReply, Failure, ReplyRejected, RoundReplies
+
+if TYPE_CHECKING:
+    from superlink.authenticity import FederationGuard
 
 TRAIN, EVALUATE = "train", "evaluate"
 KEPT_AT_SITE = "kept at the site (share-trajectories = false)"
@@ -86,6 +89,9 @@ class ExchangeSettings:
     min_replies: int = 1  # accepted train updates a round needs to move the global model
     max_update_norm_ratio: float = 0.0  # see update_checks.norm_outliers; 0 = off
     round_timeout: float | None = None  # for the reason of an expired message
+    # Signs instructions and checks identity/signature/weight of replies (a run always has one;
+    # None only for tests and benchmarks of the aggregation itself).
+    guard: FederationGuard | None = None
 
 
 class CodecFedAvg(FedAvg):
@@ -155,6 +161,8 @@ class CodecFedAvg(FedAvg):
             msg.content[ARRAYS] = payload.arrays
             msg.content[CODEC] = payload.meta
             msg.content[NORM_STATS] = self.settings.norm_stats
+        if self.settings.guard is not None:
+            self.settings.guard.sign_instructions(messages)
         return messages
 
     # -- checks ------------------------------------------------------------------------------
@@ -212,6 +220,7 @@ class CodecFedAvg(FedAvg):
 
     def check_reply(self, kind: str, msg: Message, node: int, site: str) -> AcceptedReply:
         """Accept a reply or raise :class:`ReplyRejected` (an overridable step)."""
+        self.check_authenticity(kind, msg, node)
         try:
             report = SiteReport.from_record(msg.content.metric_records[METRICS])
         except (KeyError, TypeError, ValueError) as err:
@@ -274,6 +283,19 @@ class CodecFedAvg(FedAvg):
         reports stays with the failure (:attr:`RoundReplies.measured`)."""
         if kind == TRAIN and notes.train_error:
             raise ReplyRejected(notes.train_error_kind or "error", notes.train_error, report)
+
+    def check_authenticity(self, kind: str, msg: Message, node: int) -> None:
+        """The guard's identity, signature, replay and weight checks, before anything in the
+        reply is decoded (:mod:`superlink.authenticity`)."""
+        guard = self.settings.guard
+        if guard is None:
+            return
+        answered = msg.metadata.reply_to_message_id
+        rounds = [r for (k, r), sent in self._sent.items() if k == kind
+                  and any(m.metadata.message_id == answered for m in sent)]
+        if not rounds:
+            raise ReplyRejected("identity", f"reply to {answered!r}, which was not sent to it")
+        guard.check_reply(msg, node, kind, rounds[0])
 
     def check_update(self, msg: Message) -> codec.Payload:
         """The reply's update, once its digests, encoding, names, shapes and dtypes check out."""
