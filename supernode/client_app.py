@@ -1,125 +1,39 @@
-"""zk0's ClientApp: what runs at a lab, next to its private dataset, for each server message.
+"""zk0's ClientApp: Flower's entry point at a lab, one process per server message.
 
-- ``query.stats``: describe the dataset (features, episode counts) and send count-level moments
-  of the numeric features, so the server can build the policy and exact global norm stats.
-- ``train``: load the global trainable weights, optionally evaluate them on the held-out
-  episodes, train ``local-steps`` with the FedProx term, and send back the update.
-- ``evaluate``: evaluate the global weights only (the final model after the last round).
-
-Nothing else leaves the site: no frames, no per-sample values, no frozen weights.
+What a message asks of the site (stats / train / evaluate) is :mod:`supernode.tasks`; this
+module only routes the message there and wraps the reply. It imports nothing heavy at module
+level: Flower starts a fresh ``flwr-clientapp`` process for every message, and torch, LeRobot
+and the dataset are loaded only when this process does the work itself.
 """
 
 from __future__ import annotations
 
-import time
-
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from common import codec
-from common.logs import get_logger
-from common.norm_stats import stats_from_record, to_record
-from common.policy_factory import load_trainable, trainable_state
-from common.protocol import (
-    ARRAYS,
-    CODEC,
-    CONFIG,
-    METRICS,
-    MOMENTS,
-    NORM_STATS,
-    SITE,
-    RoundInstructions,
-    SiteReport,
-)
-from supernode.evaluation import evaluate_action_mse
-from supernode.local_site import Site
-from supernode.training import train_round
-
 app = ClientApp()
-log = get_logger("zk0.supernode")
+
+
+def _reply(msg: Message, context: Context) -> Message:
+    from supernode import tasks
+
+    content: RecordDict = tasks.handle(
+        msg.metadata.message_type, msg.content, context.node_config, context.run_config,
+        context.run_id,
+    )
+    return Message(content, reply_to=msg)
 
 
 @app.query("stats")
 def stats(msg: Message, context: Context) -> Message:
-    site = Site.open(context.node_config, context.run_config)
-    info = site.info()
-    log.info("stats", site=info.site_name, train_frames=info.train_frames,
-             eval_episodes=info.eval_episodes)
-    content = RecordDict({SITE: info.to_record(), MOMENTS: to_record(site.moments())})
-    return Message(content, reply_to=msg)
-
-
-def _global_policy(site: Site, msg: Message):
-    """Rebuild the local policy and load the global weights carried by ``msg``."""
-    instructions = RoundInstructions.from_record(msg.content.config_records[CONFIG])
-    payload = codec.from_content(msg.content, ARRAYS, CODEC)
-    weights = codec.decode(payload)  # verifies every digest first
-    stats = stats_from_record(msg.content.array_records[NORM_STATS])
-    bundle = site.policy(instructions.features, stats, instructions.fingerprint)
-    load_trainable(bundle.policy, weights)
-    return instructions, payload, weights, bundle
-
-
-def _evaluate(site: Site, bundle) -> dict:
-    result = evaluate_action_mse(
-        bundle, site.eval_dataset(), site.run.eval_samples, site.run.eval_batch_size,
-        site.run.seed,
-    )
-    return {"eval_action_mse": result.action_mse, "eval_samples": result.samples,
-            "eval_seconds": result.seconds}
+    return _reply(msg, context)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    start = time.perf_counter()
-    site = Site.open(context.node_config, context.run_config)
-    instructions, payload, weights, bundle = _global_policy(site, msg)
-    setup = time.perf_counter() - start
-    report: dict = {"num_examples": site.info().train_frames, "setup_seconds": setup}
-    if instructions.evaluate:
-        report |= _evaluate(site, bundle)
-    site.seed_round(instructions.server_round)
-    result = train_round(
-        bundle, site.train_loader(instructions.server_round), site.run,
-        instructions.server_round, instructions.proximal_mu,
-        site.optimizer_state_file(context.run_id),
-    )
-    update = codec.encode(
-        trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights
-    )
-    report |= {
-        "train_loss": result.loss_mean, "train_loss_last": result.loss_last,
-        "proximal": result.proximal_mean, "steps": result.steps, "samples": result.samples,
-        "train_seconds": result.seconds, "payload_bytes": update.nbytes,
-    }
-    log.info("trained", site=site.node.site_name, round=instructions.server_round,
-             loss=round(result.loss_mean, 4), eval_mse=report.get("eval_action_mse"),
-             seconds=round(time.perf_counter() - start, 1))
-    content = RecordDict(
-        {
-            ARRAYS: update.arrays,
-            CODEC: update.meta,
-            METRICS: SiteReport(**report).to_record(),
-            SITE: ConfigRecord({"site-name": site.node.site_name}),
-        }
-    )
-    return Message(content, reply_to=msg)
+    return _reply(msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    start = time.perf_counter()
-    site = Site.open(context.node_config, context.run_config)
-    _, _, _, bundle = _global_policy(site, msg)
-    report = SiteReport(
-        num_examples=site.info().eval_frames,
-        setup_seconds=time.perf_counter() - start,
-        **_evaluate(site, bundle),
-    )
-    log.info("evaluated", site=site.node.site_name, eval_mse=report.eval_action_mse)
-    content = RecordDict(
-        {METRICS: report.to_record(), SITE: ConfigRecord({"site-name": site.node.site_name})}
-    )
-    return Message(content, reply_to=msg)
-
-
+    return _reply(msg, context)

@@ -1,15 +1,17 @@
 """A site as its ClientApp sees it: settings, private dataset, split, and the local policy.
 
-Flower starts a fresh ClientApp process for every message, so nothing here is cached in memory:
-each message re-opens the dataset (cheap, memory-mapped) and rebuilds the policy from the
-locally stored backbone plus the trainable weights that came in the message.
+A ``Site`` keeps the datasets it opened (``datasets``) for as long as it lives: one message in
+the per-message ClientApp, many rounds and runs in the site worker (:mod:`supernode.runtime`
+decides what is kept and what is rebuilt). The policy is built from the locally stored backbone
+plus the trainable weights that came in the message.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,8 @@ class Site:
     meta: Any  # LeRobotDatasetMetadata
     split: ds.Split
     device: str
+    # Opened LeRobotDatasets by (episodes, delta timestamps): reused while this object lives.
+    datasets: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, node_config: dict, run_config: dict) -> Site:
@@ -86,7 +90,7 @@ class Site:
 
     def moments(self) -> dict[str, Moments]:
         """Sufficient statistics of the numeric features over the training episodes only."""
-        dataset = ds.open_dataset(self.node, self.split.train)
+        dataset = self._dataset(self.split.train)
         columns = ds.numeric_columns(dataset, feat.numeric_keys(self.spec))
         return {key: Moments.of(values) for key, values in columns.items()}
 
@@ -97,14 +101,23 @@ class Site:
         feat.compare_specs(self.node.site_name, self.spec, expected)
         bundle = build_policy(self.run, self.meta.features, stats, self.device)
         if fingerprint is not None:
-            mine = frozen_fingerprint(bundle.policy)
-            if mine != fingerprint:
-                raise SiteMismatchError(
-                    f"site {self.node.site_name!r}: frozen backbone differs from the server's "
-                    f"(sha256 {mine[:12]} vs {fingerprint[:12]}); use the same pretrained "
-                    f"checkpoint/revision as the server (policy {self.run.policy!r})"
-                )
+            self.check_fingerprint(frozen_fingerprint(bundle.policy), fingerprint)
         return bundle
+
+    def check_fingerprint(self, mine: str, expected: str) -> None:
+        """Refuse to train on a frozen backbone other than the server's."""
+        if mine != expected:
+            raise SiteMismatchError(
+                f"site {self.node.site_name!r}: frozen backbone differs from the server's "
+                f"(sha256 {mine[:12]} vs {expected[:12]}); use the same pretrained "
+                f"checkpoint/revision as the server (policy {self.run.policy!r})"
+            )
+
+    def _dataset(self, episodes, delta_timestamps=None):
+        key = (tuple(episodes), json.dumps(delta_timestamps, sort_keys=True))
+        if key not in self.datasets:
+            self.datasets[key] = ds.open_dataset(self.node, episodes, delta_timestamps)
+        return self.datasets[key]
 
     def _delta_timestamps(self):
         from lerobot.datasets.factory import resolve_delta_timestamps
@@ -128,7 +141,7 @@ class Site:
         torch.manual_seed(seed)
 
     def train_loader(self, server_round: int) -> DataLoader:
-        dataset = ds.open_dataset(self.node, self.split.train, self._delta_timestamps())
+        dataset = self._dataset(self.split.train, self._delta_timestamps())
         generator = torch.Generator().manual_seed(self.round_seed(server_round))
         return DataLoader(
             dataset,
@@ -152,4 +165,4 @@ class Site:
         return root.expanduser() / f"run-{run_id}" / "optimizer.pt"
 
     def eval_dataset(self):
-        return ds.open_dataset(self.node, self.split.eval, self._delta_timestamps())
+        return self._dataset(self.split.eval, self._delta_timestamps())

@@ -88,6 +88,20 @@ def _batches(loader: DataLoader) -> Iterator[dict]:
         yield from loader
 
 
+def build_optimizer(
+    bundle: LoadedPolicy, run: RunConfig, optimizer_state: Path | None = None
+) -> torch.optim.Optimizer:
+    """The policy preset's optimizer over the trainable parameters, at the run's peak lr, with
+    the site's moments from ``optimizer_state`` when that file exists."""
+    params = list(trainable_parameters(bundle.policy).values())
+    preset = bundle.config.get_optimizer_preset()
+    preset.lr = learning_rate(run, bundle.config)
+    optimizer = preset.build(params)
+    if optimizer_state is not None and optimizer_state.is_file():
+        optimizer.load_state_dict(torch.load(optimizer_state, map_location=params[0].device))
+    return optimizer
+
+
 def train_round(
     bundle: LoadedPolicy,
     loader: DataLoader,
@@ -95,22 +109,23 @@ def train_round(
     server_round: int,
     proximal_mu: float,
     optimizer_state: Path | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
     """Run ``run.local_steps`` optimizer steps from the global weights already in the policy.
 
     With ``optimizer_state``, the site's AdamW moments carry over from its previous round
     (read before, written after, atomically): a fresh Adam makes its first steps ~lr-sized
-    sign steps in every coordinate, which a 20-step round cannot amortize.
+    sign steps in every coordinate, which a 20-step round cannot amortize. ``optimizer``: one
+    :func:`build_optimizer` made earlier and kept in memory (a site worker's), holding what
+    ``optimizer_state`` holds, so the file need not be read again.
     """
     policy, cfg = bundle.policy, bundle.config
     params = list(trainable_parameters(policy).values())
     anchors = [p.detach().clone() for p in params]
     preset = cfg.get_optimizer_preset()
     peak = learning_rate(run, cfg)
-    preset.lr = peak
-    optimizer = preset.build(params)
-    if optimizer_state is not None and optimizer_state.is_file():
-        optimizer.load_state_dict(torch.load(optimizer_state, map_location=params[0].device))
+    if optimizer is None:
+        optimizer = build_optimizer(bundle, run, optimizer_state)
     clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
 
     policy.train()
