@@ -71,6 +71,10 @@ class RunConfig(_Strict):
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     min_sites: int = Field(2, ge=1)
     round_timeout: float = Field(3600.0, ge=0.0)  # seconds; 0 = wait forever
+    # The ServerApp's wait between polls for replies: from min (after a send or a reply),
+    # growing x1.5 while idle, to max (superlink.polling)
+    poll_min_seconds: float = Field(0.05, gt=0.0, le=60.0)
+    poll_max_seconds: float = Field(0.5, gt=0.0, le=60.0)
     # Defaults measured on the heterogeneous demo sites (README, "Learning quality").
     strategy: StrategyName = "fedavgm"
     proximal_mu: float = Field(0.0, ge=0.0)  # the sites' FedProx term, with any strategy
@@ -97,6 +101,15 @@ class RunConfig(_Strict):
     # Outputs
     output_dir: str = "runs"
     keep_checkpoints: int = Field(0, ge=0)  # 0 = keep every round's checkpoint
+
+    @model_validator(mode="after")
+    def _poll_range(self) -> RunConfig:
+        if self.poll_min_seconds > self.poll_max_seconds:
+            raise ValueError(
+                f"poll-min-seconds {self.poll_min_seconds} exceeds poll-max-seconds "
+                f"{self.poll_max_seconds}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _server_lr_fits_the_strategy(self) -> RunConfig:
@@ -163,6 +176,12 @@ class NodeConfig(_Strict):
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes
     torch_threads: int = Field(0, ge=0)  # 0 = torch's default (all cores)
     state_dir: str = ""  # per-run local state (optimizer moments); "" = $ZK0_CACHE/sites/<site>
+    # Unix socket of this site's long-lived worker (supernode.worker); "" = each ClientApp
+    # process trains itself, as on a plain Flower SuperNode
+    worker_socket: str = ""
+    # "bf16": local training and evaluation under torch.autocast(bfloat16) (CUDA GPUs with
+    # bf16 support, or CPU); weights, optimizer and the exchange stay float32
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     @model_validator(mode="after")
     def _one_dataset_source(self) -> NodeConfig:

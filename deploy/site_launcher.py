@@ -1,11 +1,11 @@
-"""What a lab operator runs on its GPU box: this site's SuperNode and its SuperExec.
+"""What a lab operator runs on its GPU box: this site's SuperNode, its SuperExec and its worker.
 
 Settings come from flags, else ``ZK0_*`` environment variables, else a ``.env`` file (see
 :class:`SiteSettings`). Everything is checked before any process starts, and each refusal names
 the setting, the file or value, and what was expected: a wrong path or key otherwise shows up
 only as an opaque exit code (305) or a TLS error in a Flower log.
 
-Process layout (both in their own process groups, stopped by PID on SIGTERM/SIGINT/SIGHUP)::
+Process layout (each in its own process group, stopped by PID on SIGTERM/SIGINT/SIGHUP)::
 
     flower-supernode  --superlink H:P --root-certificates ca.crt --auth-supernode-private-key K
                       --node-config '...' --isolation process --host 127.0.0.1 --port 9094
@@ -13,6 +13,10 @@ Process layout (both in their own process groups, stopped by PID on SIGTERM/SIGI
                       --superexec-auth-secret-file <work>/superexec.secret
     flower-superexec  --runtime-api-address 127.0.0.1:9094 --root-certificates <runtime CA>
                       --superexec-auth-secret-file <work>/superexec.secret
+                      (env FLWR_SUPEREXEC_TASK_POLL_INTERVAL=<superexec-poll>)
+    python -m supernode.worker --socket <work>/worker/worker.sock   (unless --no-worker)
+                      keeps torch, LeRobot, the policy and the dataset loaded; the ClientApps
+                      relay to it (node config ``worker-socket``); restarted if it dies
 
 Why the local runtime API uses TLS and a secret: see :mod:`deploy.runtime_tls` and
 :mod:`deploy.flower_commands`.
@@ -40,7 +44,7 @@ from certs.keys import make_secret
 from certs.names import HOST_RULE, is_host_name
 from common.settings import NodeConfig, SettingsError
 from deploy.flower_commands import runtime_address, superexec_cmd, supernode_cmd
-from deploy.flower_env import child_env
+from deploy.flower_env import SITE_SUPEREXEC_POLL_SECONDS, child_env, superexec_env
 from deploy.flower_logs import (
     EXIT_SUPERNODE_CONNECTION_ERROR,
     flower_exit_code,
@@ -50,6 +54,7 @@ from deploy.flower_logs import (
 from deploy.health import https_ok
 from deploy.processes import ManagedProcess, ProcessFailed
 from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
+from deploy.site_worker import WorkerSupervisor, socket_path, worker_cmd
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
@@ -87,6 +92,8 @@ class SiteSettings(BaseSettings):
     superexec_secret_file: Path | None = None
     work_dir: Path = Path(".zk0/site")
     startup_timeout: float = 60.0
+    worker: bool = True  # a long-lived site worker (False: every ClientApp trains itself)
+    superexec_poll: float = Field(SITE_SUPEREXEC_POLL_SECONDS, ge=0.01, le=60.0)
 
     # Absolute paths: the children run with the work dir as cwd.
     @property
@@ -96,6 +103,10 @@ class SiteSettings(BaseSettings):
     @property
     def secret_path(self) -> Path:
         return _abs(self.superexec_secret_file or self.work_dir / "superexec.secret")
+
+    @property
+    def worker_socket(self) -> Path | None:
+        return socket_path(self.work_path / "worker") if self.worker else None
 
     @property
     def runtime_tls_dir(self) -> Path:
@@ -118,6 +129,7 @@ class SiteSettings(BaseSettings):
             "torch-threads": self.torch_threads,
             # the site's per-run state (optimizer moments) stays in its work dir
             "state-dir": str((self.work_dir / "state").expanduser().resolve()),
+            "worker-socket": str(self.worker_socket) if self.worker_socket else None,
         }
         return NodeConfig.parse({k: v for k, v in values.items() if v is not None}, "site settings")
 
@@ -189,6 +201,13 @@ def check_settings(settings: SiteSettings, *, dataset: bool = True) -> NodeConfi
         problems.append(f"ZK0_SITE_KEY / --site-key: {err}")
     if (secret_problem := _check_secret_file(settings.secret_path)) is not None:
         problems.append(secret_problem)
+    if settings.worker_socket is not None:
+        from supernode.channel import check_socket_path
+
+        try:
+            check_socket_path(settings.worker_socket)
+        except ValueError as err:
+            problems.append(f"ZK0_WORK_DIR / --work-dir: {err} (or run with --no-worker)")
     node: NodeConfig | None = None
     try:
         node = settings.node_config()
@@ -281,11 +300,20 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
     )  # fmt: skip
     superexec = ManagedProcess(
         "superexec", exec_cmd, work / "logs" / "superexec.log",
-        env=env, cwd=work, on_line=sink("superexec"),
+        env=superexec_env(work / "flwr-home", settings.superexec_poll), cwd=work,
+        on_line=sink("superexec"),
     )  # fmt: skip
+    worker = None
+    if settings.worker_socket is not None:
+        worker = WorkerSupervisor(
+            "worker", settings.worker_socket, work / "logs" / "worker.log", env=env, cwd=work,
+            on_line=sink("worker"), on_restart=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
     stop = threading.Event()
     restore = _install_signal_handlers(stop)
     try:
+        if worker is not None:  # loads torch + LeRobot while the SuperNode connects
+            worker.start()
         supernode.start()
         tls_ca = RuntimeTls.in_dir(settings.runtime_tls_dir).ca
         runtime = runtime_address(settings.runtime_connect_host, settings.runtime_port)
@@ -316,6 +344,8 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
     finally:
         superexec.stop()
         supernode.stop()
+        if worker is not None:
+            worker.stop()
         restore()
 
 
@@ -363,7 +393,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "runtime_host": (str, "host of this SuperNode's runtime API"),
     "runtime_port": (int, "port of this SuperNode's runtime API (distinct per SuperNode)"),
     "superexec_secret_file": (Path, "SuperExec secret file (created 0600 if missing)"),
-    "work_dir": (Path, "logs, runtime TLS, secret, FLWR_HOME"),
+    "work_dir": (Path, "logs, runtime TLS, secret, FLWR_HOME, worker socket"),
+    "superexec_poll": (float, "seconds between the SuperExec's task polls (Flower: 1.0)"),
 }
 
 
@@ -374,13 +405,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=typ, default=None, help=f"{help_text} [ZK0_{name.upper()}]")
     p.add_argument("--env-file", type=Path, default=None, help="read settings from this file")
     p.add_argument(
+        "--no-worker", dest="worker", action="store_false", default=None,
+        help="no site worker: every ClientApp process loads torch and the policy itself "
+        "[ZK0_WORKER=false]",
+    )
+    p.add_argument(
         "--check", action="store_true", help="run the checks, print the commands and exit"
     )
 
 
 def settings_from_args(args: argparse.Namespace) -> SiteSettings:
     """SiteSettings with explicit flags over env/.env; SiteConfigError names missing ones."""
-    given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in [*_FLAGS, "worker"]
+             if getattr(args, k, None) is not None}
     env_file = getattr(args, "env_file", None)
     if env_file is not None and not Path(env_file).is_file():
         raise SiteConfigError(f"--env-file {env_file}: file not found")
@@ -405,6 +442,8 @@ def run_cli(args: argparse.Namespace) -> int:
             check_settings(settings)
             for cmd in build_site_processes(settings):
                 print(shlex.join(cmd))
+            if settings.worker_socket is not None:
+                print(shlex.join(worker_cmd(settings.worker_socket)))
             print("checks passed", file=sys.stderr)
             return 0
         return run_site(settings)

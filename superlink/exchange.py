@@ -21,8 +21,9 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from common.logs import get_logger
+from superlink.polling import IdleBackoff
 
-POLL_SECONDS = 2.0
+POLL_SECONDS = 2.0  # base of the retry backoff after a failed poll
 MAX_POLL_FAILURES = 20  # consecutive failed polls before the ServerApp gives up
 BACKOFF_CAP = 30.0  # seconds between retries, at most
 
@@ -42,6 +43,7 @@ def exchange(
     messages: list[Message],
     timeout: float | None,
     on_reply: Callable[[Message, int], None] | None = None,
+    poll: IdleBackoff | None = None,
 ) -> Exchange:
     start = time.monotonic()
     ids = list(grid.push_messages(messages))
@@ -51,6 +53,7 @@ def exchange(
     replies: list[Message] = []
     deadline = None if not timeout else start + timeout
     failures = 0
+    idle = poll or IdleBackoff()
     while pending and (deadline is None or time.monotonic() < deadline):
         try:
             got = list(grid.pull_messages(list(pending)))
@@ -69,8 +72,10 @@ def exchange(
             replies.append(msg)
             if on_reply is not None:
                 on_reply(msg, routes.get(msg.metadata.reply_to_message_id, 0))
-        if pending and not got:
-            time.sleep(POLL_SECONDS)
+        if got:
+            idle.reset()
+        elif pending:
+            time.sleep(idle.next())
     return Exchange(
         replies=replies,
         missing=[routes[m] for m in pending] + unsent,

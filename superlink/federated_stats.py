@@ -21,6 +21,7 @@ from common.norm_stats import Moments, from_record, global_stats, merge_all
 from common.protocol import MOMENTS, SITE, STATS_QUERY, SiteInfo
 from common.settings import RunConfig
 from superlink.exchange import exchange
+from superlink.polling import IdleBackoff
 
 log = get_logger("zk0.superlink")
 
@@ -55,7 +56,7 @@ def collect(grid: Grid, run: RunConfig) -> FederationData:
     messages = [
         Message(RecordDict(), dst_node_id=node, message_type=STATS_QUERY) for node in node_ids
     ]
-    result = exchange(grid, messages, run.round_timeout or None)
+    result = exchange(grid, messages, run.round_timeout or None, poll=IdleBackoff.of(run))
     sites: dict[int, SiteInfo] = {}
     parts: list[dict[str, Moments]] = []
     failures: dict[int, str] = {node: "no reply before round-timeout" for node in result.missing}

@@ -29,6 +29,7 @@ from common.settings import RunConfig
 from superlink import federated_stats
 from superlink.checkpoints import save_checkpoint
 from superlink.exchange import exchange
+from superlink.polling import IdleBackoff
 from superlink.reports import RunReport
 from superlink.strategy import EVALUATE, TRAIN, CodecFedAvg, Failure, make_strategy
 
@@ -59,7 +60,8 @@ def _progress(sites: Mapping[int, str], label: str):
 
 def _send(grid: Grid, sites: Mapping[int, str], messages, run: RunConfig, label: str):
     """Exchange ``messages``; the replies, and a timeout failure for every silent site."""
-    result = exchange(grid, messages, run.round_timeout or None, _progress(sites, label))
+    result = exchange(grid, messages, run.round_timeout or None, _progress(sites, label),
+                      IdleBackoff.of(run))
     timeouts = [
         Failure(n, _site_name(sites, n), "timeout",
                 f"no reply within round-timeout={run.round_timeout}s")

@@ -1,9 +1,11 @@
 """zk0's ClientApp: Flower's entry point at a lab, one process per server message.
 
-What a message asks of the site (stats / train / evaluate) is :mod:`supernode.tasks`; this
-module only routes the message there and wraps the reply. It imports nothing heavy at module
-level: Flower starts a fresh ``flwr-clientapp`` process for every message, and torch, LeRobot
-and the dataset are loaded only when this process does the work itself.
+What a message asks of the site (stats / train / evaluate) is :mod:`supernode.tasks`. With a
+``worker-socket`` in the node config this ClientApp is a thin relay: it hands the message to
+the site's long-lived worker (:mod:`supernode.worker`, which keeps torch, LeRobot, the policy
+and the dataset loaded across rounds) and returns the worker's reply. Without one it runs the
+task in its own process, as a plain Flower SuperNode does. It imports nothing heavy at module
+level: Flower starts a fresh ``flwr-clientapp`` process for every message.
 """
 
 from __future__ import annotations
@@ -15,12 +17,18 @@ app = ClientApp()
 
 
 def _reply(msg: Message, context: Context) -> Message:
-    from supernode import tasks
+    args = (msg.metadata.message_type, msg.content, context.node_config, context.run_config,
+            context.run_id)
+    worker = str(context.node_config.get("worker-socket", "") or "")
+    content: RecordDict
+    if worker:
+        from supernode.relay import relay
 
-    content: RecordDict = tasks.handle(
-        msg.metadata.message_type, msg.content, context.node_config, context.run_config,
-        context.run_id,
-    )
+        content = relay(worker, *args)
+    else:
+        from supernode import tasks
+
+        content = tasks.handle(*args)
     return Message(content, reply_to=msg)
 
 

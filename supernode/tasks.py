@@ -16,10 +16,12 @@ the ClientApp, and returns the reply's content. The per-message ClientApp
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from common import codec
@@ -69,11 +71,19 @@ def _global_policy(runtime: SiteRuntime, site: Site, content: RecordDict):
     return instructions, payload, weights, bundle
 
 
+def precision(site: Site) -> contextlib.AbstractContextManager:
+    """The node's ``precision``: bf16 autocast around local training and evaluation."""
+    if site.node.precision == "bf16":
+        return torch.autocast(device_type=site.device.split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _evaluate(site: Site, bundle: LoadedPolicy) -> dict:
-    result = evaluate_action_mse(
-        bundle, site.eval_dataset(), site.run.eval_samples, site.run.eval_batch_size,
-        site.run.seed,
-    )
+    with precision(site):
+        result = evaluate_action_mse(
+            bundle, site.eval_dataset(), site.run.eval_samples, site.run.eval_batch_size,
+            site.run.seed,
+        )
     return {"eval_action_mse": result.action_mse, "eval_samples": result.samples,
             "eval_seconds": result.seconds}
 
@@ -94,11 +104,12 @@ def train(content: RecordDict, node_config: Config, run_config: Config, run_id: 
         report |= _evaluate(site, bundle)
     site.seed_round(instructions.server_round)
     state_file = site.optimizer_state_file(run_id)
-    result = train_round(
-        bundle, site.train_loader(instructions.server_round), site.run,
-        instructions.server_round, instructions.proximal_mu, state_file,
-        optimizer=runtime.optimizer(bundle, site.run, state_file),
-    )
+    with precision(site):
+        result = train_round(
+            bundle, site.train_loader(instructions.server_round), site.run,
+            instructions.server_round, instructions.proximal_mu, state_file,
+            optimizer=runtime.optimizer(bundle, site.run, state_file),
+        )
     runtime.optimizer_saved(state_file)
     update = codec.encode(
         trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights
