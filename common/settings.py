@@ -71,10 +71,10 @@ class RunConfig(_Strict):
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     min_sites: int = Field(2, ge=1)
     round_timeout: float = Field(3600.0, ge=0.0)  # seconds; 0 = wait forever
-    # The ServerApp's wait between polls for replies: from min (after a send or a reply),
-    # growing x1.5 while idle, to max (superlink.polling)
-    poll_min_seconds: float = Field(0.05, gt=0.0, le=60.0)
-    poll_max_seconds: float = Field(0.5, gt=0.0, le=60.0)
+    # The ServerApp's wait between polls for replies: min right after sending, growing x1.5
+    # to max while it waits (superlink.polling)
+    poll_min_seconds: float = Field(0.2, gt=0.0, le=60.0)
+    poll_max_seconds: float = Field(1.0, gt=0.0, le=60.0)
     # Defaults measured on the heterogeneous demo sites (README, "Learning quality").
     strategy: StrategyName = "fedavgm"
     proximal_mu: float = Field(0.0, ge=0.0)  # the sites' FedProx term, with any strategy

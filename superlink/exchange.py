@@ -72,9 +72,7 @@ def exchange(
             replies.append(msg)
             if on_reply is not None:
                 on_reply(msg, routes.get(msg.metadata.reply_to_message_id, 0))
-        if got:
-            idle.reset()
-        elif pending:
+        if pending and not got:
             time.sleep(idle.next())
     return Exchange(
         replies=replies,

@@ -2,18 +2,24 @@
 
 A fixed interval trades latency for load: Flower's own loop polls every 3 s, zk0's did every
 2 s, and a one-site round waited a second on average just to notice a reply. The wait here
-starts short (right after sending, and again after each reply, when more are likely soon) and
-grows by ``factor`` to ``cap`` while nothing arrives, so a long round costs a poll per ``cap``
-seconds and a reply is seen within ``cap`` seconds at worst. Run config keys
-``poll-min-seconds`` / ``poll-max-seconds`` set the two ends.
+starts short right after sending and grows by ``factor`` to ``cap`` while the round runs, so a
+short round is noticed quickly, a long one costs a poll per ``cap`` seconds, and a reply is
+seen within ``cap`` seconds at worst. Run config keys ``poll-min-seconds`` /
+``poll-max-seconds`` set the two ends.
+
+It does not drop back to the minimum when a reply arrives: every poll is a write transaction
+in the SuperLink's SQLite state, and right then the other sites are uploading their replies
+into the same file. On a starved machine (load 17 on 2 cores) a burst of polls there met a site
+upload that waited out SQLite's 5 s lock and failed with HTTP 500, and Flower's SuperNode
+does not retry a failed upload: the site's reply was lost.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_MIN_SECONDS = 0.05
-DEFAULT_MAX_SECONDS = 0.5
+DEFAULT_MIN_SECONDS = 0.2
+DEFAULT_MAX_SECONDS = 1.0
 FACTOR = 1.5
 
 
@@ -43,5 +49,5 @@ class IdleBackoff:
         return wait
 
     def reset(self) -> None:
-        """Something arrived: poll soon again."""
+        """Start over (a new exchange)."""
         self._next = self.first

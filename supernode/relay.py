@@ -26,9 +26,10 @@ from supernode.channel import (
     send_frame,
 )
 
-# A worker that died is restarted by the site's launcher (a few seconds of imports): a message
-# arriving meanwhile waits for it rather than failing the round at once.
-CONNECT_WAIT_SECONDS = 60.0
+# A worker that died is restarted by the site's launcher (imports: seconds on a GPU box, up to
+# a minute or more on a busy small machine): a message arriving meanwhile waits for it rather
+# than failing the round at once.
+CONNECT_WAIT_SECONDS = 180.0
 
 
 def connect(path: str | Path, wait: float = CONNECT_WAIT_SECONDS) -> socket.socket:
@@ -58,10 +59,10 @@ def connect(path: str | Path, wait: float = CONNECT_WAIT_SECONDS) -> socket.sock
 def _exchange(path: str | Path, kind: str, header: Mapping[str, Any],
               content: RecordDict | None, wait: float):
     with connect(path, wait) as sock:
-        send_frame(sock, kind, header, content)
         try:
+            send_frame(sock, kind, header, content)
             reply = recv_frame(sock)
-        except ChannelError as err:
+        except (ChannelError, OSError) as err:
             raise ChannelError(
                 f"site worker at {path} closed the connection during the task ({err}): it "
                 "died or was stopped; its launcher restarts it for the next message"

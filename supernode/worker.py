@@ -157,6 +157,8 @@ class Worker:
 
         h = frame.header
         start = time.perf_counter()
+        self.log.info("worker_task_started", message_type=h.get("message_type"),
+                      run_id=h.get("run_id"))
         try:
             reply = tasks.handle(str(h["message_type"]), frame.content, h["node_config"],
                                  h["run_config"], int(h["run_id"]), self.runtime)

@@ -241,3 +241,34 @@ def test_runs_through_the_worker_give_the_per_message_numbers(
                                        rtol=1e-6, err_msg=f"run {name}, {site}")
     # the two runs differ (else the comparison above could not tell them apart)
     assert per_message["a"]["per_site"] != per_message["b"]["per_site"]
+
+
+def test_bf16_precision_trains_and_evaluates_with_float32_weights(demo_root: Path) -> None:
+    """Node option ``precision = "bf16"``: autocast around training and evaluation (measured
+    for speed and MSE only on a GPU; here: it runs on CPU and keeps float32 master weights)."""
+    import math
+
+    import torch
+
+    from common.norm_stats import global_stats
+    from supernode.evaluation import evaluate_action_mse
+    from supernode.local_site import Site
+    from supernode.tasks import precision
+    from supernode.training import train_round
+
+    run = RunConfig.with_overrides({"policy": "smolvla-tiny", "local-steps": 2, "batch-size": 4})
+    threads = torch.get_num_threads()
+    try:
+        site = Site.open({"site-name": "site-0", "dataset-root": str(demo_root / "site-0"),
+                          "precision": "bf16", "torch-threads": 1}, run.to_flwr())
+        stats = global_stats(site.moments(), ["observation.images.top",
+                                              "observation.images.wrist"])
+        bundle = site.policy(site.spec, stats, None)
+        with precision(site):
+            assert torch.is_autocast_enabled("cpu")
+            result = train_round(bundle, site.train_loader(1), site.run, 1, 0.0)
+            mse = evaluate_action_mse(bundle, site.eval_dataset(), 4, 4, 0).action_mse
+    finally:
+        torch.set_num_threads(threads)
+    assert math.isfinite(result.loss_mean) and math.isfinite(mse) and mse > 0
+    assert {p.dtype for p in bundle.policy.parameters()} == {torch.float32}
