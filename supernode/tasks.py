@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,15 +61,29 @@ def stats(content: RecordDict, node_config: Config, run_config: Config, run_id: 
     return RecordDict({SITE: info.to_record(), MOMENTS: to_record(site.moments())})
 
 
-def _global_policy(runtime: SiteRuntime, site: Site, content: RecordDict):
-    """The local policy with the global weights carried by ``content`` loaded."""
+@dataclass
+class _Received:
+    """A train/evaluate message, opened at the site: the global weights are in the policy."""
+
+    runtime: SiteRuntime
+    site: Site
+    instructions: RoundInstructions
+    payload: codec.Payload
+    weights: dict
+    bundle: LoadedPolicy
+
+
+def _receive(content: RecordDict, node_config: Config, run_config: Config,
+             runtime: SiteRuntime | None) -> _Received:
+    runtime = runtime or SiteRuntime()
+    site = runtime.site(node_config, run_config)
     instructions = RoundInstructions.from_record(content.config_records[CONFIG])
     payload = codec.from_content(content, ARRAYS, CODEC)
     weights = codec.decode(payload)  # verifies every digest first
     stats = stats_from_record(content.array_records[NORM_STATS])
     bundle = runtime.policy(site, instructions, stats)
     load_trainable(bundle.policy, weights)
-    return instructions, payload, weights, bundle
+    return _Received(runtime, site, instructions, payload, weights, bundle)
 
 
 def precision(site: Site) -> contextlib.AbstractContextManager:
@@ -95,31 +110,30 @@ def _site_record(site: Site) -> ConfigRecord:
 def train(content: RecordDict, node_config: Config, run_config: Config, run_id: int,
           runtime: SiteRuntime | None = None) -> RecordDict:
     start = time.perf_counter()
-    runtime = runtime or SiteRuntime()
-    site = runtime.site(node_config, run_config)
-    instructions, payload, weights, bundle = _global_policy(runtime, site, content)
+    got = _receive(content, node_config, run_config, runtime)
+    site, bundle, server_round = got.site, got.bundle, got.instructions.server_round
     setup = time.perf_counter() - start
     report: dict = {"num_examples": site.info().train_frames, "setup_seconds": setup}
-    if instructions.evaluate:
+    if got.instructions.evaluate:
         report |= _evaluate(site, bundle)
-    site.seed_round(instructions.server_round)
+    site.seed_round(server_round)
     state_file = site.optimizer_state_file(run_id)
     with precision(site):
         result = train_round(
-            bundle, site.train_loader(instructions.server_round), site.run,
-            instructions.server_round, instructions.proximal_mu, state_file,
-            optimizer=runtime.optimizer(bundle, site.run, state_file),
+            bundle, site.train_loader(server_round), site.run, server_round,
+            got.instructions.proximal_mu, state_file,
+            optimizer=got.runtime.optimizer(bundle, site.run, state_file),
         )
-    runtime.optimizer_saved(state_file)
+    got.runtime.optimizer_saved(state_file)
     update = codec.encode(
-        trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights
+        trainable_state(bundle.policy), str(got.payload.meta["wire-dtype"]), base=got.weights
     )
     report |= {
         "train_loss": result.loss_mean, "train_loss_last": result.loss_last,
         "proximal": result.proximal_mean, "steps": result.steps, "samples": result.samples,
         "train_seconds": result.seconds, "payload_bytes": update.nbytes,
     }
-    log.info("trained", site=site.node.site_name, round=instructions.server_round,
+    log.info("trained", site=site.node.site_name, round=server_round,
              loss=round(result.loss_mean, 4), eval_mse=report.get("eval_action_mse"),
              seconds=round(time.perf_counter() - start, 1))
     return RecordDict({
@@ -133,16 +147,14 @@ def train(content: RecordDict, node_config: Config, run_config: Config, run_id: 
 def evaluate(content: RecordDict, node_config: Config, run_config: Config, run_id: int,
              runtime: SiteRuntime | None = None) -> RecordDict:
     start = time.perf_counter()
-    runtime = runtime or SiteRuntime()
-    site = runtime.site(node_config, run_config)
-    _, _, _, bundle = _global_policy(runtime, site, content)
+    got = _receive(content, node_config, run_config, runtime)
     report = SiteReport(
-        num_examples=site.info().eval_frames,
+        num_examples=got.site.info().eval_frames,
         setup_seconds=time.perf_counter() - start,
-        **_evaluate(site, bundle),
+        **_evaluate(got.site, got.bundle),
     )
-    log.info("evaluated", site=site.node.site_name, eval_mse=report.eval_action_mse)
-    return RecordDict({METRICS: report.to_record(), SITE: _site_record(site)})
+    log.info("evaluated", site=got.site.node.site_name, eval_mse=report.eval_action_mse)
+    return RecordDict({METRICS: report.to_record(), SITE: _site_record(got.site)})
 
 
 HANDLERS: dict[str, Handler] = {STATS_QUERY: stats, "train": train, "evaluate": evaluate}
