@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import NodeConfig
+from deploy.flower_env import SITE_SUPEREXEC_POLL_SECONDS
 
 REPO = Path(__file__).resolve().parent.parent
+WORKER_KIND = "zk0-worker"
 
 
 def demo_nodes(root: Path, sites: int, threads: int = 1) -> list[NodeConfig]:
@@ -40,6 +42,8 @@ class RssSampler:
                      "flower-supernode", "flower-superexec"):
             if name in text:
                 return name
+        if "supernode.worker" in text:
+            return WORKER_KIND
         return "other"
 
     def sample(self, pids: list[int]) -> None:
@@ -69,14 +73,49 @@ class RssSampler:
             thread.join()
 
 
+def site_cpu_seconds(cluster, site: str) -> float:
+    """CPU seconds used so far by one site's own processes: SuperNode, SuperExec (with any
+    ClientApp it runs) and worker."""
+    import psutil
+
+    procs = cluster._site_procs[site]
+    groups = [procs.supernode, procs.superexec]
+    if site in cluster.workers and cluster.workers[site].current is not None:
+        groups.append(cluster.workers[site].current)
+    total = 0.0
+    for proc in groups:
+        for pid in proc.alive_pids() if proc is not None else []:
+            try:
+                t = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+    return total
+
+
+def idle_cpu(cluster, site: str, seconds: float) -> float:
+    """Share of one core an idle site (no run) uses, measured over ``seconds``."""
+    before = site_cpu_seconds(cluster, site)
+    time.sleep(seconds)
+    return (site_cpu_seconds(cluster, site) - before) / seconds
+
+
 def run_federation(work: Path, nodes: list[NodeConfig], overrides: dict[str, Any],
-                   sampler: RssSampler | None = None) -> dict[str, Any]:
-    """One federation on a fresh cluster; the run's reports plus cluster start/run seconds."""
+                   sampler: RssSampler | None = None, *, workers: bool = True,
+                   superexec_poll: float | None = SITE_SUPEREXEC_POLL_SECONDS,
+                   idle_seconds: float = 0.0) -> dict[str, Any]:
+    """One federation on a fresh cluster; the run's reports plus cluster start/run seconds.
+
+    ``workers`` / ``superexec_poll``: as :class:`deploy.local_cluster.LocalCluster` takes them.
+    ``idle_seconds`` > 0: afterwards, the first site's idle CPU over that long (``idle_cpu``).
+    """
     from deploy.local_cluster import LocalCluster
 
     values = {"min-sites": len(nodes), "output-dir": str(work / "runs"), **overrides}
     t0 = time.perf_counter()
-    cluster = LocalCluster(REPO, nodes, work, echo_run=False)
+    cluster = LocalCluster(REPO, nodes, work, echo_run=False, workers=workers,
+                           superexec_poll=superexec_poll)
+    idle = None
     with cluster:
         started = time.perf_counter() - t0
         if sampler is None:
@@ -84,6 +123,9 @@ def run_federation(work: Path, nodes: list[NodeConfig], overrides: dict[str, Any
         else:
             with sampler.watching(cluster):
                 result = cluster.run(values)
+        if idle_seconds > 0 and result.ok:
+            time.sleep(5.0)  # the run's last ClientApps exit
+            idle = idle_cpu(cluster, nodes[0].site_name, idle_seconds)
     if not result.ok:
         raise RuntimeError(f"benchmark run ended {result.status}: {result.output[-2000:]}")
     run_dir = work / "runs" / f"run-{result.run_id}"
@@ -94,4 +136,5 @@ def run_federation(work: Path, nodes: list[NodeConfig], overrides: dict[str, Any
         "run_seconds": result.duration_s,
         "rounds": rounds,
         "meta": json.loads((run_dir / "run.json").read_text()),
+        "idle_cpu": idle,
     }

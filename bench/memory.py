@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from bench import BenchContext
-from bench.cluster_runs import RssSampler, demo_nodes, run_federation
+from bench.cluster_runs import WORKER_KIND, RssSampler, demo_nodes, run_federation
 from bench.results import Metric, Section
 
 SITES = 2  # two real-size sites already need ~12 GB on a 24 GB machine
@@ -38,8 +38,9 @@ def run(ctx: BenchContext) -> list[Section]:
                  "round_seconds": out["rounds"][0]["seconds"]},
     )
     model_fp32 = 4 * params["total"]
-    names = {"flwr-serverapp": "ServerApp", "flwr-clientapp": "ClientApp (a site, training)",
-             "flower-superlink": "SuperLink", "flower-supernode": "SuperNode"}
+    names = {"flwr-serverapp": "ServerApp", "flwr-clientapp": "ClientApp (a site)",
+             "flower-superlink": "SuperLink", "flower-supernode": "SuperNode",
+             WORKER_KIND: "site worker (a site, training)"}
     for kind, label in names.items():
         if kind in sampler.peaks:
             section.add(Metric(f"peak RSS {label}", sampler.peaks[kind], "bytes",

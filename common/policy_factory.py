@@ -164,7 +164,13 @@ def build_policy(
     Mirrors ``lerobot.policies.factory.make_policy`` but takes the features dict instead of a
     dataset's metadata, because the SuperLink has no dataset.
     """
-    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+    policy = build_model(run, features, device)
+    return with_processors(policy, stats, device)
+
+
+def build_model(run: RunConfig, features: Mapping[str, Mapping[str, Any]], device: str = "cpu"):
+    """The policy alone (no processors): the expensive part, which a site worker keeps."""
+    from lerobot.policies.factory import get_policy_class
 
     cfg = make_policy_config(run, device)
     cfg.input_features, cfg.output_features = policy_features(features)
@@ -177,13 +183,21 @@ def build_policy(
         with torch.random.fork_rng():
             torch.manual_seed(SEED)
             policy = policy_cls(config=cfg)
-    policy.to(device)
+    return policy.to(device)
+
+
+def with_processors(
+    policy: Any, stats: Mapping[str, Mapping[str, Any]], device: str = "cpu"
+) -> LoadedPolicy:
+    """``policy`` with the pre/post processors that normalize with ``stats`` (cheap to build)."""
+    from lerobot.policies.factory import make_pre_post_processors
+
     torch_stats = {
         key: {name: torch.as_tensor(value, dtype=torch.float32) for name, value in s.items()}
         for key, s in stats.items()
     }
     pre, post = make_pre_post_processors(
-        cfg,
+        policy.config,
         dataset_stats=torch_stats,
         preprocessor_overrides={"device_processor": {"device": device}},
     )

@@ -74,6 +74,10 @@ class RunConfig(_Strict):
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     min_sites: int = Field(2, ge=1)
     round_timeout: float = Field(3600.0, ge=0.0)  # seconds; 0 = wait forever
+    # The ServerApp's wait between polls for replies: min right after sending, growing x1.5
+    # to max while it waits (superlink.polling)
+    poll_min_seconds: float = Field(0.2, gt=0.0, le=60.0)
+    poll_max_seconds: float = Field(1.0, gt=0.0, le=60.0)
     # Defaults measured on the heterogeneous demo sites (README, "Learning quality").
     strategy: StrategyName = "fedavgm"
     proximal_mu: float = Field(0.0, ge=0.0)  # the sites' FedProx term, with any strategy
@@ -116,6 +120,15 @@ class RunConfig(_Strict):
     max_failed_rounds: int = Field(3, ge=1)  # failed rounds in a row that end the run
     max_update_norm_ratio: float = Field(10.0, ge=0.0)  # x the round's median norm; 0 = off
     resume_from: str = ""  # a run folder: continue it from its last completed round
+
+    @model_validator(mode="after")
+    def _poll_range(self) -> RunConfig:
+        if self.poll_min_seconds > self.poll_max_seconds:
+            raise ValueError(
+                f"poll-min-seconds {self.poll_min_seconds} exceeds poll-max-seconds "
+                f"{self.poll_max_seconds}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _server_lr_fits_the_strategy(self) -> RunConfig:
@@ -222,6 +235,12 @@ class NodeConfig(_Strict):
     # Paths (never key material) for signing (common.signing), set by the site's launcher:
     site_key: str = ""  # this node's OpenSSH EC private key (the SuperNode's own), 0600
     coordinator_pubkey: str = ""  # the coordinator's public key, shipped next to ca.crt
+    # Unix socket of this site's long-lived worker (supernode.worker); "" = each ClientApp
+    # process trains itself, as on a plain Flower SuperNode
+    worker_socket: str = ""
+    # "bf16": local training and evaluation under torch.autocast(bfloat16) (CUDA GPUs with
+    # bf16 support, or CPU); weights, optimizer and the exchange stay float32
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     @model_validator(mode="after")
     def _one_dataset_source(self) -> NodeConfig:

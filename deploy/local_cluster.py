@@ -11,6 +11,10 @@ Layout (every process in its own process group, stopped by PID in reverse order)
                                            403 for the rest (deploy/entry_proxy.py)
     supernode-<site>     flower-supernode  TLS + site key -> the entry; own HTTPS runtime port
     superexec-<site>     flower-superexec  -> that SuperNode's Runtime API (runs ClientApps)
+    worker-<site>        python -m supernode.worker: the site's long-lived worker (torch,
+                         policy, dataset kept loaded); the ClientApps relay to it over
+                         <site dir>/worker/worker.sock; restarted if it dies (``workers=False``:
+                         none, every ClientApp trains in its own process)
     flwr-log             flwr log RUN --stream (only while :meth:`LocalCluster.run` is active)
 
 It is the same topology a real deployment has (one SuperLink host behind its entry proxy, one
@@ -26,12 +30,13 @@ Working dir::
     <work_dir>/state.db          SuperLink state (SQLite)
     <work_dir>/logs/*.log        one log per process
     <work_dir>/proxy/            nginx.conf, its pid, access/error logs, temp folders (0700)
-    <work_dir>/sites/<site>/     the site's FLWR_HOME, runtime TLS and SuperExec secret
+    <work_dir>/sites/<site>/     the site's FLWR_HOME, runtime TLS, SuperExec secret, worker/
 """
 
 from __future__ import annotations
 
 import math
+import os
 import socket
 import sys
 import time
@@ -47,11 +52,12 @@ from common.settings import NodeConfig
 from deploy import flwr_cli
 from deploy.entry_proxy import EntryProxy, ProxySettings, find_nginx
 from deploy.flower_commands import runtime_address, superexec_cmd, superlink_cmd, supernode_cmd
-from deploy.flower_env import child_env
+from deploy.flower_env import SITE_SUPEREXEC_POLL_SECONDS, child_env, superexec_env
 from deploy.flower_logs import flower_exit_code, logged_node_id, strip_ansi
 from deploy.health import https_ok
 from deploy.processes import ManagedProcess, ProcessFailed
 from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
+from deploy.site_worker import WorkerSupervisor, socket_path, stop_all
 
 
 @dataclass
@@ -120,9 +126,16 @@ class LocalCluster:
         stop_timeout: float = 10.0,
         echo_run: bool = True,
         proxy: bool | None = None,
+        workers: bool = True,
+        superexec_poll: float | None = SITE_SUPEREXEC_POLL_SECONDS,
+        worker_timeout: float = 300.0,
     ) -> None:
         """``proxy``: True = the labs dial an nginx entry (error if nginx is missing); False =
-        they dial the SuperLink; None = the entry if nginx is installed."""
+        they dial the SuperLink; None = the entry if nginx is installed. ``workers``: one site
+        worker per site (the default; False: Flower's plain per-message ClientApps).
+        ``superexec_poll``: the site SuperExecs' task poll interval in seconds (None: Flower's
+        1 s). ``worker_timeout``: how long a worker may take to load torch and LeRobot at start
+        (minutes on a busy 2-core machine)."""
         names = [s.site_name for s in sites]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate site names: {names}")
@@ -144,6 +157,10 @@ class LocalCluster:
         self._run_proc: ManagedProcess | None = None
         self.use_proxy = find_nginx() is not None if proxy is None else proxy
         self.entry: EntryProxy | None = None
+        self.use_workers = workers
+        self.superexec_poll = superexec_poll
+        self.worker_timeout = worker_timeout
+        self.workers: dict[str, WorkerSupervisor] = {}
 
     # -- properties --------------------------------------------------------------------------
 
@@ -175,19 +192,23 @@ class LocalCluster:
 
     def all_pids(self) -> list[int]:
         """Every PID this cluster ever started (for leak checks)."""
-        return [p.pid for p in self.processes if p.started]
+        workers = [p for w in self.workers.values() for p in w.incarnations]
+        return [p.pid for p in [*self.processes, *workers] if p.started]
 
     def alive_pids(self) -> list[int]:
         """PIDs (incl. process-group members such as ClientApps) still running."""
-        return sorted({pid for p in self.processes for pid in p.alive_pids()})
+        pids = {pid for p in self.processes for pid in p.alive_pids()}
+        pids.update(pid for w in self.workers.values() for pid in w.alive_pids())
+        return sorted(pids)
 
     # -- start -------------------------------------------------------------------------------
 
     def _spawn(
         self, name: str, cmd: list[str], flwr_home: Path, env: Mapping[str, str] | None = None
     ) -> ManagedProcess:
+        """``env``: the child's whole environment (default :func:`child_env` of ``flwr_home``)."""
         proc = ManagedProcess(
-            name, cmd, self.logs / f"{name}.log", env=child_env(flwr_home, env),
+            name, cmd, self.logs / f"{name}.log", env=dict(env) if env else child_env(flwr_home),
             cwd=self.work_dir,
         )
         self.processes.append(proc)
@@ -200,18 +221,23 @@ class LocalCluster:
         a small machine). Safe on an existing work dir: state.db keeps runs and registrations.
         """
         try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            for node in self.sites:  # they load torch while the rest starts
+                self.start_worker(node.site_name)
             self._start_superlink()
             if self.use_proxy:
                 self._start_proxy()
             for node in self.sites:
                 self.register(node.site_name, self.certs.site_keys[node.site_name][1])
             spawned = [
-                self.start_supernode(node, self.certs.site_keys[node.site_name][0])
+                self.start_supernode(self.node_config(node),
+                                     self.certs.site_keys[node.site_name][0])
                 for node in self.sites
             ]
             for site in spawned:
                 self._finish_site(site)
             self.wait_online(list(self.node_ids.values()), self.startup_timeout)
+            self.wait_workers()
         except BaseException:
             self.stop()
             raise
@@ -243,7 +269,7 @@ class LocalCluster:
             superexec_cmd(self.address, c.ca_cert, c.superexec_secret),
             self.flwr_home,
             # the ServerApp signs every instruction with it (superlink.authenticity): a path
-            {"ZK0_COORDINATOR_KEY": str(c.coordinator_key.resolve())},
+            child_env(self.flwr_home, {"ZK0_COORDINATOR_KEY": str(c.coordinator_key.resolve())}),
         )
         time.sleep(0.5)
         if exec_link.returncode is not None:
@@ -296,8 +322,39 @@ class LocalCluster:
             self.sites.append(node)
         priv, pub = self.certs.site_keys[node.site_name]
         self.register(node.site_name, pub)
-        self._finish_site(self.start_supernode(node, key=priv))
+        self.start_worker(node.site_name)
+        self._finish_site(self.start_supernode(self.node_config(node), key=priv))
         self.wait_online([self.node_ids[node.site_name]], self.startup_timeout)
+        self.wait_workers([node.site_name])
+
+    # -- site workers ------------------------------------------------------------------------
+
+    def worker_socket(self, site: str) -> Path:
+        return socket_path(self._site_dir(site) / "worker")
+
+    def node_config(self, node: NodeConfig) -> NodeConfig:
+        """``node`` as its SuperNode gets it: with its worker's socket when workers are on."""
+        if not self.use_workers:
+            return node
+        return node.model_copy(update={"worker_socket": str(self.worker_socket(node.site_name))})
+
+    def start_worker(self, site: str) -> WorkerSupervisor | None:
+        """Start (once) the site's worker and the supervisor that restarts it if it dies."""
+        if not self.use_workers or site in self.workers:
+            return self.workers.get(site)
+        supervisor = WorkerSupervisor(
+            f"worker-{site}", self.worker_socket(site), self.logs / f"worker-{site}.log",
+            env=child_env(self._site_dir(site) / "flwr-home"), cwd=self.work_dir,
+            on_restart=_printer("[zk0]"), parent_pid=os.getpid(),
+        )  # fmt: skip
+        self.workers[site] = supervisor.start()
+        return supervisor
+
+    def wait_workers(self, sites: Sequence[str] | None = None) -> None:
+        """Block until the workers of ``sites`` (default: all) answer on their sockets."""
+        for site in sites or list(self.workers):
+            if site in self.workers:
+                self.workers[site].wait_ready(self.worker_timeout)
 
     def _finish_site(self, site: SiteProcesses) -> None:
         """Wait until the SuperNode is connected (logs its id) and serves its runtime API over
@@ -324,6 +381,7 @@ class LocalCluster:
             f"superexec-{name}",
             superexec_cmd(runtime, ca, site_dir / "superexec.secret"),
             site_dir / "flwr-home",
+            env=superexec_env(site_dir / "flwr-home", self.superexec_poll),
         )
 
     def _site_dir(self, site: str) -> Path:
@@ -495,6 +553,7 @@ class LocalCluster:
         """
         if self._run_proc is not None:
             self._run_proc.stop(self.stop_timeout)
+        stop_all(list(self.workers.values()), self.stop_timeout)
         for proc in reversed(self.processes):
             proc.stop(self.stop_timeout)
 

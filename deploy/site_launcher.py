@@ -1,4 +1,4 @@
-"""What a lab operator runs on its GPU box: this site's SuperNode and its SuperExec.
+"""What a lab operator runs on its GPU box: this site's SuperNode, its SuperExec and its worker.
 
 Settings come from flags, else ``ZK0_*`` environment variables, else a ``.env`` file (see
 :class:`SiteSettings`). ``--superlink`` is the federation's entry (the coordinator's reverse
@@ -7,7 +7,7 @@ before any process starts, and each refusal names the setting, the file or value
 expected: a wrong path or key otherwise shows up only as an opaque exit code (305) or a TLS
 error in a Flower log.
 
-Process layout (both in their own process groups, stopped by PID on SIGTERM/SIGINT/SIGHUP)::
+Process layout (each in its own process group, stopped by PID on SIGTERM/SIGINT/SIGHUP)::
 
     flower-supernode  --superlink ENTRY:P --root-certificates ca.crt --auth-supernode-private-key K
                       --node-config '... site-key="K" coordinator-pubkey="coordinator.pub"'
@@ -16,6 +16,10 @@ Process layout (both in their own process groups, stopped by PID on SIGTERM/SIGI
                       --superexec-auth-secret-file <work>/superexec.secret
     flower-superexec  --runtime-api-address 127.0.0.1:9094 --root-certificates <runtime CA>
                       --superexec-auth-secret-file <work>/superexec.secret
+                      (env FLWR_SUPEREXEC_TASK_POLL_INTERVAL=<superexec-poll>)
+    python -m supernode.worker --socket <work>/worker/worker.sock   (unless --no-worker)
+                      keeps torch, LeRobot, the policy and the dataset loaded; the ClientApps
+                      relay to it (node config ``worker-socket``); restarted if it dies
 
 Why the local runtime API uses TLS and a secret: see :mod:`deploy.runtime_tls` and
 :mod:`deploy.flower_commands`. The node config carries two *paths* for end-to-end signing
@@ -51,7 +55,7 @@ from common import signing
 from common.settings import NodeConfig, SettingsError
 from deploy import rejoin
 from deploy.flower_commands import runtime_address, superexec_cmd, supernode_cmd
-from deploy.flower_env import child_env
+from deploy.flower_env import SITE_SUPEREXEC_POLL_SECONDS, child_env, superexec_env
 from deploy.flower_logs import (
     EXIT_SUPERNODE_CONNECTION_ERROR,
     flower_exit_code,
@@ -61,6 +65,7 @@ from deploy.flower_logs import (
 from deploy.health import https_ok
 from deploy.processes import ManagedProcess, ProcessFailed
 from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
+from deploy.site_worker import WorkerSupervisor, socket_path, worker_cmd
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
@@ -104,6 +109,8 @@ class SiteSettings(BaseSettings):
     # coordinator publishes (zk0 check-dataset --write-expectation).
     expect: str = "so100"
     deep_check: bool = False  # decode every frame before starting (--check always does)
+    worker: bool = True  # a long-lived site worker (False: every ClientApp trains itself)
+    superexec_poll: float = Field(SITE_SUPEREXEC_POLL_SECONDS, ge=0.01, le=60.0)
 
     # Absolute paths: the children run with the work dir as cwd.
     @property
@@ -118,6 +125,10 @@ class SiteSettings(BaseSettings):
     def coordinator_pub_path(self) -> Path:
         return _abs(self.coordinator_pub or Path(self.ca_cert).expanduser().parent
                     / "coordinator.pub")
+
+    @property
+    def worker_socket(self) -> Path | None:
+        return socket_path(self.work_path / "worker") if self.worker else None
 
     @property
     def runtime_tls_dir(self) -> Path:
@@ -144,6 +155,7 @@ class SiteSettings(BaseSettings):
             # paths only: the ClientApp signs with the key, verifies with the coordinator's
             "site-key": str(_abs(self.site_key)),
             "coordinator-pubkey": str(self.coordinator_pub_path),
+            "worker-socket": str(self.worker_socket) if self.worker_socket else None,
         }
         return NodeConfig.parse({k: v for k, v in values.items() if v is not None}, "site settings")
 
@@ -231,6 +243,13 @@ def check_settings(
                         "ships coordinator.pub with ca.crt)")
     if (secret_problem := _check_secret_file(settings.secret_path)) is not None:
         problems.append(secret_problem)
+    if settings.worker_socket is not None:
+        from supernode.channel import check_socket_path
+
+        try:
+            check_socket_path(settings.worker_socket)
+        except ValueError as err:
+            problems.append(f"ZK0_WORK_DIR / --work-dir: {err} (or run with --no-worker)")
     node: NodeConfig | None = None
     try:
         node = settings.node_config()
@@ -354,12 +373,22 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
 
     superexec = ManagedProcess(
         "superexec", exec_cmd, work / "logs" / "superexec.log",
-        env=env, cwd=work, on_line=sink("superexec"),
+        env=superexec_env(work / "flwr-home", settings.superexec_poll), cwd=work,
+        on_line=sink("superexec"),
     )  # fmt: skip
+    worker = None
+    if settings.worker_socket is not None:
+        worker = WorkerSupervisor(
+            "worker", settings.worker_socket, work / "logs" / "worker.log", env=env, cwd=work,
+            on_line=sink("worker"), on_restart=lambda line: print(line, file=sys.stderr),
+            parent_pid=os.getpid(),  # it exits if this launcher is killed
+        )  # fmt: skip
     stop = threading.Event()
     restore = _install_signal_handlers(stop)
     supernode: ManagedProcess | None = None
     try:
+        if worker is not None:  # loads torch + LeRobot while the SuperNode connects
+            worker.start()
         supernode, since, code = _start_supernode(settings, new_supernode, stop)
         if code is not None:
             return code
@@ -385,6 +414,8 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
         superexec.stop()
         if supernode is not None:
             supernode.stop()
+        if worker is not None:
+            worker.stop()
         restore()
 
 
@@ -498,8 +529,9 @@ _FLAGS: dict[str, tuple[Any, str]] = {
     "runtime_host": (str, "host of this SuperNode's runtime API"),
     "runtime_port": (int, "port of this SuperNode's runtime API (distinct per SuperNode)"),
     "superexec_secret_file": (Path, "SuperExec secret file (created 0600 if missing)"),
-    "work_dir": (Path, "logs, runtime TLS, secret, FLWR_HOME"),
+    "work_dir": (Path, "logs, runtime TLS, secret, FLWR_HOME, worker socket"),
     "expect": (str, "what the federation expects of the data: so100 | none | features JSON"),
+    "superexec_poll": (float, "seconds between the SuperExec's task polls (Flower: 1.0)"),
 }
 
 
@@ -514,6 +546,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="decode every video frame before starting [ZK0_DEEP_CHECK]",
     )
     p.add_argument(
+        "--no-worker", dest="worker", action="store_false", default=None,
+        help="no site worker: every ClientApp process loads torch and the policy itself "
+        "[ZK0_WORKER=false]",
+    )
+    p.add_argument(
         "--check", action="store_true",
         help="run the checks (every video frame decoded), print the commands and exit",
     )
@@ -523,7 +560,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> SiteSettings:
     """SiteSettings with explicit flags over env/.env; SiteConfigError names missing ones."""
-    given = {k: getattr(args, k) for k in (*_FLAGS, "deep_check")
+    given = {k: getattr(args, k) for k in (*_FLAGS, "deep_check", "worker")
              if getattr(args, k, None) is not None}
     env_file = getattr(args, "env_file", None)
     if env_file is not None and not Path(env_file).is_file():
@@ -551,6 +588,8 @@ def run_cli(args: argparse.Namespace) -> int:
             check_settings(settings, deep=True)
             for cmd in build_site_processes(settings):
                 print(shlex.join(cmd))
+            if settings.worker_socket is not None:
+                print(shlex.join(worker_cmd(settings.worker_socket)))
             print("checks passed", file=sys.stderr)
             return 0
         return run_site(settings)

@@ -34,8 +34,9 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from common.logs import get_logger
+from superlink.polling import IdleBackoff
 
-POLL_SECONDS = 2.0
+POLL_SECONDS = 2.0  # base of the retry backoff after a failed push/poll
 MAX_POLL_FAILURES = 20  # consecutive failed pushes/polls before the ServerApp gives up
 BACKOFF_CAP = 30.0  # seconds between retries, at most
 #: HTTP statuses a SuperLink answers while busy, restarting or behind a proxy that is: worth
@@ -107,6 +108,7 @@ def exchange(
     messages: list[Message],
     timeout: float | None,
     on_reply: Callable[[Message, int], None] | None = None,
+    poll: IdleBackoff | None = None,
 ) -> Exchange:
     start = time.monotonic()
     if timeout:
@@ -119,6 +121,7 @@ def exchange(
     stale: list[Message] = []
     deadline = None if not timeout else start + timeout
     backoff = Backoff("pull")
+    idle = poll or IdleBackoff()
     while pending and (deadline is None or time.monotonic() < deadline):
         try:
             got = list(grid.pull_messages(list(pending)))
@@ -138,7 +141,7 @@ def exchange(
             if on_reply is not None:
                 on_reply(msg, routes[answered])
         if pending and not got:
-            time.sleep(POLL_SECONDS)
+            time.sleep(idle.next())
     return Exchange(
         replies=replies,
         missing=[routes[m] for m in pending] + unsent,

@@ -43,6 +43,7 @@ from common.protocol import (
 )
 from common.settings import RunConfig
 from superlink.exchange import exchange
+from superlink.polling import IdleBackoff
 from superlink.strategy.node_selection import wait_for_sites
 from superlink.strategy.replies import ReplyRejected
 
@@ -113,7 +114,7 @@ def collect(
         Message(RecordDict(), dst_node_id=node, message_type=STATS_QUERY) for node in node_ids
     ]
     guard.sign_instructions(messages)
-    result = exchange(grid, messages, run.round_timeout or None)
+    result = exchange(grid, messages, run.round_timeout or None, poll=IdleBackoff.of(run))
     sites: dict[int, SiteInfo] = {}
     parts: dict[int, dict[str, Moments]] = {}
     failures: dict[int, str] = {node: "no reply before round-timeout" for node in result.missing}

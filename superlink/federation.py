@@ -49,6 +49,7 @@ from superlink import disk, federated_stats, resume
 from superlink.authenticity import FederationGuard
 from superlink.checkpoints import PRETRAINED_DIR, checkpoint_dir, save_checkpoint
 from superlink.exchange import Exchange, exchange
+from superlink.polling import IdleBackoff
 from superlink.reports import RunReport
 from superlink.run_status import RoundLedger
 from superlink.server_state import ServerState
@@ -273,7 +274,7 @@ class Rounds:
         """Exchange ``messages``; the replies, and a failure for every silent site, every site
         the round could not reach and every stale reply."""
         result = exchange(self.grid, messages, self.run.round_timeout or None,
-                          _progress(self.sites, label))
+                          _progress(self.sites, label), IdleBackoff.of(self.run))
         failures = [
             Failure(n, _site_name(self.sites, n), "timeout",
                     f"no reply within round-timeout={self.run.round_timeout}s")

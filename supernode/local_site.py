@@ -1,15 +1,17 @@
 """A site as its ClientApp sees it: settings, private dataset, split, and the local policy.
 
-Flower starts a fresh ClientApp process for every message, so nothing here is cached in memory:
-each message re-opens the dataset (cheap, memory-mapped) and rebuilds the policy from the
-locally stored backbone plus the trainable weights that came in the message.
+A ``Site`` keeps the datasets it opened (``datasets``) for as long as it lives: one message in
+the per-message ClientApp, many rounds and runs in the site worker (:mod:`supernode.runtime`
+decides what is kept and what is rebuilt). The policy is built from the locally stored backbone
+plus the trainable weights that came in the message.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,8 @@ class Site:
     meta: Any  # LeRobotDatasetMetadata
     split: ds.Split
     device: str
+    # Opened LeRobotDatasets by (episodes, delta timestamps): reused while this object lives.
+    datasets: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, node_config: dict, run_config: dict) -> Site:
@@ -97,7 +101,7 @@ class Site:
         """Sufficient statistics of the numeric features over the training episodes only
         (those whose files are all there: the same episodes training reads)."""
         episodes = self._readable(self.split.train, self.skip_tally("statistics", 0))
-        dataset = ds.open_dataset(self.node, episodes, meta=self.meta)
+        dataset = self._dataset(episodes)
         columns = ds.numeric_columns(dataset, feat.numeric_keys(self.spec))
         return {key: Moments.of(values) for key, values in columns.items()}
 
@@ -108,14 +112,24 @@ class Site:
         feat.compare_specs(self.node.site_name, self.spec, expected)
         bundle = build_policy(self.run, self.meta.features, stats, self.device)
         if fingerprint is not None:
-            mine = frozen_fingerprint(bundle.policy)
-            if mine != fingerprint:
-                raise SiteMismatchError(
-                    f"site {self.node.site_name!r}: frozen backbone differs from the server's "
-                    f"(sha256 {mine[:12]} vs {fingerprint[:12]}); use the same pretrained "
-                    f"checkpoint/revision as the server (policy {self.run.policy!r})"
-                )
+            self.check_fingerprint(frozen_fingerprint(bundle.policy), fingerprint)
         return bundle
+
+    def check_fingerprint(self, mine: str, expected: str) -> None:
+        """Refuse to train on a frozen backbone other than the server's."""
+        if mine != expected:
+            raise SiteMismatchError(
+                f"site {self.node.site_name!r}: frozen backbone differs from the server's "
+                f"(sha256 {mine[:12]} vs {expected[:12]}); use the same pretrained "
+                f"checkpoint/revision as the server (policy {self.run.policy!r})"
+            )
+
+    def _dataset(self, episodes, delta_timestamps=None):
+        key = (tuple(episodes), json.dumps(delta_timestamps, sort_keys=True))
+        if key not in self.datasets:
+            self.datasets[key] = ds.open_dataset(self.node, episodes, delta_timestamps,
+                                                 meta=self.meta)
+        return self.datasets[key]
 
     def _delta_timestamps(self):
         from lerobot.datasets.factory import resolve_delta_timestamps
@@ -160,7 +174,7 @@ class Site:
         if tally is None:
             tally = self.skip_tally("training", self.run.local_steps * self.run.batch_size)
         episodes = self._readable(self.split.train, tally)
-        dataset = ds.open_dataset(self.node, episodes, self._delta_timestamps(), meta=self.meta)
+        dataset = self._dataset(episodes, self._delta_timestamps())
         generator = torch.Generator().manual_seed(self.round_seed(server_round))
         return DataLoader(
             GuardedDataset(dataset),
@@ -209,9 +223,7 @@ class Site:
         if tally is None:
             tally = self.skip_tally("evaluation", self.run.eval_samples)
         episodes = self._readable(self.split.eval, tally)
-        return GuardedDataset(
-            ds.open_dataset(self.node, episodes, self._delta_timestamps(), meta=self.meta)
-        )
+        return GuardedDataset(self._dataset(episodes, self._delta_timestamps()))
 
 
 def _file_round(path: Path) -> int | None:

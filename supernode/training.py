@@ -96,6 +96,20 @@ def _batches(loader: DataLoader) -> Iterator[dict]:
             raise ValueError("the training data loader yields no batch: no training frames")
 
 
+def build_optimizer(
+    bundle: LoadedPolicy, run: RunConfig, optimizer_state: Path | None = None
+) -> torch.optim.Optimizer:
+    """The policy preset's optimizer over the trainable parameters, at the run's peak lr, with
+    the site's moments from ``optimizer_state`` when that file exists."""
+    params = list(trainable_parameters(bundle.policy).values())
+    preset = bundle.config.get_optimizer_preset()
+    preset.lr = learning_rate(run, bundle.config)
+    optimizer = preset.build(params)
+    if optimizer_state is not None and optimizer_state.is_file():
+        optimizer.load_state_dict(torch.load(optimizer_state, map_location=params[0].device))
+    return optimizer
+
+
 def train_round(
     bundle: LoadedPolicy,
     loader: DataLoader,
@@ -105,13 +119,16 @@ def train_round(
     optimizer_state: Path | None = None,
     optimizer_start: Path | None = None,
     tally: SkipTally | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
     """Run ``run.local_steps`` optimizer steps from the global weights already in the policy.
 
     With ``optimizer_state``, the site's AdamW moments carry over from its previous round
     (read before from ``optimizer_start``, or from ``optimizer_state`` itself; written after to
     ``optimizer_state``, atomically): a fresh Adam makes its first steps ~lr-sized sign steps
-    in every coordinate, which a 20-step round cannot amortize.
+    in every coordinate, which a 20-step round cannot amortize. ``optimizer``: one
+    :func:`build_optimizer` made earlier and kept in memory (a site worker's), holding what
+    the start file holds, so the file need not be read again.
 
     Samples the loader could not read (a guarded loader, :mod:`supernode.sample_guard`) are
     left out of their batch and counted in ``tally``; a batch with none left is no step. Past
@@ -122,11 +139,9 @@ def train_round(
     anchors = [p.detach().clone() for p in params]
     preset = cfg.get_optimizer_preset()
     peak = learning_rate(run, cfg)
-    preset.lr = peak
-    optimizer = preset.build(params)
-    moments_from = optimizer_start or optimizer_state
-    if optimizer_state is not None and moments_from is not None and moments_from.is_file():
-        optimizer.load_state_dict(torch.load(moments_from, map_location=params[0].device))
+    if optimizer is None:
+        moments_from = (optimizer_start or optimizer_state) if optimizer_state else None
+        optimizer = build_optimizer(bundle, run, moments_from)
     clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
 
     if tally is None:

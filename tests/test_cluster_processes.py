@@ -508,8 +508,10 @@ def test_launcher_reads_dotenv_and_check_prints_commands(
     )
     assert launcher.run_cli(build_parser().parse_args(["supernode", "--check"])) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2
+    assert len(out) == 3
     assert "flower-supernode" in out[0] and "--port 9311" in out[0]
+    assert "-m supernode.worker --socket" in out[2]
+    assert "worker-socket=" in out[0] and out[2].endswith("worker/worker.sock")
     assert 'site-name="lab-b"' in out[0] and "link.example.org:8000" in out[0]
     assert "flower-superexec" in out[1] and "127.0.0.1:9311" in out[1]
     assert fed.superexec_secret.read_text() not in "\n".join(out)
@@ -537,7 +539,8 @@ def cluster(
     root = tmp_path_factory.mktemp("cluster")
     app = write_echo_app(root)
     sites = [_node(s, root) for s in SITES]
-    c = LocalCluster(app, sites, root / "work", certs=fed, startup_timeout=90)
+    # the echo app trains nothing: no site workers (tests/test_site_worker*.py cover them)
+    c = LocalCluster(app, sites, root / "work", certs=fed, startup_timeout=90, workers=False)
     try:
         t0 = time.monotonic()
         c.start()
@@ -707,7 +710,7 @@ def test_restart_keeps_registrations_and_runs(tmp_path: Path) -> None:
     app = write_echo_app(tmp_path)
     sites = [_node(s, tmp_path) for s in SITES]
     work = tmp_path / "work"
-    first = LocalCluster(app, sites, work, startup_timeout=90, echo_run=False)
+    first = LocalCluster(app, sites, work, startup_timeout=90, echo_run=False, workers=False)
     try:
         first.start()
         out = tmp_path / "replies.json"
@@ -719,7 +722,7 @@ def test_restart_keeps_registrations_and_runs(tmp_path: Path) -> None:
     ids = dict(first.node_ids)
     assert sorted(ids) == SITES
 
-    again = LocalCluster(app, sites, work, startup_timeout=90, echo_run=False)
+    again = LocalCluster(app, sites, work, startup_timeout=90, echo_run=False, workers=False)
     try:
         again.start()
         assert again.certs.ca_cert.read_bytes() == first.certs.ca_cert.read_bytes()

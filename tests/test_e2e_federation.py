@@ -8,6 +8,9 @@ path. Checks the run's outputs, not just that it ran.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +78,20 @@ def test_run_completed_and_every_site_replied(federation):
         trainable = meta["parameters"]["trainable"]
         assert 2 * trainable <= entry["downlink_bytes_per_site"] < 2 * trainable * 1.1
         assert entry["eval"] is not None, f"round {r} has no eval of its global model"
+
+
+def test_every_site_trained_in_its_warm_worker(federation):
+    """The ClientApps relayed to the sites' workers, which built the policy once per run."""
+    from supernode.relay import ping
+
+    cluster, _, _, nodes = federation
+    for node in nodes:
+        worker = ping(cluster.worker_socket(node.site_name))
+        assert worker["pid"] == cluster.workers[node.site_name].pid
+        assert worker["tasks"] == ROUNDS + 2, worker  # stats, ROUNDS x train, final evaluate
+        assert worker["policy_builds"] == 1, worker
+        log = (cluster.logs / f"worker-{node.site_name}.log").read_text()
+        assert log.count("worker_task_done") == ROUNDS + 2
 
 
 def test_eval_mse_recorded_per_site_and_falls(federation):
@@ -165,3 +182,47 @@ def test_console_has_each_flower_line_once_and_the_plots_came_over_tls(federatio
         for node in nodes:
             assert (run_dir / "plots" / f"round_{r:03d}" / f"{node.site_name}.png").is_file()
     assert "data:image/png;base64," in (run_dir / "summary.html").read_text()
+def _kill_when_serving(log: Path, pid_of, runs: Path, killed: list) -> None:
+    """After round 1's report is written, SIGKILL the worker as it starts its next task."""
+    deadline = time.monotonic() + 900
+    while not list(runs.glob("run-*/rounds/round_001.json")):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+    seen = log.read_text().count("worker_task_started")
+    while log.read_text().count("worker_task_started") == seen:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+    pid = pid_of()
+    os.kill(pid, signal.SIGKILL)
+    killed.append(pid)
+
+
+def test_a_worker_killed_mid_task_fails_that_round_and_serves_the_next(federation, tmp_path):
+    """The round records the failure with its reason; the launcher restarts the worker; the
+    next round has the site back. Runs last: it uses the cluster the other tests checked."""
+    cluster, _, _, nodes = federation
+    site = nodes[0].site_name
+    supervisor = cluster.workers[site]
+    runs = tmp_path / "runs"
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=_kill_when_serving,
+        args=(cluster.logs / f"worker-{site}.log", lambda: supervisor.pid, runs, killed),
+        daemon=True,
+    )
+    killer.start()
+    result = cluster.run({**RUN, "num-server-rounds": 3, "local-steps": 10, "eval-samples": 8,
+                          "output-dir": str(runs)}, timeout=1200)
+    killer.join(10)
+    assert result.ok, f"status {result.status}\n{result.output[-3000:]}"
+    assert killed, "the worker was never caught serving"
+    run_dir = runs / f"run-{result.run_id}"
+    second = json.loads((run_dir / "rounds" / "round_002.json").read_text())
+    [failure] = second["failures"]
+    assert failure["site"] == site and "closed the connection" in failure["reason"], failure
+    assert site not in second["sites"] and len(second["sites"]) == SITES - 1
+    third = json.loads((run_dir / "rounds" / "round_003.json").read_text())
+    assert site in third["sites"] and third["failures"] == []
+    assert supervisor.restarts == 1 and supervisor.pid not in (None, killed[0])
