@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
+scripts/system-deps.sh
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

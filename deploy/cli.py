@@ -1,4 +1,4 @@
-"""The ``zk0`` command: certificates, demo data, a lab's SuperNode, a local cluster.
+"""The ``zk0`` command: certificates, demo data, a lab's SuperNode, a local cluster, metrics.
 
 One table lists the commands; each command module exposes ``add_arguments(parser)`` (its flags
 only) and ``run_cli(args) -> int``. Modules are imported when the parser is built, so a command
@@ -55,6 +55,11 @@ COMMANDS: tuple[Command, ...] = (
         "cluster",
         "deploy.cluster_cli",
         help="run a federation on a local TLS cluster (SuperLink + SuperNodes on 127.0.0.1)",
+    ),
+    Command(
+        "coordinator-metrics",
+        "deploy.coordinator_metrics",
+        help="serve the coordinator's Prometheus metrics next to the SuperLink",
     ),
 )
 

@@ -8,6 +8,11 @@ Layout (every process in its own process group, stopped by PID in reverse order)
     supernode-<site>     flower-supernode  TLS + site key -> SuperLink; own HTTPS runtime port
     superexec-<site>     flower-superexec  -> that SuperNode's Runtime API (runs ClientApps)
     flwr-log             flwr log RUN --stream (only while :meth:`LocalCluster.run` is active)
+    coordinator-metrics  zk0 coordinator-metrics: /metrics of the ServerApps + SuperLink probe
+
+With ``metrics`` on (the default) each site also gets a /metrics endpoint, served from this
+process as ``zk0 supernode`` serves it on a lab's box (:mod:`deploy.metrics_export`); the
+endpoints are in :attr:`LocalCluster.metrics_endpoints`.
 
 It is the same topology a real deployment has (one SuperLink host, one box per lab), only on
 one machine: tests exercise TLS, node authentication and process isolation for real.
@@ -19,10 +24,12 @@ Working dir::
     <work_dir>/state.db          SuperLink state (SQLite)
     <work_dir>/logs/*.log        one log per process
     <work_dir>/sites/<site>/     the site's FLWR_HOME, runtime TLS and SuperExec secret
+    <work_dir>/metrics/          prometheus multiprocess folders: coordinator/, sites/<site>/
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -34,12 +41,14 @@ from typing import Any, Self
 
 from certs.federation import FederationCerts, ensure_federation_certs
 from certs.keys import make_secret
+from common.metrics import MULTIPROC_ENV
 from common.settings import NodeConfig
 from deploy import flwr_cli
 from deploy.flower_commands import runtime_address, superexec_cmd, superlink_cmd, supernode_cmd
 from deploy.flower_env import child_env
 from deploy.flower_logs import flower_exit_code, logged_node_id, strip_ansi
 from deploy.health import https_ok
+from deploy.metrics_export import MetricsServer, prepare_multiproc_dir, serve_site
 from deploy.processes import ManagedProcess, ProcessFailed
 from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
 
@@ -65,6 +74,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _multiproc_env(folder: Path | None) -> dict[str, str] | None:
+    """The apps' PROMETHEUS_MULTIPROC_DIR (inherited from their SuperExec)."""
+    return {MULTIPROC_ENV: str(folder)} if folder is not None else None
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True if ``GET url`` answers 200 (the metrics endpoints are plain HTTP on loopback)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def _printer(prefix: str) -> Callable[[str], None]:
@@ -105,7 +133,11 @@ class LocalCluster:
         startup_timeout: float = 60.0,
         stop_timeout: float = 10.0,
         echo_run: bool = True,
+        metrics: bool = True,
+        metrics_port: int | None = None,
     ) -> None:
+        """``metrics_port``: the coordinator's /metrics port, sites on the next ones (site i
+        on ``metrics_port + 1 + i``); None: free ports."""
         names = [s.site_name for s in sites]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate site names: {names}")
@@ -125,6 +157,11 @@ class LocalCluster:
         self.processes: list[ManagedProcess] = []  # start order; stopped in reverse
         self._site_procs: dict[str, SiteProcesses] = {}
         self._run_proc: ManagedProcess | None = None
+        self.metrics = metrics
+        self.metrics_dir = self.work_dir / "metrics"
+        self._metrics_port = metrics_port
+        self.coordinator_metrics = f"{host}:{metrics_port or free_port(host)}" if metrics else None
+        self._site_exporters: dict[str, MetricsServer] = {}
 
     # -- properties --------------------------------------------------------------------------
 
@@ -143,6 +180,14 @@ class LocalCluster:
             )
         return self._certs
 
+    @property
+    def metrics_endpoints(self) -> dict[str, Any]:
+        """Where the metrics are served: ``{"coordinator": host:port, "sites": {name: ...}}``."""
+        return {
+            "coordinator": self.coordinator_metrics,
+            "sites": {name: e.address for name, e in self._site_exporters.items()},
+        }
+
     def all_pids(self) -> list[int]:
         """Every PID this cluster ever started (for leak checks)."""
         return [p.pid for p in self.processes if p.started]
@@ -153,9 +198,12 @@ class LocalCluster:
 
     # -- start -------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, cmd: list[str], flwr_home: Path) -> ManagedProcess:
+    def _spawn(
+        self, name: str, cmd: list[str], flwr_home: Path, extra_env: dict[str, str] | None = None
+    ) -> ManagedProcess:
         proc = ManagedProcess(
-            name, cmd, self.logs / f"{name}.log", env=child_env(flwr_home), cwd=self.work_dir
+            name, cmd, self.logs / f"{name}.log", env=child_env(flwr_home, extra_env),
+            cwd=self.work_dir,
         )
         self.processes.append(proc)
         return proc.start()
@@ -203,15 +251,60 @@ class LocalCluster:
             self.startup_timeout,
             what=f"answering https://{self.address}/health",
         )
+        coordinator_dir = self._start_coordinator_metrics()
         exec_link = self._spawn(
             "superexec-link",
             superexec_cmd(self.address, c.ca_cert, c.superexec_secret),
             self.flwr_home,
+            _multiproc_env(coordinator_dir),
         )
         time.sleep(0.5)
         if exec_link.returncode is not None:
             raise ProcessFailed(f"superexec-link exited at once:\n{exec_link.log_tail()}")
         flwr_cli.write_connection_config(self.flwr_home, self.connection, self.address, c.ca_cert)
+
+    def _start_coordinator_metrics(self) -> Path | None:
+        """``zk0 coordinator-metrics`` on a fresh folder, before any ServerApp can write to it."""
+        if self.coordinator_metrics is None:
+            return None
+        folder = prepare_multiproc_dir(self.metrics_dir / "coordinator", wipe=True)
+        cmd = [
+            sys.executable, "-m", "deploy.cli", "coordinator-metrics",
+            "--multiproc-dir", str(folder), "--listen", self.coordinator_metrics,
+            "--superlink", self.address, "--ca-cert", str(self.certs.ca_cert),
+            "--probe-interval", "1",
+        ]  # fmt: skip
+        # this checkout's zk0, whatever is installed
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        proc = self._spawn("coordinator-metrics", cmd, self.flwr_home, {"PYTHONPATH": path})
+        proc.wait_healthy(
+            lambda: _http_ok(f"http://{self.coordinator_metrics}/metrics"),
+            self.startup_timeout,
+            what=f"serving http://{self.coordinator_metrics}/metrics",
+        )
+        return folder
+
+    def _serve_site_metrics(self, name: str) -> Path | None:
+        """The site's multiprocess folder, and its /metrics (once per site: a site that
+        rejoins keeps its endpoint and counters)."""
+        if not self.metrics:
+            return None
+        folder = self.metrics_dir / "sites" / name
+        if name in self._site_exporters:
+            return folder
+        prepare_multiproc_dir(folder, wipe=True)
+        index = next(i for i, s in enumerate(self.sites) if s.site_name == name)
+        port = self._metrics_port + 1 + index if self._metrics_port else free_port(self.host)
+
+        def groups() -> dict[str, int]:
+            site = self._site_procs.get(name)
+            if site is None:
+                return {}
+            procs = {"supernode": site.supernode, "superexec": site.superexec}
+            return {role: p.pid for role, p in procs.items() if p is not None and p.started}
+
+        self._site_exporters[name] = serve_site(name, folder, groups, f"{self.host}:{port}")
+        return folder
 
     def register(self, site: str, pubkey: Path) -> int | None:
         """Register a site's public key; None if this database already has it (a restart).
@@ -268,6 +361,7 @@ class LocalCluster:
             f"superexec-{name}",
             superexec_cmd(runtime, ca, site_dir / "superexec.secret"),
             site_dir / "flwr-home",
+            _multiproc_env(self._serve_site_metrics(name)),
         )
 
     def _site_dir(self, site: str) -> Path:
@@ -416,6 +510,9 @@ class LocalCluster:
             self._run_proc.stop(self.stop_timeout)
         for proc in reversed(self.processes):
             proc.stop(self.stop_timeout)
+        for exporter in self._site_exporters.values():
+            exporter.close()
+        self._site_exporters.clear()
 
     def __enter__(self) -> Self:
         return self.start()

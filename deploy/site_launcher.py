@@ -16,6 +16,11 @@ Process layout (both in their own process groups, stopped by PID on SIGTERM/SIGI
 
 Why the local runtime API uses TLS and a secret: see :mod:`deploy.runtime_tls` and
 :mod:`deploy.flower_commands`.
+
+Metrics: the launcher serves the site's Prometheus endpoint (``--metrics-listen``, default
+127.0.0.1:9401; ``off`` disables it): what the site's ClientApps recorded in the multiprocess
+folder ``--metrics-dir`` (set as ``PROMETHEUS_MULTIPROC_DIR`` for the children, wiped at start),
+the CPU and memory of the site's processes, and its GPUs (see :mod:`deploy.metrics_export`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from certs.checks import check_ca, check_site_key
 from certs.keys import make_secret
 from certs.names import HOST_RULE, is_host_name
+from common.metrics import MULTIPROC_ENV
 from common.settings import NodeConfig, SettingsError
 from deploy.flower_commands import runtime_address, superexec_cmd, supernode_cmd
 from deploy.flower_env import child_env
@@ -48,6 +54,7 @@ from deploy.flower_logs import (
     strip_ansi,
 )
 from deploy.health import https_ok
+from deploy.metrics_export import SITE_PORT, parse_listen, prepare_multiproc_dir, serve_site
 from deploy.processes import ManagedProcess, ProcessFailed
 from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
 
@@ -87,6 +94,8 @@ class SiteSettings(BaseSettings):
     superexec_secret_file: Path | None = None
     work_dir: Path = Path(".zk0/site")
     startup_timeout: float = 60.0
+    metrics_listen: str = f"127.0.0.1:{SITE_PORT}"  # "off": no metrics endpoint
+    metrics_dir: Path | None = None  # default <work dir>/metrics
 
     # Absolute paths: the children run with the work dir as cwd.
     @property
@@ -96,6 +105,14 @@ class SiteSettings(BaseSettings):
     @property
     def secret_path(self) -> Path:
         return _abs(self.superexec_secret_file or self.work_dir / "superexec.secret")
+
+    @property
+    def metrics_on(self) -> bool:
+        return self.metrics_listen.strip().lower() not in ("", "off")
+
+    @property
+    def metrics_path(self) -> Path:
+        return _abs(self.metrics_dir or self.work_dir / "metrics")
 
     @property
     def runtime_tls_dir(self) -> Path:
@@ -189,6 +206,11 @@ def check_settings(settings: SiteSettings, *, dataset: bool = True) -> NodeConfi
         problems.append(f"ZK0_SITE_KEY / --site-key: {err}")
     if (secret_problem := _check_secret_file(settings.secret_path)) is not None:
         problems.append(secret_problem)
+    if settings.metrics_on:
+        try:
+            parse_listen(settings.metrics_listen)
+        except ValueError as err:
+            problems.append(f"ZK0_METRICS_LISTEN / --metrics-listen: {err} (or 'off')")
     node: NodeConfig | None = None
     try:
         node = settings.node_config()
@@ -268,7 +290,11 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
     check_settings(settings)
     work = settings.work_path
     node_cmd, exec_cmd = prepare_site(settings)
-    env = child_env(work / "flwr-home")
+    extra_env = {}
+    if settings.metrics_on:
+        metrics_dir = prepare_multiproc_dir(settings.metrics_path, wipe=True)
+        extra_env[MULTIPROC_ENV] = str(metrics_dir)
+    env = child_env(work / "flwr-home", extra_env)
 
     def sink(prefix: str) -> Callable[[str], None] | None:
         if not echo:
@@ -283,6 +309,20 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
         "superexec", exec_cmd, work / "logs" / "superexec.log",
         env=env, cwd=work, on_line=sink("superexec"),
     )  # fmt: skip
+    exporter = None
+    if settings.metrics_on:
+        children = (("supernode", supernode), ("superexec", superexec))
+        try:
+            exporter = serve_site(
+                settings.site_name, settings.metrics_path,
+                lambda: {role: p.pid for role, p in children if p.started},
+                settings.metrics_listen, include_self=True,
+            )
+        except OSError as err:
+            print(f"cannot serve metrics on {settings.metrics_listen} (ZK0_METRICS_LISTEN / "
+                  f"--metrics-listen): {err}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        print(f"site {settings.site_name!r} metrics on {exporter.url}", flush=True)
     stop = threading.Event()
     restore = _install_signal_handlers(stop)
     try:
@@ -317,6 +357,8 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
         superexec.stop()
         supernode.stop()
         restore()
+        if exporter is not None:
+            exporter.close()
 
 
 def _runtime_hosts(connect_host: str) -> list[str]:
@@ -364,6 +406,9 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "runtime_port": (int, "port of this SuperNode's runtime API (distinct per SuperNode)"),
     "superexec_secret_file": (Path, "SuperExec secret file (created 0600 if missing)"),
     "work_dir": (Path, "logs, runtime TLS, secret, FLWR_HOME"),
+    "metrics_listen": (str, "host:port of this site's /metrics, or 'off' (default "
+                            f"127.0.0.1:{SITE_PORT})"),
+    "metrics_dir": (Path, "prometheus multiprocess folder (default WORK_DIR/metrics)"),
 }
 
 

@@ -29,6 +29,7 @@ from common.settings import RunConfig
 from superlink import federated_stats
 from superlink.checkpoints import save_checkpoint
 from superlink.exchange import exchange
+from superlink.metrics import run_failed
 from superlink.reports import RunReport
 from superlink.strategy import EVALUATE, TRAIN, CodecFedAvg, Failure, make_strategy
 
@@ -82,6 +83,7 @@ def run_federation(grid: Grid, context: Context) -> Path:
         return _federate(grid, context, run, run_dir)
     except BaseException as err:
         log.error("run_failed", run_dir=str(run_dir), error=f"{type(err).__name__}: {err}")
+        run_failed(context.run_id)
         meta_path = run_dir / "run.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         atomic.write_json(meta_path, {**meta, "failed": f"{type(err).__name__}: {err}"})
@@ -157,6 +159,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             instructions(server_round, evaluate_incoming),
             grid,
         )
+        report.metrics.round_started(server_round)
         log.info(
             "round_started",
             round=server_round,
@@ -164,7 +167,9 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             downlink_bytes_per_site=strategy.downlink_bytes,
         )
         result, timeouts = _send(grid, sites, messages, run, "train")
+        aggregation_start = time.perf_counter()
         aggregated, _ = strategy.aggregate_train(server_round, result.replies)
+        aggregation_seconds = time.perf_counter() - aggregation_start
         replies = strategy.replies(TRAIN, server_round)
         failures = replies.failures + timeouts
         if evaluate_incoming:
@@ -187,6 +192,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             downlink_bytes_per_site=strategy.downlink_bytes,
             downlink_bytes=strategy.downlink_bytes * len(messages),
             seconds=time.time() - round_start,
+            aggregation_seconds=aggregation_seconds,
             checkpoint=str(ckpt),
         )
         for f in failures:
@@ -214,8 +220,12 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
     result, timeouts = _send(grid, sites, messages, run, "eval")
     strategy.aggregate_evaluate(final_round, result.replies)
     evaluated = strategy.replies(EVALUATE, final_round)
+    report.metrics.exchange_recorded(
+        evaluated.reports, evaluated.failures + timeouts, strategy.downlink_bytes
+    )
     final = report.record_eval(final_round, evaluated.reports, evaluated.failures + timeouts)
     report.update_meta(finished=time.time(), seconds=time.time() - started, final_eval=final)
+    report.metrics.completed()
     log.info("run_finished", run_dir=str(run_dir), seconds=round(time.time() - started, 1))
     print(
         "\nHeld-out action MSE per site (global model after each round):\n" + report.table(),

@@ -24,6 +24,7 @@ from typing import Any
 
 from common import atomic
 from common.protocol import SiteReport
+from superlink.metrics import RunMetrics
 from superlink.strategy import Failure
 
 
@@ -35,15 +36,25 @@ def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float]) -> 
 
 
 class RunReport:
-    """Owns the run folder's report files; every write is atomic."""
+    """Owns the run folder's report files; every write is atomic.
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any]) -> None:
+    What it records also goes to the run's Prometheus metrics (``self.metrics``), so the
+    report files and the metrics cannot disagree.
+    """
+
+    def __init__(
+        self, run_dir: Path, meta: dict[str, Any], metrics: RunMetrics | None = None
+    ) -> None:
         self.run_dir = run_dir
         self.meta = meta
         self.rounds: dict[int, dict[str, Any]] = {}
         self.evals: dict[int, dict[str, Any]] = {}
         (run_dir / "rounds").mkdir(parents=True, exist_ok=True)
         self._write_meta()
+        self.metrics = metrics or RunMetrics(
+            meta.get("run_id", "unknown"), meta.get("run_config", {}).get("num-server-rounds")
+        )
+        self.metrics.started(meta.get("sites", {}), meta.get("stats_failures", {}))
 
     def _write_meta(self) -> None:
         atomic.write_json(self.run_dir / "run.json", self.meta)
@@ -75,6 +86,7 @@ class RunReport:
         }
         self.rounds[server_round] = entry
         self._write_round(server_round)
+        self.metrics.round_recorded(entry, reports, failures)
         return entry
 
     def record_eval(
@@ -100,6 +112,7 @@ class RunReport:
             self.rounds[after_round]["eval"] = entry
             self._write_round(after_round)
         self._write_history()
+        self.metrics.eval_recorded(entry, measured)
         return entry
 
     def _write_round(self, server_round: int) -> None:

@@ -33,6 +33,7 @@ from common.protocol import (
 )
 from supernode.evaluation import evaluate_action_mse
 from supernode.local_site import Site
+from supernode.metrics import observe_task, record_report
 from supernode.training import train_round
 
 app = ClientApp()
@@ -41,6 +42,11 @@ log = get_logger("zk0.supernode")
 
 @app.query("stats")
 def stats(msg: Message, context: Context) -> Message:
+    with observe_task("stats", context.node_config):
+        return _stats(msg, context)
+
+
+def _stats(msg: Message, context: Context) -> Message:
     site = Site.open(context.node_config, context.run_config)
     info = site.info()
     log.info("stats", site=info.site_name, train_frames=info.train_frames,
@@ -71,6 +77,11 @@ def _evaluate(site: Site, bundle) -> dict:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    with observe_task("train", context.node_config):
+        return _train(msg, context)
+
+
+def _train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     site = Site.open(context.node_config, context.run_config)
     instructions, payload, weights, bundle = _global_policy(site, msg)
@@ -95,11 +106,13 @@ def train(msg: Message, context: Context) -> Message:
     log.info("trained", site=site.node.site_name, round=instructions.server_round,
              loss=round(result.loss_mean, 4), eval_mse=report.get("eval_action_mse"),
              seconds=round(time.perf_counter() - start, 1))
+    site_report = SiteReport(**report)
+    record_report(site.node.site_name, site_report)
     content = RecordDict(
         {
             ARRAYS: update.arrays,
             CODEC: update.meta,
-            METRICS: SiteReport(**report).to_record(),
+            METRICS: site_report.to_record(),
             SITE: ConfigRecord({"site-name": site.node.site_name}),
         }
     )
@@ -108,6 +121,11 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    with observe_task("evaluate", context.node_config):
+        return _evaluate_only(msg, context)
+
+
+def _evaluate_only(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     site = Site.open(context.node_config, context.run_config)
     _, _, _, bundle = _global_policy(site, msg)
@@ -117,6 +135,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         **_evaluate(site, bundle),
     )
     log.info("evaluated", site=site.node.site_name, eval_mse=report.eval_action_mse)
+    record_report(site.node.site_name, report)
     content = RecordDict(
         {METRICS: report.to_record(), SITE: ConfigRecord({"site-name": site.node.site_name})}
     )
