@@ -98,7 +98,7 @@ def run_cluster(
               f"SuperNodes; logs in {cluster.logs}", flush=True)
         try:
             if metrics:
-                prometheus = _announce_metrics(cluster, work_dir, prometheus_port)
+                prometheus = announce_metrics(cluster, work_dir, prometheus_port)
             result = cluster.run(values, timeout=timeout)
             if hold:
                 _hold(prometheus)
@@ -114,8 +114,10 @@ def run_cluster(
     return {"run_dir": str(run_dir), "history": history, "seconds": result.duration_s}
 
 
-def _announce_metrics(cluster, work_dir: Path, prometheus_port: int | None):
-    """Print where the metrics are served; start Prometheus on them if asked."""
+def announce_metrics(cluster, work_dir: Path, prometheus_port: int | None,
+                     scrape_interval: str = "5s"):
+    """Print where ``cluster``'s metrics are served; with a port, start Prometheus on them
+    (the project's config and rules, under ``work_dir/prometheus``) and return it."""
     from deploy.prometheus_server import PrometheusServer, render_config
 
     endpoints = cluster.metrics_endpoints
@@ -124,7 +126,8 @@ def _announce_metrics(cluster, work_dir: Path, prometheus_port: int | None):
         print(f"[zk0] metrics: {name} http://{address}/metrics", flush=True)
     if prometheus_port is None:
         return None
-    config = render_config(endpoints["coordinator"], endpoints["sites"], scrape_interval="5s")
+    config = render_config(endpoints["coordinator"], endpoints["sites"],
+                           scrape_interval=scrape_interval)
     server = PrometheusServer(work_dir / "prometheus", config, prometheus_port).start()
     print(f"[zk0] Prometheus {server.url} (alerts: {server.url}/alerts; config "
           f"{server.config_path})", flush=True)

@@ -272,7 +272,6 @@ class LocalCluster:
             sys.executable, "-m", "deploy.cli", "coordinator-metrics",
             "--multiproc-dir", str(folder), "--listen", self.coordinator_metrics,
             "--superlink", self.address, "--ca-cert", str(self.certs.ca_cert),
-            "--probe-interval", "1",
         ]  # fmt: skip
         # this checkout's zk0, whatever is installed
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)

@@ -12,6 +12,8 @@ down seen as such.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from pathlib import Path
@@ -21,9 +23,9 @@ from prometheus_tools import api, grafana_to_promql, promtool, query, require_pr
 
 from common.settings import NodeConfig
 from deploy import grafana_dashboards as gd
+from deploy.cluster_cli import announce_metrics
 from deploy.local_cluster import LocalCluster, free_port
 from deploy.metrics_export import GpuCollector
-from deploy.prometheus_server import PrometheusServer, render_config
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTHY, BROKEN = "site-0", "lab-gpu"
@@ -70,9 +72,15 @@ def monitored(demo_root, tmp_path_factory):
     t0 = time.monotonic()
     try:
         cluster.start()
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):  # what `zk0 cluster --prometheus` does
+            prometheus = announce_metrics(cluster, work, free_port(), scrape_interval="1s")
         endpoints = cluster.metrics_endpoints
-        config = render_config(endpoints["coordinator"], endpoints["sites"], scrape_interval="1s")
-        prometheus = PrometheusServer(work / "prometheus", config, free_port()).start()
+        assert f"metrics: coordinator http://{endpoints['coordinator']}/metrics" in \
+            printed.getvalue()
+        for name, address in endpoints["sites"].items():
+            assert f"metrics: {name} http://{address}/metrics" in printed.getvalue()
+        assert f"Prometheus {prometheus.url}" in printed.getvalue()
         result = cluster.run({**RUN, "output-dir": str(work / "runs")}, timeout=900)
         assert result.ok, f"status {result.status}\n{result.output[-3000:]}"
         # the last values the ServerApp wrote, scraped
