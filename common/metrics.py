@@ -10,13 +10,19 @@ the apps inherit; without it the metrics live in this process's default registry
 runs, tests) and nobody scrapes them.
 
 Metrics must never cost a run: a failure to record one is logged and swallowed.
+
+A gauge in multiprocess mode needs a rule for combining the processes' values; a "last value"
+(a site's last loss, a run's round) must survive the process that set it, so it is the value
+most recently set by any process (:func:`last_value`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from prometheus_client import Gauge
 
 from common.logs import get_logger
 
@@ -46,3 +52,9 @@ def guarded[**P, R](fn: Callable[P, R]) -> Callable[P, R | None]:
             return None
 
     return wrapper
+
+
+def last_value(name: str, documentation: str, labels: Sequence[str]) -> Gauge:
+    """A gauge whose exported value is the one most recently set by any process, kept after
+    that process exits."""
+    return Gauge(name, documentation, labels, multiprocess_mode="mostrecent")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from common.metrics import guarded
+from common.metrics import guarded, last_value
 
 if TYPE_CHECKING:  # the exporters' tests import this without Flower's stack
     from common.protocol import SiteReport
@@ -35,21 +35,21 @@ if TYPE_CHECKING:  # the exporters' tests import this without Flower's stack
 RUN_STATES = ("running", "completed", "failed")
 
 # -- per site, as the coordinator sees it ------------------------------------------------------
-SITE_TRAIN_LOSS = Gauge(
+SITE_TRAIN_LOSS = last_value(
     "zk0_site_train_loss", "Mean policy loss of the site's last accepted training round",
-    ["site"], multiprocess_mode="mostrecent")
-SITE_EVAL_MSE = Gauge(
+    ["site"])
+SITE_EVAL_MSE = last_value(
     "zk0_site_eval_action_mse",
     "Held-out action MSE (real units^2) of the latest global model on the site's episodes",
-    ["site"], multiprocess_mode="mostrecent")
-SITE_LAST_REPLY = Gauge(
+    ["site"])
+SITE_LAST_REPLY = last_value(
     "zk0_site_last_reply_timestamp_seconds",
     "Unix time of the site's last reply (accepted or refused; a timeout is no reply)",
-    ["site"], multiprocess_mode="mostrecent")
-SITE_CONSECUTIVE_FAILURES = Gauge(
+    ["site"])
+SITE_CONSECUTIVE_FAILURES = last_value(
     "zk0_site_consecutive_failures",
     "Messages in a row the site failed (any failure kind); 0 after an accepted reply",
-    ["site"], multiprocess_mode="mostrecent")
+    ["site"])
 SITE_STEPS = Counter("zk0_site_train_steps", "Optimizer steps in accepted replies", ["site"])
 SITE_SAMPLES = Counter("zk0_site_train_samples", "Training samples in accepted replies", ["site"])
 SITE_SKIPPED = Counter(
@@ -70,38 +70,36 @@ SITE_FAILURES = Counter(
     "zk0_site_failures", "Messages the site failed, by failure kind", ["site", "kind"])
 
 # -- per run -----------------------------------------------------------------------------------
-RUN_STATE = Gauge(
+RUN_STATE = last_value(
     "zk0_run_state", "1 for the run's current state (running, completed, failed), else 0",
-    ["run", "state"], multiprocess_mode="mostrecent")
+    ["run", "state"])
 RUN_ACTIVE = Gauge(
     "zk0_run_active", "1 while the run's ServerApp process is alive and running",
     ["run"], multiprocess_mode="livemostrecent")
-RUN_STARTED = Gauge(
-    "zk0_run_start_timestamp_seconds", "Unix time the run started", ["run"],
-    multiprocess_mode="mostrecent")
-RUN_PROGRESS = Gauge(
+RUN_STARTED = last_value(
+    "zk0_run_start_timestamp_seconds", "Unix time the run started", ["run"])
+RUN_PROGRESS = last_value(
     "zk0_run_last_progress_timestamp_seconds",
     "Unix time the run last completed a round (its start before the first)",
-    ["run"], multiprocess_mode="mostrecent")
-RUN_ROUND = Gauge(
+    ["run"])
+RUN_ROUND = last_value(
     "zk0_run_current_round", "The round the run is in (the final evaluation: the last round)",
-    ["run"], multiprocess_mode="mostrecent")
-RUN_ROUNDS = Gauge(
-    "zk0_run_rounds", "Rounds the run is configured for", ["run"], multiprocess_mode="mostrecent")
-RUN_SAMPLED = Gauge(
-    "zk0_run_sites_sampled", "Sites asked in the run's latest round", ["run"],
-    multiprocess_mode="mostrecent")
-RUN_REPLIED = Gauge(
+    ["run"])
+RUN_ROUNDS = last_value(
+    "zk0_run_rounds", "Rounds the run is configured for", ["run"])
+RUN_SAMPLED = last_value(
+    "zk0_run_sites_sampled", "Sites asked in the run's latest round", ["run"])
+RUN_REPLIED = last_value(
     "zk0_run_sites_replied", "Sites whose reply was accepted in the run's latest round",
-    ["run"], multiprocess_mode="mostrecent")
-RUN_EVAL_MSE = Gauge(
+    ["run"])
+RUN_EVAL_MSE = last_value(
     "zk0_run_eval_action_mse",
     "Held-out action MSE of the run's latest evaluated global model, weighted by eval samples",
-    ["run"], multiprocess_mode="mostrecent")
-RUN_MSE_RISING = Gauge(
+    ["run"])
+RUN_MSE_RISING = last_value(
     "zk0_run_eval_mse_rising_rounds",
     "Evaluations in a row in which the run's weighted held-out MSE rose",
-    ["run"], multiprocess_mode="mostrecent")
+    ["run"])
 ROUNDS_COMPLETED = Counter("zk0_rounds_completed", "Rounds that produced a new global model")
 ROUNDS_FAILED = Counter("zk0_rounds_failed", "Rounds in which no update could be aggregated")
 ROUND_SECONDS = Histogram(

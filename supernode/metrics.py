@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
-from common.metrics import guarded
+from common.metrics import guarded, last_value
 
 if TYPE_CHECKING:
     from common.protocol import SiteReport
@@ -32,19 +32,18 @@ TASK_FAILURES = Counter(
 TASK_SECONDS = Histogram(
     "zk0_local_task_duration_seconds", "Wall time to handle one message, setup included",
     ["site", "task"], buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200))
-LAST_TASK = Gauge(
+LAST_TASK = last_value(
     "zk0_local_last_task_timestamp_seconds", "Unix time the site last finished a message",
-    ["site", "task"], multiprocess_mode="mostrecent")
-TRAIN_LOSS = Gauge(
-    "zk0_local_train_loss", "Mean policy loss of the site's last training round", ["site"],
-    multiprocess_mode="mostrecent")
-EVAL_MSE = Gauge(
+    ["site", "task"])
+TRAIN_LOSS = last_value(
+    "zk0_local_train_loss", "Mean policy loss of the site's last training round", ["site"])
+EVAL_MSE = last_value(
     "zk0_local_eval_action_mse",
     "Held-out action MSE (real units^2) of the last global model the site evaluated",
-    ["site"], multiprocess_mode="mostrecent")
-SAMPLES_PER_SECOND = Gauge(
+    ["site"])
+SAMPLES_PER_SECOND = last_value(
     "zk0_local_samples_per_second", "Training samples per second in the site's last round",
-    ["site"], multiprocess_mode="mostrecent")
+    ["site"])
 STEPS = Counter("zk0_local_train_steps", "Optimizer steps the site ran", ["site"])
 SAMPLES = Counter("zk0_local_train_samples", "Training samples the site used", ["site"])
 SKIPPED = Counter("zk0_local_skipped_samples", "Samples skipped as unreadable", ["site"])
