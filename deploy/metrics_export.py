@@ -83,17 +83,20 @@ class MultiprocFolderCollector(Collector):
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
-        self._inner = MultiProcessCollector(None, path=self.path)
+        MultiProcessCollector(None, path=self.path)  # the folder exists: fail at start, not later
+        self._lock = threading.Lock()  # scrapes run in parallel threads
 
     def reap(self) -> list[int]:
-        dead = []
-        for name in os.listdir(self.path):
-            m = _LIVE_FILE.match(name)
-            if m and not _alive(int(m.group(1))):
-                dead.append(int(m.group(1)))
-        for pid in set(dead):
-            mark_process_dead(pid, self.path)
-        return sorted(set(dead))
+        """Mark dead every writer of ``live*`` gauge files that no longer runs; their pids."""
+        with self._lock:
+            dead = set()
+            for name in os.listdir(self.path):
+                m = _LIVE_FILE.match(name)
+                if m and not _alive(int(m.group(1))):
+                    dead.add(int(m.group(1)))
+            for pid in dead:
+                mark_process_dead(pid, self.path)
+        return sorted(dead)
 
     def collect(self) -> Iterator[Metric]:
         self.reap()

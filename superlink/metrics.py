@@ -80,7 +80,7 @@ RUN_STARTED = last_value(
     "zk0_run_start_timestamp_seconds", "Unix time the run started", ["run"])
 RUN_PROGRESS = last_value(
     "zk0_run_last_progress_timestamp_seconds",
-    "Unix time the run last completed a round (its start before the first)",
+    "Unix time the run last completed a round (before the first: when its sites had joined)",
     ["run"])
 RUN_ROUND = last_value(
     "zk0_run_current_round", "The round the run is in (the final evaluation: the last round)",
@@ -134,12 +134,16 @@ class RunMetrics:
     # -- run lifecycle -----------------------------------------------------------------------
 
     @guarded
-    def started(self, sites: Iterable[str], stats_failures: Mapping[Any, str]) -> None:
-        """The sites that joined (their series start at 0) and those whose stage 0 failed."""
+    def started(
+        self, sites: Iterable[str], stats_failures: Mapping[Any, str],
+        started: float | None = None,
+    ) -> None:
+        """The sites that joined (their series start at 0) and those whose stage 0 failed;
+        ``started``: when the run began (Unix time; default now)."""
         now = time.time()
         self._state("running")
         RUN_ACTIVE.labels(self.run).set(1)
-        RUN_STARTED.labels(self.run).set(now)
+        RUN_STARTED.labels(self.run).set(started if started is not None else now)
         RUN_PROGRESS.labels(self.run).set(now)
         RUN_ROUND.labels(self.run).set(0)
         RUN_MSE_RISING.labels(self.run).set(0)

@@ -54,7 +54,9 @@ class RunReport:
         self.metrics = metrics or RunMetrics(
             meta.get("run_id", "unknown"), meta.get("run_config", {}).get("num-server-rounds")
         )
-        self.metrics.started(meta.get("sites", {}), meta.get("stats_failures", {}))
+        self.metrics.started(
+            meta.get("sites", {}), meta.get("stats_failures", {}), meta.get("started")
+        )
 
     def _write_meta(self) -> None:
         atomic.write_json(self.run_dir / "run.json", self.meta)
