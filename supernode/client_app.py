@@ -33,7 +33,7 @@ from common.protocol import (
 )
 from supernode.evaluation import evaluate_action_mse
 from supernode.local_site import Site
-from supernode.metrics import observe_task, record_report
+from supernode.metrics import observed, record_report
 from supernode.training import train_round
 
 app = ClientApp()
@@ -41,12 +41,8 @@ log = get_logger("zk0.supernode")
 
 
 @app.query("stats")
+@observed("stats")
 def stats(msg: Message, context: Context) -> Message:
-    with observe_task("stats", context.node_config):
-        return _stats(msg, context)
-
-
-def _stats(msg: Message, context: Context) -> Message:
     site = Site.open(context.node_config, context.run_config)
     info = site.info()
     log.info("stats", site=info.site_name, train_frames=info.train_frames,
@@ -76,12 +72,8 @@ def _evaluate(site: Site, bundle) -> dict:
 
 
 @app.train()
+@observed("train")
 def train(msg: Message, context: Context) -> Message:
-    with observe_task("train", context.node_config):
-        return _train(msg, context)
-
-
-def _train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     site = Site.open(context.node_config, context.run_config)
     instructions, payload, weights, bundle = _global_policy(site, msg)
@@ -120,12 +112,8 @@ def _train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@observed("evaluate")
 def evaluate(msg: Message, context: Context) -> Message:
-    with observe_task("evaluate", context.node_config):
-        return _evaluate_only(msg, context)
-
-
-def _evaluate_only(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     site = Site.open(context.node_config, context.run_config)
     _, _, _, bundle = _global_policy(site, msg)

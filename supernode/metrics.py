@@ -14,8 +14,9 @@ and the coordinator's view of it (``zk0_site_*``) without a clash.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Histogram
@@ -70,6 +71,20 @@ def observe_task(task: str, node_config: Mapping[str, Any]) -> Iterator[None]:
         _finished(site, task, time.perf_counter() - start, failed=True)
         raise
     _finished(site, task, time.perf_counter() - start, failed=False)
+
+
+def observed[H: Callable[..., Any]](task: str) -> Callable[[H], H]:
+    """Decorate a message handler ``(msg, context) -> Message`` with :func:`observe_task`."""
+
+    def decorate(handler: H) -> H:
+        @functools.wraps(handler)
+        def wrapper(msg: Any, context: Any) -> Any:
+            with observe_task(task, context.node_config):
+                return handler(msg, context)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 @guarded
