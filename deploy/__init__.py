@@ -13,4 +13,8 @@
 ``site_registry``: ``zk0 site`` (register a site's key under its name, revoke, list).
 ``local_cluster``: a whole federation on 127.0.0.1 (tests, demos, benchmarks).
 ``cluster_cli``: ``zk0 cluster``. ``site_launcher``: ``zk0 supernode`` (a lab's box).
+``metrics_export``: the long-lived Prometheus endpoints (coordinator, sites).
+``coordinator_metrics``: ``zk0 coordinator-metrics``. ``prometheus_server``: the project's
+Prometheus config rendered for a cluster, and Prometheus run for it. ``grafana_dashboards``:
+the Grafana dashboards, as code.
 """

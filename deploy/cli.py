@@ -1,5 +1,5 @@
 """The ``zk0`` command: certificates, demo data, dataset checks, a lab's SuperNode, site
-registration, a local cluster, export.
+registration, a local cluster, export, coordinator metrics.
 
 One table lists the commands; each command module exposes ``add_arguments(parser)`` (its flags
 only) and ``run_cli(args) -> int``. Modules are imported when the parser is built, so a command
@@ -71,6 +71,11 @@ COMMANDS: tuple[Command, ...] = (
         "export",
         "deploy.export_command",
         help="write a Hub-ready LeRobot policy folder (with a model card) from a run",
+    ),
+    Command(
+        "coordinator-metrics",
+        "deploy.coordinator_metrics",
+        help="serve the coordinator's Prometheus metrics next to the SuperLink",
     ),
 )
 

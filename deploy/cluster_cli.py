@@ -13,6 +13,12 @@ shielded.
 Everything that can be checked is checked before the first process starts: every run-config key
 and type, the policy name and ``policy-options`` (the policy's config is built), and every
 site's dataset against the first site's (:mod:`supernode.dataset_checks`).
+
+Metrics: the coordinator's and every site's Prometheus endpoint are printed at start
+(``--metrics-port P``: coordinator on P, site-N on P + 1 + N; free ports by default;
+``--no-metrics`` turns them off). ``--prometheus`` also starts Debian's Prometheus with the
+project's config and alert rules (deploy/prometheus/) pointed at them, and prints its URL;
+``--hold`` keeps everything up after the run until Ctrl-C, to look at it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import NodeConfig, RunConfig, SettingsError, parse_overrides
+from deploy.metrics_export import COORDINATOR_PORT
 from deploy.signals import Stopped, stop_on_signals
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,8 +109,16 @@ def run_cluster(
     eval_episodes: int = 2,
     torch_threads: int = 1,
     timeout: float | None = None,
+    *,
+    metrics: bool = True,
+    metrics_port: int | None = None,
+    prometheus_port: int | None = None,
+    hold: bool = False,
 ) -> dict[str, Any]:
-    """Run one federation on a fresh local cluster; return the run folder's eval history."""
+    """Run one federation on a fresh local cluster; return the run folder's eval history.
+
+    ``prometheus_port``: also run Prometheus there (on this cluster's metrics endpoints).
+    """
     from deploy.local_cluster import LocalCluster
 
     work_dir = work_dir.resolve()
@@ -114,7 +129,11 @@ def run_cluster(
     ensure_demo_data(data_dir, sites)
     nodes = site_configs(data_dir, sites, eval_episodes, torch_threads)
     check_sites(nodes)
-    with LocalCluster(REPO, nodes, work_dir) as cluster:
+    if prometheus_port is not None and not metrics:
+        raise ValueError("--prometheus needs the metrics endpoints (drop --no-metrics)")
+    prometheus = None
+    with LocalCluster(REPO, nodes, work_dir, metrics=metrics,
+                      metrics_port=metrics_port) as cluster:
         print(f"[zk0] SuperLink https://{cluster.address} (loopback: the operator's flwr and "
               f"zk0 site, FLWR_HOME={cluster.flwr_home}); logs in {cluster.logs}", flush=True)
         if cluster.shielded:
@@ -126,7 +145,15 @@ def run_cluster(
                   f"SuperNodes dial the SuperLink directly, whose Control API has no "
                   f"authentication. Install nginx (scripts/system-deps.sh as root) for the "
                   f"shielded layout.", file=sys.stderr, flush=True)
-        result = cluster.run(values, timeout=timeout)
+        try:
+            if metrics:
+                prometheus = announce_metrics(cluster, work_dir, prometheus_port)
+            result = cluster.run(values, timeout=timeout)
+            if hold:
+                _hold(prometheus)
+        finally:
+            if prometheus is not None:
+                prometheus.stop()
     if not result.ok:
         raise RuntimeError(
             f"run {result.run_id} ended {result.status!r}; see {work_dir / 'logs'}"
@@ -134,6 +161,38 @@ def run_cluster(
     run_dir = work_dir / "runs" / f"run-{result.run_id}"
     history = json.loads((run_dir / "eval_history.json").read_text())
     return {"run_dir": str(run_dir), "history": history, "seconds": result.duration_s}
+
+
+def announce_metrics(cluster, work_dir: Path, prometheus_port: int | None,
+                     scrape_interval: str = "5s"):
+    """Print where ``cluster``'s metrics are served; with a port, start Prometheus on them
+    (the project's config and rules, under ``work_dir/prometheus``) and return it."""
+    from deploy.prometheus_server import PrometheusServer, render_config
+
+    endpoints = cluster.metrics_endpoints
+    print(f"[zk0] metrics: coordinator http://{endpoints['coordinator']}/metrics", flush=True)
+    for name, address in endpoints["sites"].items():
+        print(f"[zk0] metrics: {name} http://{address}/metrics", flush=True)
+    if prometheus_port is None:
+        return None
+    config = render_config(endpoints["coordinator"], endpoints["sites"],
+                           scrape_interval=scrape_interval)
+    server = PrometheusServer(work_dir / "prometheus", config, prometheus_port).start()
+    print(f"[zk0] Prometheus {server.url} (alerts: {server.url}/alerts; config "
+          f"{server.config_path})", flush=True)
+    return server
+
+
+def _hold(prometheus) -> None:
+    where = f"; Prometheus {prometheus.url}" if prometheus is not None else ""
+    print(f"[zk0] run finished; cluster and metrics stay up{where}. Ctrl-C to stop.", flush=True)
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("[zk0] stopping", flush=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -152,6 +211,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run config override, as for `flwr run -c` (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="DEBUG logs from every process (sets ZK0_LOG_LEVEL=DEBUG)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help=f"coordinator /metrics port, site-N on the port + 1 + N (e.g. "
+                        f"{COORDINATOR_PORT}, as deploy/prometheus/prometheus.yml expects; "
+                        "default: free ports)")
+    p.add_argument("--no-metrics", action="store_true", help="serve no Prometheus metrics")
+    p.add_argument("--prometheus", nargs="?", type=int, const=9090, default=None,
+                   metavar="PORT",
+                   help="also run Prometheus (Debian package) on 127.0.0.1:PORT (default 9090) "
+                        "with the project's config and alert rules")
+    p.add_argument("--hold", action="store_true",
+                   help="keep the cluster, metrics and Prometheus up after the run (Ctrl-C)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -161,7 +231,9 @@ def run_cli(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.run_config)
         with stop_on_signals():  # SIGTERM/SIGHUP unwind like Ctrl-C: every process stopped
             out = run_cluster(args.work_dir, args.sites, overrides, args.data_dir,
-                              args.eval_episodes, args.torch_threads, args.timeout)
+                              args.eval_episodes, args.torch_threads, args.timeout,
+                              metrics=not args.no_metrics, metrics_port=args.metrics_port,
+                              prometheus_port=args.prometheus, hold=args.hold)
     except Stopped as stop:
         print(f"zk0 cluster: {stop}; every process it started has been stopped",
               file=sys.stderr)
@@ -169,7 +241,7 @@ def run_cli(args: argparse.Namespace) -> int:
     except SettingsError as err:
         print(f"zk0 cluster: {err}", file=sys.stderr)
         return 2
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, FileNotFoundError) as err:
         print(f"zk0 cluster: {err}", file=sys.stderr)
         return 1
     from superlink.reports import format_history

@@ -16,6 +16,11 @@ Layout (every process in its own process group, stopped by PID in reverse order)
                          <site dir>/worker/worker.sock; restarted if it dies (``workers=False``:
                          none, every ClientApp trains in its own process)
     flwr-log             flwr log RUN --stream (only while :meth:`LocalCluster.run` is active)
+    coordinator-metrics  zk0 coordinator-metrics: /metrics of the ServerApps + SuperLink probe
+
+With ``metrics`` on (the default) each site also gets a /metrics endpoint, served from this
+process as ``zk0 supernode`` serves it on a lab's box (:mod:`deploy.metrics_export`); the
+endpoints are in :attr:`LocalCluster.metrics_endpoints`.
 
 It is the same topology a real deployment has (one SuperLink host behind its entry proxy, one
 box per lab), only on one machine: tests exercise TLS, the proxy's allow-list, node
@@ -31,6 +36,7 @@ Working dir::
     <work_dir>/logs/*.log        one log per process
     <work_dir>/proxy/            nginx.conf, its pid, access/error logs, temp folders (0700)
     <work_dir>/sites/<site>/     the site's FLWR_HOME, runtime TLS, SuperExec secret, worker/
+    <work_dir>/metrics/          prometheus multiprocess folders: coordinator/, sites/<site>/
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from typing import Any, Self
 
 from certs.federation import FederationCerts, ensure_federation_certs
 from certs.keys import make_secret
+from common.metrics import MULTIPROC_ENV
 from common.settings import NodeConfig
 from deploy import flwr_cli
 from deploy.entry_proxy import EntryProxy, ProxySettings, find_nginx
@@ -55,6 +62,7 @@ from deploy.flower_commands import runtime_address, superexec_cmd, superlink_cmd
 from deploy.flower_env import SITE_SUPEREXEC_POLL_SECONDS, child_env, superexec_env
 from deploy.flower_logs import flower_exit_code, logged_node_id, strip_ansi
 from deploy.health import https_ok
+from deploy.metrics_export import MetricsServer, prepare_multiproc_dir, serve_site
 from deploy.processes import ManagedProcess, ProcessFailed
 from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
 from deploy.site_worker import WorkerSupervisor, socket_path, stop_all
@@ -85,6 +93,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _multiproc_env(folder: Path | None) -> dict[str, str]:
+    """The apps' PROMETHEUS_MULTIPROC_DIR (inherited from their SuperExec)."""
+    return {MULTIPROC_ENV: str(folder)} if folder is not None else {}
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True if ``GET url`` answers 200 (the metrics endpoints are plain HTTP on loopback)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def _printer(prefix: str) -> Callable[[str], None]:
@@ -129,13 +156,16 @@ class LocalCluster:
         workers: bool = True,
         superexec_poll: float | None = SITE_SUPEREXEC_POLL_SECONDS,
         worker_timeout: float = 300.0,
+        metrics: bool = True,
+        metrics_port: int | None = None,
     ) -> None:
         """``proxy``: True = the labs dial an nginx entry (error if nginx is missing); False =
         they dial the SuperLink; None = the entry if nginx is installed. ``workers``: one site
         worker per site (the default; False: Flower's plain per-message ClientApps).
         ``superexec_poll``: the site SuperExecs' task poll interval in seconds (None: Flower's
         1 s). ``worker_timeout``: how long a worker may take to load torch and LeRobot at start
-        (minutes on a busy 2-core machine)."""
+        (minutes on a busy 2-core machine). ``metrics_port``: the coordinator's /metrics port,
+        sites on the next ones (site i on ``metrics_port + 1 + i``); None: free ports."""
         names = [s.site_name for s in sites]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate site names: {names}")
@@ -161,6 +191,11 @@ class LocalCluster:
         self.superexec_poll = superexec_poll
         self.worker_timeout = worker_timeout
         self.workers: dict[str, WorkerSupervisor] = {}
+        self.metrics = metrics
+        self.metrics_dir = self.work_dir / "metrics"
+        self._metrics_port = metrics_port
+        self.coordinator_metrics = f"{host}:{metrics_port or free_port(host)}" if metrics else None
+        self._site_exporters: dict[str, MetricsServer] = {}
 
     # -- properties --------------------------------------------------------------------------
 
@@ -189,6 +224,14 @@ class LocalCluster:
                 sites=[s.site_name for s in self.sites],
             )
         return self._certs
+
+    @property
+    def metrics_endpoints(self) -> dict[str, Any]:
+        """Where the metrics are served: ``{"coordinator": host:port, "sites": {name: ...}}``."""
+        return {
+            "coordinator": self.coordinator_metrics,
+            "sites": {name: e.address for name, e in self._site_exporters.items()},
+        }
 
     def all_pids(self) -> list[int]:
         """Every PID this cluster ever started (for leak checks)."""
@@ -264,12 +307,14 @@ class LocalCluster:
             self.startup_timeout,
             what=f"answering https://{self.address}/health",
         )
+        coordinator_dir = self._start_coordinator_metrics()
         exec_link = self._spawn(
             "superexec-link",
             superexec_cmd(self.address, c.ca_cert, c.superexec_secret),
             self.flwr_home,
             # the ServerApp signs every instruction with it (superlink.authenticity): a path
-            child_env(self.flwr_home, {"ZK0_COORDINATOR_KEY": str(c.coordinator_key.resolve())}),
+            child_env(self.flwr_home, {"ZK0_COORDINATOR_KEY": str(c.coordinator_key.resolve()),
+                                       **_multiproc_env(coordinator_dir)}),
         )
         time.sleep(0.5)
         if exec_link.returncode is not None:
@@ -294,6 +339,53 @@ class LocalCluster:
             raise
         self.processes.append(proc)
         self.entry = entry
+
+    def _start_coordinator_metrics(self) -> Path | None:
+        """``zk0 coordinator-metrics`` on a fresh folder, before any ServerApp can write to it."""
+        if self.coordinator_metrics is None:
+            return None
+        folder = prepare_multiproc_dir(self.metrics_dir / "coordinator", wipe=True)
+        cmd = [
+            sys.executable, "-m", "deploy.cli", "coordinator-metrics",
+            "--multiproc-dir", str(folder), "--listen", self.coordinator_metrics,
+            "--superlink", self.address, "--ca-cert", str(self.certs.ca_cert),
+        ]  # fmt: skip
+        # this checkout's zk0, whatever is installed
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        proc = self._spawn("coordinator-metrics", cmd, self.flwr_home,
+                           child_env(self.flwr_home, {"PYTHONPATH": path}))
+        proc.wait_healthy(
+            lambda: _http_ok(f"http://{self.coordinator_metrics}/metrics"),
+            self.startup_timeout,
+            what=f"serving http://{self.coordinator_metrics}/metrics",
+        )
+        return folder
+
+    def _serve_site_metrics(self, name: str) -> Path | None:
+        """The site's multiprocess folder, and its /metrics (once per site: a site that
+        rejoins keeps its endpoint and counters)."""
+        if not self.metrics:
+            return None
+        folder = self.metrics_dir / "sites" / name
+        if name in self._site_exporters:
+            return folder
+        prepare_multiproc_dir(folder, wipe=True)
+        index = next(i for i, s in enumerate(self.sites) if s.site_name == name)
+        port = self._metrics_port + 1 + index if self._metrics_port else free_port(self.host)
+
+        def groups() -> dict[str, int]:
+            site = self._site_procs.get(name)
+            if site is None:
+                return {}
+            procs = {"supernode": site.supernode, "superexec": site.superexec}
+            roles = {role: p.pid for role, p in procs.items() if p is not None and p.started}
+            worker = self.workers.get(name)
+            if worker is not None and worker.pid is not None:
+                roles["worker"] = worker.pid
+            return roles
+
+        self._site_exporters[name] = serve_site(name, folder, groups, f"{self.host}:{port}")
+        return folder
 
     def register(self, site: str, pubkey: Path) -> int | None:
         """Register a site's public key; None if this database already has it (a restart).
@@ -381,7 +473,8 @@ class LocalCluster:
             f"superexec-{name}",
             superexec_cmd(runtime, ca, site_dir / "superexec.secret"),
             site_dir / "flwr-home",
-            env=superexec_env(site_dir / "flwr-home", self.superexec_poll),
+            {**superexec_env(site_dir / "flwr-home", self.superexec_poll),
+             **_multiproc_env(self._serve_site_metrics(name))},
         )
 
     def _site_dir(self, site: str) -> Path:
@@ -556,6 +649,9 @@ class LocalCluster:
         stop_all(list(self.workers.values()), self.stop_timeout)
         for proc in reversed(self.processes):
             proc.stop(self.stop_timeout)
+        for exporter in self._site_exporters.values():
+            exporter.close()
+        self._site_exporters.clear()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -26,6 +26,11 @@ Why the local runtime API uses TLS and a secret: see :mod:`deploy.runtime_tls` a
 (:mod:`supernode.authenticity`): the site key (the ClientApp signs every reply with it) and the
 coordinator's public key (every instruction must carry its signature), by default
 ``coordinator.pub`` next to ``ca.crt``.
+
+Metrics: the launcher serves the site's Prometheus endpoint (``--metrics-listen``, default
+127.0.0.1:9401; ``off`` disables it): what the site's ClientApps recorded in the multiprocess
+folder ``--metrics-dir`` (set as ``PROMETHEUS_MULTIPROC_DIR`` for the children, wiped at start),
+the CPU and memory of the site's processes, and its GPUs (see :mod:`deploy.metrics_export`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from certs.checks import check_ca, check_site_key
 from certs.keys import make_secret
 from certs.names import HOST_RULE, is_host_name
 from common import signing
+from common.metrics import MULTIPROC_ENV
 from common.settings import NodeConfig, SettingsError
 from deploy import rejoin
 from deploy.flower_commands import runtime_address, superexec_cmd, supernode_cmd
@@ -63,6 +69,7 @@ from deploy.flower_logs import (
     strip_ansi,
 )
 from deploy.health import https_ok
+from deploy.metrics_export import SITE_PORT, parse_listen, prepare_multiproc_dir, serve_site
 from deploy.processes import ManagedProcess, ProcessFailed
 from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
 from deploy.site_worker import WorkerSupervisor, socket_path, worker_cmd
@@ -111,6 +118,8 @@ class SiteSettings(BaseSettings):
     deep_check: bool = False  # decode every frame before starting (--check always does)
     worker: bool = True  # a long-lived site worker (False: every ClientApp trains itself)
     superexec_poll: float = Field(SITE_SUPEREXEC_POLL_SECONDS, ge=0.01, le=60.0)
+    metrics_listen: str = f"127.0.0.1:{SITE_PORT}"  # "off": no metrics endpoint
+    metrics_dir: Path | None = None  # default <work dir>/metrics
 
     # Absolute paths: the children run with the work dir as cwd.
     @property
@@ -129,6 +138,14 @@ class SiteSettings(BaseSettings):
     @property
     def worker_socket(self) -> Path | None:
         return socket_path(self.work_path / "worker") if self.worker else None
+
+    @property
+    def metrics_on(self) -> bool:
+        return self.metrics_listen.strip().lower() not in ("", "off")
+
+    @property
+    def metrics_path(self) -> Path:
+        return _abs(self.metrics_dir or self.work_dir / "metrics")
 
     @property
     def runtime_tls_dir(self) -> Path:
@@ -250,6 +267,11 @@ def check_settings(
             check_socket_path(settings.worker_socket)
         except ValueError as err:
             problems.append(f"ZK0_WORK_DIR / --work-dir: {err} (or run with --no-worker)")
+    if settings.metrics_on:
+        try:
+            parse_listen(settings.metrics_listen)
+        except ValueError as err:
+            problems.append(f"ZK0_METRICS_LISTEN / --metrics-listen: {err} (or 'off')")
     node: NodeConfig | None = None
     try:
         node = settings.node_config()
@@ -358,7 +380,11 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
     check_settings(settings)
     work = settings.work_path
     node_cmd, exec_cmd = prepare_site(settings)
-    env = child_env(work / "flwr-home")
+    extra_env = {}
+    if settings.metrics_on:
+        metrics_dir = prepare_multiproc_dir(settings.metrics_path, wipe=True)
+        extra_env[MULTIPROC_ENV] = str(metrics_dir)
+    env = child_env(work / "flwr-home", extra_env)
 
     def sink(prefix: str) -> Callable[[str], None] | None:
         if not echo:
@@ -373,7 +399,8 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
 
     superexec = ManagedProcess(
         "superexec", exec_cmd, work / "logs" / "superexec.log",
-        env=superexec_env(work / "flwr-home", settings.superexec_poll), cwd=work,
+        env={**superexec_env(work / "flwr-home", settings.superexec_poll), **extra_env},
+        cwd=work,
         on_line=sink("superexec"),
     )  # fmt: skip
     worker = None
@@ -383,9 +410,26 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
             on_line=sink("worker"), on_restart=lambda line: print(line, file=sys.stderr),
             parent_pid=os.getpid(),  # it exits if this launcher is killed
         )  # fmt: skip
+    supernode: ManagedProcess | None = None
+
+    def roles() -> dict[str, int]:
+        """The site's processes by role, for the CPU and memory series."""
+        procs = {"supernode": supernode, "superexec": superexec,
+                 "worker": worker.current if worker is not None else None}
+        return {role: p.pid for role, p in procs.items() if p is not None and p.started}
+
+    exporter = None
+    if settings.metrics_on:
+        try:
+            exporter = serve_site(settings.site_name, settings.metrics_path, roles,
+                                  settings.metrics_listen, include_self=True)
+        except OSError as err:
+            print(f"cannot serve metrics on {settings.metrics_listen} (ZK0_METRICS_LISTEN / "
+                  f"--metrics-listen): {err}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        print(f"site {settings.site_name!r} metrics on {exporter.url}", flush=True)
     stop = threading.Event()
     restore = _install_signal_handlers(stop)
-    supernode: ManagedProcess | None = None
     try:
         if worker is not None:  # loads torch + LeRobot while the SuperNode connects
             worker.start()
@@ -417,6 +461,8 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
         if worker is not None:
             worker.stop()
         restore()
+        if exporter is not None:
+            exporter.close()
 
 
 def _start_supernode(
@@ -532,6 +578,9 @@ _FLAGS: dict[str, tuple[Any, str]] = {
     "work_dir": (Path, "logs, runtime TLS, secret, FLWR_HOME, worker socket"),
     "expect": (str, "what the federation expects of the data: so100 | none | features JSON"),
     "superexec_poll": (float, "seconds between the SuperExec's task polls (Flower: 1.0)"),
+    "metrics_listen": (str, "host:port of this site's /metrics, or 'off' (default "
+                            f"127.0.0.1:{SITE_PORT})"),
+    "metrics_dir": (Path, "prometheus multiprocess folder (default WORK_DIR/metrics)"),
 }
 
 

@@ -49,6 +49,7 @@ from superlink import disk, federated_stats, resume
 from superlink.authenticity import FederationGuard
 from superlink.checkpoints import PRETRAINED_DIR, checkpoint_dir, save_checkpoint
 from superlink.exchange import Exchange, exchange
+from superlink.metrics import run_failed
 from superlink.polling import IdleBackoff
 from superlink.reports import RunReport
 from superlink.run_status import RoundLedger
@@ -106,6 +107,7 @@ def run_federation(grid: Grid, context: Context) -> Path:
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}"
         log.error("run_failed", run_dir=str(run_dir), error=reason)
+        run_failed(context.run_id)
         _record_failure(run_dir, reason)
         tracker.finish({"failed": reason}, [], exit_code=1)
         raise
@@ -213,6 +215,7 @@ def _federate(
          "seconds": time.time() - started, "status": status},
         report.failures(),
     )
+    report.metrics.completed()
     log.info("run_finished", run_dir=str(run_dir), status=status,
              failed_rounds=fed.ledger.failed_rounds, seconds=round(time.time() - started, 1))
     print(
@@ -304,17 +307,21 @@ class Rounds:
             server_round, self._arrays(), self.instructions(server_round, evaluate_incoming),
             self.grid,
         )
+        self.report.metrics.round_started(server_round)
         log.info("round_started", round=server_round, sites=len(messages),
                  downlink_bytes_per_site=strategy.downlink_bytes)
         failures = self._offline(server_round)
         aggregated = None
+        aggregation_seconds = 0.0
         if len(messages) < run.min_replies:  # cannot succeed: spare the sites the work
             reason = (f"{len(messages)} site(s) to ask, min-replies is {run.min_replies}; "
                       "nothing was sent")
             messages = []
         else:
             result, lost = self._send(messages, "train")
+            aggregation_start = time.perf_counter()
             aggregated, _ = strategy.aggregate_train(server_round, result.replies)
+            aggregation_seconds = time.perf_counter() - aggregation_start
             failures = strategy.replies(TRAIN, server_round).failures + lost + failures
             usable = len(strategy.replies(TRAIN, server_round).accepted)
             reason = f"{usable} usable update(s), min-replies is {run.min_replies}"
@@ -334,6 +341,7 @@ class Rounds:
             downlink_bytes_per_site=strategy.downlink_bytes,
             downlink_bytes=strategy.downlink_bytes * len(messages),
             seconds=time.time() - round_start,
+            aggregation_seconds=aggregation_seconds,
             checkpoint=str(checkpoint_dir(self.run_dir, server_round) / PRETRAINED_DIR)
             if ok else None,
             notes=replies.notes,
@@ -343,7 +351,7 @@ class Rounds:
             self.ledger.succeeded()
         else:
             self.ledger.failed(server_round)
-        self.report.store_round(entry)
+        self.report.store_round(entry, replies.reports, failures)
         for f in failures:
             log.warning(
                 "site_failed", round=server_round, site=f.site, kind=f.kind, reason=f.reason[:300]
@@ -386,8 +394,10 @@ class Rounds:
         result, lost = self._send(messages, "eval")
         self.strategy.aggregate_evaluate(final_round, result.replies)
         evaluated = self.strategy.replies(EVALUATE, final_round)
-        return self.record_eval(final_round, evaluated,
-                                evaluated.failures + lost + self._offline(final_round))
+        failures = evaluated.failures + lost + self._offline(final_round)
+        self.report.metrics.exchange_recorded(evaluated.reports, failures,
+                                              self.strategy.downlink_bytes)
+        return self.record_eval(final_round, evaluated, failures)
 
 
 def progress_line(entry: Mapping, rounds: int, evals: Mapping[int, dict]) -> str:

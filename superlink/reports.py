@@ -38,6 +38,7 @@ from common import atomic
 from common.protocol import SiteReport
 from common.trajectory import Trajectory
 from superlink import plots
+from superlink.metrics import RunMetrics
 from superlink.strategy import Failure
 from superlink.summary import write_summary
 
@@ -50,7 +51,11 @@ def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float]) -> 
 
 
 class RunReport:
-    """Owns the run folder's report files; every write is atomic."""
+    """Owns the run folder's report files; every write is atomic.
+
+    What it records also goes to the run's Prometheus metrics (``self.metrics``), so the
+    report files and the metrics cannot disagree.
+    """
 
     def __init__(
         self,
@@ -58,6 +63,7 @@ class RunReport:
         meta: dict[str, Any],
         rounds: Mapping[int, dict[str, Any]] | None = None,
         evals: Mapping[int, dict[str, Any]] | None = None,
+        metrics: RunMetrics | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.meta = meta
@@ -66,6 +72,12 @@ class RunReport:
         (run_dir / "rounds").mkdir(parents=True, exist_ok=True)
         self.meta["failures_by_site"] = self.failures_by_site()
         self._write_meta()
+        self.metrics = metrics or RunMetrics(
+            meta.get("run_id", "unknown"), meta.get("run_config", {}).get("num-server-rounds")
+        )
+        self.metrics.started(
+            meta.get("sites", {}), meta.get("stats_failures", {}), meta.get("started")
+        )
 
     def _write_meta(self) -> None:
         atomic.write_json(self.run_dir / "run.json", self.meta)
@@ -100,10 +112,14 @@ class RunReport:
         }
         return entry
 
-    def store_round(self, entry: dict[str, Any]) -> None:
-        """Write a round's report and the run's running count of failures by site."""
+    def store_round(
+        self, entry: dict[str, Any], reports: Mapping[str, SiteReport], failures: list[Failure]
+    ) -> None:
+        """Write a round's report (``reports`` and ``failures`` as :meth:`round_entry` got
+        them) and the run's running count of failures by site."""
         self.rounds[entry["round"]] = entry
         self._write_round(entry["round"])
+        self.metrics.round_recorded(entry, reports, failures)
         self.update_meta(failures_by_site=self.failures_by_site())  # rewrites the summary too
 
     def failures_by_site(self) -> dict[str, dict[str, int]]:
@@ -149,6 +165,7 @@ class RunReport:
             self.update_meta(initial_eval=entry)
         self._write_history()
         write_summary(self.run_dir)
+        self.metrics.eval_recorded(entry, measured)
         return entry
 
     def _write_round(self, server_round: int) -> None:

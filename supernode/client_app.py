@@ -18,8 +18,9 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from common.logs import get_logger
-from common.protocol import NOTICE, ExclusionNotice
+from common.protocol import METRICS, NOTICE, ExclusionNotice, SiteReport
 from supernode.authenticity import authenticity_mod
+from supernode.metrics import observed, record_report, site_label
 
 app = ClientApp(mods=[authenticity_mod])
 log = get_logger("zk0.supernode")
@@ -38,10 +39,14 @@ def _reply(msg: Message, context: Context) -> Message:
         from supernode import tasks
 
         content = tasks.handle(*args)
+    if METRICS in content.metric_records:  # the site's own series (supernode.metrics)
+        record_report(site_label(context.node_config),
+                      SiteReport.from_record(content.metric_records[METRICS]))
     return Message(content, reply_to=msg)
 
 
 @app.query("stats")
+@observed("stats")
 def stats(msg: Message, context: Context) -> Message:
     return _reply(msg, context)
 
@@ -57,10 +62,12 @@ def excluded(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@observed("train")
 def train(msg: Message, context: Context) -> Message:
     return _reply(msg, context)
 
 
 @app.evaluate()
+@observed("evaluate")
 def evaluate(msg: Message, context: Context) -> Message:
     return _reply(msg, context)

@@ -633,7 +633,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _launcher(
-    cluster: LocalCluster, key: Path, site: str, work: Path, data: Path
+    cluster: LocalCluster, key: Path, site: str, work: Path, data: Path,
+    metrics: str = "off",
 ) -> ManagedProcess:
     args = [
         "supernode",
@@ -644,6 +645,7 @@ def _launcher(
         "--dataset-root", str(data),
         "--runtime-port", str(free_port()),
         "--work-dir", str(work / "site"),
+        "--metrics-listen", metrics,
     ]  # fmt: skip
     env = child_env(work / "home", {"PYTHONPATH": str(REPO_ROOT)})
     return ManagedProcess(
@@ -672,15 +674,26 @@ def test_launcher_explains_unregistered_key(
 def test_launcher_runs_site_and_stops_on_sigterm(
     cluster: LocalCluster, fed: FederationCerts, demo_root: Path, tmp_path: Path
 ) -> None:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
     priv, pub = fed.site_keys["lab-c"]
     node_id = flwr_cli.register_supernode(cluster.flwr_home, cluster.connection, pub, "lab-c")
-    proc = _launcher(cluster, priv, "lab-c", tmp_path, demo_root / "site-0")
+    metrics = f"127.0.0.1:{free_port()}"
+    proc = _launcher(cluster, priv, "lab-c", tmp_path, demo_root / "site-0", metrics)
     try:
         cluster.wait_online([node_id], 90)
         assert _mode(tmp_path / "site" / "superexec.secret") == 0o600
         assert _mode(tmp_path / "site") == 0o700
         assert len(procs_mentioning(str(tmp_path / "site"))) >= 2  # supernode + superexec
         tree = descendants(proc.pid)
+        # the launcher serves the site's metrics: its processes by role, on loopback
+        text = httpx.get(f"http://{metrics}/metrics", timeout=10).text
+        roles = {s.labels["role"] for f in text_string_to_metric_families(text)
+                 if f.name == "zk0_local_process_resident_memory_bytes" for s in f.samples
+                 if s.labels["site"] == "lab-c"}
+        assert {"launcher", "supernode", "superexec"} <= roles, text
+        assert _mode(tmp_path / "site" / "metrics") == 0o700
         os.kill(proc.pid, signal.SIGTERM)  # what `docker stop` / systemd send
         assert proc.wait(30) == 0, proc.log_tail()
     finally:
@@ -688,6 +701,7 @@ def test_launcher_runs_site_and_stops_on_sigterm(
     assert [p for p in tree if pid_alive(p)] == []  # every child PID it had is gone
     assert procs_mentioning(str(tmp_path / "site")) == []
     assert f"site 'lab-c' connected as node {node_id}" in proc.log_text()
+    assert f"site 'lab-c' metrics on http://{metrics}/metrics" in proc.log_text()
 
 
 @pytest.mark.e2e
