@@ -9,7 +9,8 @@ site costs (building SmolVLA, a DataLoader, optimizer steps) is left out, so a f
 several rounds runs in seconds: tests of round accounting, faults and resume run on this, and
 the equivalence of resumed and uninterrupted runs is checked with the real ClientApp.
 
-Faults are per site name (:class:`Fault`): an update with NaN/Inf (and a valid digest), an
+Instructions are verified and replies signed as zk0's ClientApp does
+(:mod:`supernode.authenticity`). Faults are per site name (:class:`Fault`): an update with NaN/Inf (and a valid digest), an
 update ``scale`` times larger than the others', or an error raised in given rounds.
 """
 
@@ -52,9 +53,15 @@ class SyntheticSites:
         self.trained: list[tuple[str, int]] = []  # (site, round) of every train message
 
     def __call__(self, msg: Message, context) -> Message:
-        kind = msg.metadata.message_type
-        if kind.startswith("query."):
+        if msg.metadata.message_type.startswith("query."):
             return self.real(msg, context)
+        from supernode.authenticity import authenticity_mod
+
+        # signed both ways, as zk0's ClientApp is: the server's checks see a real site
+        return authenticity_mod(msg, context, self._answer)
+
+    def _answer(self, msg: Message, context) -> Message:
+        kind = msg.metadata.message_type
         site = str(context.node_config["site-name"])
         instructions = RoundInstructions.from_record(msg.content.config_records[CONFIG])
         fault = self.faults.get(site, Fault())
@@ -62,7 +69,8 @@ class SyntheticSites:
             raise RuntimeError(f"{site}: injected failure in round {instructions.server_round}")
         payload = codec.from_content(msg.content, ARRAYS, CODEC)
         weights = codec.decode(payload)
-        report = {"num_examples": 100 + zlib.crc32(site.encode()) % 50}
+        # distinct per site, within any demo site's training frames (the server bounds it)
+        report = {"num_examples": 20 + zlib.crc32(site.encode()) % 50}
         if instructions.evaluate:
             report |= {"eval_action_mse": _mse(weights), "eval_samples": 8, "eval_seconds": 0.0}
         content = RecordDict({SITE: ConfigRecord({"site-name": site})})

@@ -54,6 +54,9 @@ def video_demo_root(tmp_path_factory) -> Path:
         root, DemoSpec(num_sites=2, episodes_per_site=5, frames_per_episode=30, use_videos=True)
     )
     return root
+
+
+@pytest.fixture(scope="session")
 def nginx() -> str:
     """The nginx binary for the labs' entry proxy. Its tests skip only where nobody could
     install it here: never in CI and never as root (scripts/system-deps.sh installs it)."""

@@ -483,8 +483,8 @@ def test_zk0_parser_registers_every_command_from_the_table() -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert list(sub.choices) == [c.name for c in COMMANDS]
     for command in COMMANDS:
-        parsed = sub.choices[command.name].parse_args([])
-        assert parsed.func is importlib.import_module(command.module).run_cli, command.name
+        handler = sub.choices[command.name].get_default("func")  # some need positionals
+        assert handler is importlib.import_module(command.module).run_cli, command.name
 
 
 def test_cli_defaults() -> None:
