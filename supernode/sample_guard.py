@@ -155,6 +155,11 @@ class GuardedDataset(Dataset):
     def meta(self) -> Any:
         return self.dataset.meta
 
+    @property
+    def hf_dataset(self) -> Any:
+        """The frames' table (numeric columns are read from it, never through a decoder)."""
+        return self.dataset.hf_dataset
+
 
 def guarded(dataset: Any) -> GuardedDataset:
     return dataset if isinstance(dataset, GuardedDataset) else GuardedDataset(dataset)
