@@ -10,8 +10,9 @@ several rounds runs in seconds: tests of round accounting, faults and resume run
 the equivalence of resumed and uninterrupted runs is checked with the real ClientApp.
 
 Instructions are verified and replies signed as zk0's ClientApp does
-(:mod:`supernode.authenticity`). Faults are per site name (:class:`Fault`): an update with NaN/Inf (and a valid digest), an
-update ``scale`` times larger than the others', or an error raised in given rounds.
+(:mod:`supernode.authenticity`). Faults are per site name (:class:`Fault`): an update with
+NaN/Inf (and a valid digest), an update ``scale`` times larger than the others', or an error
+raised in given rounds.
 """
 
 from __future__ import annotations
