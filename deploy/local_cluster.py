@@ -478,7 +478,12 @@ class LocalCluster:
         )
 
     def _site_dir(self, site: str) -> Path:
-        return self.work_dir / "sites" / site
+        """The site's folder, 0700 whoever made it first (the worker makes its socket folder
+        in it; it holds the SuperExec secret and the runtime TLS key)."""
+        path = self.work_dir / "sites" / site
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.chmod(0o700)
+        return path
 
     def start_supernode(
         self,

@@ -167,14 +167,16 @@ def test_restarted_site_rejoins_after_its_old_node_expires(demo_root, tmp_path):
     with LocalCluster(tmp_path, [], tmp_path / "link", certs=fed, startup_timeout=90) as link:
         node_id = link.register("lab-r", pub)
         args += ["--superlink", link.address]
-        first = _zk0([*args, "--runtime-port", str(free_port())], tmp_path,
-                     tmp_path / "first.log")
+        def ports() -> list[str]:  # both launchers run at once: no shared default port
+            return ["--runtime-port", str(free_port()),
+                    "--metrics-listen", f"127.0.0.1:{free_port()}"]
+
+        first = _zk0([*args, *ports()], tmp_path, tmp_path / "first.log")
         second: ManagedProcess | None = None
         try:
             _wait_for(first, f"connected as node {node_id}", timeout=180)
             link.wait_online([node_id], 30)
-            second = _zk0([*args, "--runtime-port", str(free_port())], tmp_path,
-                          tmp_path / "second.log")
+            second = _zk0([*args, *ports()], tmp_path, tmp_path / "second.log")
             _wait_for(second, "still counts as online", timeout=240)  # refused: node online
             # A crash: the old launcher, its SuperNode and SuperExec die at once, by PID.
             old = descendants(first.pid)
