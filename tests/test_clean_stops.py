@@ -163,6 +163,9 @@ def test_restarted_site_rejoins_after_its_old_node_expires(demo_root, tmp_path):
         "supernode", "--site-name", "lab-r", "--site-key", str(priv),
         "--ca-cert", str(fed.ca_cert), "--dataset-root", str(demo_root / "site-0"),
         "--work-dir", str(site_work),
+        # no site worker: its torch import would compete with the old node's heartbeats on a
+        # 2-core box, and this test is about the node's expiry window, not the worker
+        "--no-worker",
     ]  # fmt: skip
     with LocalCluster(tmp_path, [], tmp_path / "link", certs=fed, startup_timeout=90) as link:
         node_id = link.register("lab-r", pub)
