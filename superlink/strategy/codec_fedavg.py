@@ -193,7 +193,7 @@ class CodecFedAvg(FedAvg):
                 judged.failures.append(self.error_failure(msg, node, site))
                 continue
             try:
-                judged.accepted.append(self.check_reply(kind, msg, node, site))
+                judged.accepted.append(self.check_reply(kind, server_round, msg, node, site))
             except ReplyRejected as err:
                 judged.failures.append(Failure(node, site, err.kind, str(err), err.report))
                 if err.report is None:
@@ -218,9 +218,11 @@ class CodecFedAvg(FedAvg):
                            f"{reason}")
         return Failure(node, site, "error", reason)
 
-    def check_reply(self, kind: str, msg: Message, node: int, site: str) -> AcceptedReply:
+    def check_reply(
+        self, kind: str, server_round: int, msg: Message, node: int, site: str
+    ) -> AcceptedReply:
         """Accept a reply or raise :class:`ReplyRejected` (an overridable step)."""
-        self.check_authenticity(kind, msg, node)
+        self.check_authenticity(kind, server_round, msg, node)
         try:
             report = SiteReport.from_record(msg.content.metric_records[METRICS])
         except (KeyError, TypeError, ValueError) as err:
@@ -284,18 +286,12 @@ class CodecFedAvg(FedAvg):
         if kind == TRAIN and notes.train_error:
             raise ReplyRejected(notes.train_error_kind or "error", notes.train_error, report)
 
-    def check_authenticity(self, kind: str, msg: Message, node: int) -> None:
+    def check_authenticity(self, kind: str, server_round: int, msg: Message, node: int) -> None:
         """The guard's identity, signature, replay and weight checks, before anything in the
-        reply is decoded (:mod:`superlink.authenticity`)."""
-        guard = self.settings.guard
-        if guard is None:
-            return
-        answered = msg.metadata.reply_to_message_id
-        rounds = [r for (k, r), sent in self._sent.items() if k == kind
-                  and any(m.metadata.message_id == answered for m in sent)]
-        if not rounds:
-            raise ReplyRejected("identity", f"reply to {answered!r}, which was not sent to it")
-        guard.check_reply(msg, node, kind, rounds[0])
+        reply is decoded (:mod:`superlink.authenticity`). :meth:`_judge` has already matched
+        the reply to one of round ``server_round``'s ``kind`` messages (else it is stale)."""
+        if self.settings.guard is not None:
+            self.settings.guard.check_reply(msg, node, kind, server_round)
 
     def check_update(self, msg: Message) -> codec.Payload:
         """The reply's update, once its digests, encoding, names, shapes and dtypes check out."""
