@@ -23,6 +23,10 @@ METRICS = "metrics"  # MetricRecord: what a site reports
 NORM_STATS = "norm-stats"  # ArrayRecord: the federation's normalization statistics
 MOMENTS = "moments"  # ArrayRecord: a site's sufficient statistics (stats query reply)
 SITE = "site"  # ConfigRecord: the site's self-description
+# SCAFFOLD (superlink/strategy/scaffold.py, supernode/control_variates.py): the server's control
+# variate c on the way down, a site's control-variate delta on the way up, in common.codec form.
+CONTROL = "control"  # ArrayRecord
+CONTROL_CODEC = "control-codec"  # ConfigRecord: the codec's metadata of CONTROL
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,12 @@ class RoundInstructions:
     fingerprint: str  # SHA-256 of the frozen backbone the server built
     evaluate: bool  # evaluate the received global model before training
     train: bool = True
+    # "gradient": the FedProx term's gradient goes into the optimizer (classic FedProx);
+    # "decoupled": w -= lr * mu * (w - w_global) after each optimizer step (fedprox-decoupled)
+    proximal_step: str = "gradient"
+    # SCAFFOLD: the last round whose control-variate delta from this site the server counted
+    # (0 = none); the site's control variate from that round is its base for this one
+    control_round: int = 0
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -69,6 +79,8 @@ class RoundInstructions:
                 "fingerprint": self.fingerprint,
                 "evaluate": self.evaluate,
                 "train": self.train,
+                "proximal-step": self.proximal_step,
+                "control-round": self.control_round,
             }
         )
 
@@ -81,6 +93,8 @@ class RoundInstructions:
             fingerprint=str(record["fingerprint"]),
             evaluate=bool(record["evaluate"]),
             train=bool(record.get("train", True)),
+            proximal_step=str(record.get("proximal-step", "gradient")),
+            control_round=int(record.get("control-round", 0)),
         )
 
 
@@ -100,6 +114,8 @@ class SiteReport:
     eval_seconds: float = 0.0
     setup_seconds: float = 0.0
     payload_bytes: int = 0
+    control_bytes: int = 0  # SCAFFOLD: the control-variate delta sent with the update
+    control_base_round: int = 0  # SCAFFOLD: the round of the control variate the delta is from
 
     def to_record(self) -> MetricRecord:
         return MetricRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)})

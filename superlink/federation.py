@@ -31,6 +31,7 @@ from superlink.checkpoints import save_checkpoint
 from superlink.exchange import exchange
 from superlink.reports import RunReport
 from superlink.strategy import EVALUATE, TRAIN, CodecFedAvg, Failure, make_strategy
+from superlink.strategy.state import save_state
 
 log = zlog.get_logger("zk0.superlink")
 
@@ -179,6 +180,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             {"round": server_round, "run_id": context.run_id, "sites": sorted(replies.reports)},
             keep=run.keep_checkpoints,
         )
+        save_state(ckpt.parent, strategy.state_arrays())  # SCAFFOLD's c, ...: for resume
         entry = report.record_round(
             server_round,
             replies.reports,
@@ -188,6 +190,7 @@ def _federate(grid: Grid, context: Context, run: RunConfig, run_dir: Path) -> Pa
             downlink_bytes=strategy.downlink_bytes * len(messages),
             seconds=time.time() - round_start,
             checkpoint=str(ckpt),
+            **strategy.round_summary(server_round),
         )
         for f in failures:
             log.warning(

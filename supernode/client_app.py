@@ -3,7 +3,9 @@
 - ``query.stats``: describe the dataset (features, episode counts) and send count-level moments
   of the numeric features, so the server can build the policy and exact global norm stats.
 - ``train``: load the global trainable weights, optionally evaluate them on the held-out
-  episodes, train ``local-steps`` with the FedProx term, and send back the update.
+  episodes, train ``local-steps`` with the strategy's drift correction (FedProx term, SCAFFOLD
+  control variates: :mod:`supernode.control_variates`), and send back the update (and
+  SCAFFOLD's control-variate delta).
 - ``evaluate``: evaluate the global weights only (the final model after the last round).
 
 Nothing else leaves the site: no frames, no per-sample values, no frozen weights.
@@ -19,11 +21,13 @@ from flwr.clientapp import ClientApp
 from common import codec
 from common.logs import get_logger
 from common.norm_stats import stats_from_record, to_record
-from common.policy_factory import load_trainable, trainable_state
+from common.policy_factory import load_trainable, trainable_parameters, trainable_state
 from common.protocol import (
     ARRAYS,
     CODEC,
     CONFIG,
+    CONTROL,
+    CONTROL_CODEC,
     METRICS,
     MOMENTS,
     NORM_STATS,
@@ -31,9 +35,10 @@ from common.protocol import (
     RoundInstructions,
     SiteReport,
 )
+from supernode.control_variates import ControlRound
 from supernode.evaluation import evaluate_action_mse
 from supernode.local_site import Site
-from supernode.training import train_round
+from supernode.training import DriftCorrection, train_round
 
 app = ClientApp()
 log = get_logger("zk0.supernode")
@@ -79,19 +84,32 @@ def train(msg: Message, context: Context) -> Message:
     if instructions.evaluate:
         report |= _evaluate(site, bundle)
     site.seed_round(instructions.server_round)
+    control = ControlRound.from_message(
+        msg.content, instructions.control_round, site.state_folder(context.run_id)
+    )
+    drift = DriftCorrection(
+        proximal_step=instructions.proximal_step,  # type: ignore[arg-type]  # checked there
+        control=control.correction(list(trainable_parameters(bundle.policy)))
+        if control else None,
+        control_mode=site.run.scaffold_correction,
+    )
     result = train_round(
         bundle, site.train_loader(instructions.server_round), site.run,
         instructions.server_round, instructions.proximal_mu,
-        site.optimizer_state_file(context.run_id),
+        site.optimizer_state_file(context.run_id), drift,
     )
-    update = codec.encode(
-        trainable_state(bundle.policy), str(payload.meta["wire-dtype"]), base=weights
-    )
+    local = trainable_state(bundle.policy)
+    update = codec.encode(local, str(payload.meta["wire-dtype"]), base=weights)
     report |= {
         "train_loss": result.loss_mean, "train_loss_last": result.loss_last,
         "proximal": result.proximal_mean, "steps": result.steps, "samples": result.samples,
         "train_seconds": result.seconds, "payload_bytes": update.nbytes,
     }
+    extra = {}
+    if control is not None:
+        delta = control.finish(instructions.server_round, weights, local, result.lr_sum)
+        extra = {CONTROL: delta.arrays, CONTROL_CODEC: delta.meta}
+        report |= {"control_bytes": delta.nbytes, "control_base_round": control.base.round}
     log.info("trained", site=site.node.site_name, round=instructions.server_round,
              loss=round(result.loss_mean, 4), eval_mse=report.get("eval_action_mse"),
              seconds=round(time.perf_counter() - start, 1))
@@ -101,6 +119,7 @@ def train(msg: Message, context: Context) -> Message:
             CODEC: update.meta,
             METRICS: SiteReport(**report).to_record(),
             SITE: ConfigRecord({"site-name": site.node.site_name}),
+            **extra,
         }
     )
     return Message(content, reply_to=msg)

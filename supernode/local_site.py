@@ -140,16 +140,21 @@ class Site:
             pin_memory=self.device.startswith("cuda"),
         )
 
-    def optimizer_state_file(self, run_id: int) -> Path | None:
-        """Where this site keeps its optimizer moments between the rounds of run ``run_id``."""
-        if self.run.optimizer_state == "reset":
-            return None
+    def state_folder(self, run_id: int) -> Path:
+        """Where this site keeps its state between the rounds of run ``run_id`` (optimizer
+        moments, SCAFFOLD's control variate)."""
         from common.local_vlm import default_cache_dir
 
         root = Path(self.node.state_dir) if self.node.state_dir else (
             default_cache_dir() / "sites" / self.node.site_name
         )
-        return root.expanduser() / f"run-{run_id}" / "optimizer.pt"
+        return root.expanduser() / f"run-{run_id}"
+
+    def optimizer_state_file(self, run_id: int) -> Path | None:
+        """Where this site keeps its optimizer moments between the rounds of run ``run_id``."""
+        if self.run.optimizer_state == "reset":
+            return None
+        return self.state_folder(run_id) / "optimizer.pt"
 
     def eval_dataset(self):
         return ds.open_dataset(self.node, self.split.eval, self._delta_timestamps())

@@ -1,9 +1,13 @@
-"""The local training loop a site runs each round: LeRobot's policy loss + the FedProx term.
+"""The local training loop a site runs each round: LeRobot's policy loss + drift corrections.
 
 Flower's FedProx strategy only broadcasts ``proximal-mu``; the term itself,
-``(mu / 2) * ||w - w_global||^2`` over the parameters this site trains, is added here. The
-learning-rate schedule runs on the federation's global step ((round - 1) * local steps + step),
-so every site sees the same lr at the same point of the run, whatever the round.
+``(mu / 2) * ||w - w_global||^2`` over the parameters this site trains, is added here, either
+as its gradient inside the optimizer (classic FedProx) or as a decoupled step after it
+(``fedprox-decoupled``: AdamW rescales an L2 gradient per coordinate, the defect that made
+decoupled weight decay necessary). SCAFFOLD's control-variate correction ``c - c_i`` is applied
+the same two ways (:class:`DriftCorrection`). The learning-rate schedule runs on the
+federation's global step ((round - 1) * local steps + step), so every site sees the same lr at
+the same point of the run, whatever the round.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -31,6 +36,33 @@ class TrainResult:
     loss_last: float
     proximal_mean: float
     seconds: float
+    lr_sum: float = 0.0  # sum of the steps' learning rates (SCAFFOLD's K * lr, schedule-aware)
+
+
+@dataclass(frozen=True)
+class DriftCorrection:
+    """How a round corrects client drift, beyond the FedProx ``mu`` it is given.
+
+    - ``proximal_step``: "gradient" adds ``mu * (w - w_global)`` to the gradient (classic
+      FedProx), "decoupled" applies ``w -= lr * mu * (w - w_global)`` after each step;
+    - ``control``: SCAFFOLD's ``c - c_i`` per trainable parameter (in the order of
+      :func:`~common.policy_factory.trainable_parameters`), or None;
+    - ``control_mode``: "gradient" adds it to the (clipped) gradient before the optimizer,
+      as the paper does for SGD; "decoupled" applies ``w -= lr * (c - c_i)`` after each
+      optimizer step, so AdamW neither rescales it nor keeps it in its moments.
+    """
+
+    proximal_step: Literal["gradient", "decoupled"] = "gradient"
+    control: list[torch.Tensor] | None = None
+    control_mode: Literal["decoupled", "gradient"] = "decoupled"
+
+    def __post_init__(self) -> None:
+        if self.proximal_step not in ("gradient", "decoupled"):
+            raise ValueError(f"proximal-step {self.proximal_step!r}: expected gradient|decoupled")
+        if self.control_mode not in ("gradient", "decoupled"):
+            raise ValueError(
+                f"scaffold-correction {self.control_mode!r}: expected decoupled|gradient"
+            )
 
 
 def proximal_term(
@@ -72,6 +104,64 @@ def add_proximal_gradient(
     return value
 
 
+def decoupled_proximal_step(
+    params: list[torch.Tensor], anchors: list[torch.Tensor], lr: float, mu: float
+) -> float:
+    """``w -= lr * mu * (w - w_global)`` in place, after the optimizer's step.
+
+    The pull toward the global weights as decoupled weight decay pulls toward zero: the same
+    fraction ``lr * mu`` of every coordinate's distance, whatever AdamW's per-coordinate
+    scaling. Returns the FedProx term's value ``(mu / 2) * ||w - w_global||^2`` before the pull.
+    """
+    if mu == 0.0:
+        return 0.0
+    if lr * mu >= 1.0:
+        raise ValueError(
+            f"decoupled proximal step: lr * mu = {lr * mu:g} >= 1 overshoots the global "
+            "weights; lower proximal-mu"
+        )
+    with torch.no_grad():
+        weights = [p.detach() for p in params]
+        diffs = torch._foreach_sub(weights, anchors)
+        value = 0.5 * mu * float(sum(n.square() for n in torch._foreach_norm(diffs)))
+        torch._foreach_add_(weights, diffs, alpha=-lr * mu)
+    return value
+
+
+def apply_control_step(params: list[torch.Tensor], control: list[torch.Tensor], lr: float) -> None:
+    """SCAFFOLD's correction outside the optimizer: ``w -= lr * (c - c_i)`` in place."""
+    with torch.no_grad():
+        torch._foreach_add_([p.detach() for p in params], control, alpha=-lr)
+
+
+def add_control_gradient(params: list[torch.Tensor], control: list[torch.Tensor]) -> None:
+    """SCAFFOLD's correction as the paper writes it: ``grad += c - c_i`` before the step."""
+    with torch.no_grad():
+        for p, c in zip(params, control, strict=True):
+            if p.grad is None:
+                p.grad = c.clone()
+            else:
+                p.grad.add_(c)
+
+
+def build_optimizer(
+    run: RunConfig, cfg, params: list[torch.Tensor], peak: float
+) -> tuple[torch.optim.Optimizer, float]:
+    """The local optimizer named by ``local-optimizer`` and the preset's gradient clip norm.
+
+    "adamw" is the policy preset's own optimizer; "sgd"/"sgdm" are plain SGD without/with
+    momentum 0.9 (and the preset's weight decay), the local steps SCAFFOLD's analysis assumes.
+    """
+    preset = cfg.get_optimizer_preset()
+    clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
+    if run.local_optimizer == "adamw":
+        preset.lr = peak
+        return preset.build(params), clip
+    momentum = 0.9 if run.local_optimizer == "sgdm" else 0.0
+    decay = float(getattr(preset, "weight_decay", 0.0) or 0.0)
+    return torch.optim.SGD(params, lr=peak, momentum=momentum, weight_decay=decay), clip
+
+
 def lr_at(run: RunConfig, peak: float, global_step: int) -> float:
     """Linear warmup, then cosine decay to 10% of the peak over the whole federated run."""
     if run.warmup_steps and global_step < run.warmup_steps:
@@ -95,40 +185,58 @@ def train_round(
     server_round: int,
     proximal_mu: float,
     optimizer_state: Path | None = None,
+    drift: DriftCorrection | None = None,
 ) -> TrainResult:
     """Run ``run.local_steps`` optimizer steps from the global weights already in the policy.
 
-    With ``optimizer_state``, the site's AdamW moments carry over from its previous round
+    With ``optimizer_state``, the site's optimizer moments carry over from its previous round
     (read before, written after, atomically): a fresh Adam makes its first steps ~lr-sized
     sign steps in every coordinate, which a 20-step round cannot amortize.
     """
+    drift = drift or DriftCorrection()
     policy, cfg = bundle.policy, bundle.config
     params = list(trainable_parameters(policy).values())
     anchors = [p.detach().clone() for p in params]
-    preset = cfg.get_optimizer_preset()
     peak = learning_rate(run, cfg)
-    preset.lr = peak
-    optimizer = preset.build(params)
+    optimizer, clip = build_optimizer(run, cfg, params, peak)
     if optimizer_state is not None and optimizer_state.is_file():
-        optimizer.load_state_dict(torch.load(optimizer_state, map_location=params[0].device))
-    clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
+        try:
+            optimizer.load_state_dict(torch.load(optimizer_state, map_location=params[0].device))
+        except (KeyError, ValueError) as err:
+            raise ValueError(
+                f"{optimizer_state}: saved optimizer state does not fit local-optimizer "
+                f"{run.local_optimizer!r} ({type(err).__name__}: {err}); remove the file"
+            ) from None
+    control = drift.control
+    if control is not None:
+        control = [c.to(p.device, p.dtype) for c, p in zip(control, params, strict=True)]
+    decoupled_prox = drift.proximal_step == "decoupled"
 
     policy.train()
     losses, proxes = [], []
+    lr_sum = 0.0
     start = time.perf_counter()
     batches = _batches(loader)
     first_step = (server_round - 1) * run.local_steps
     for step in range(run.local_steps):
+        lr = lr_at(run, peak, first_step + step)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(run, peak, first_step + step)
+            group["lr"] = lr
         batch = bundle.preprocessor(next(batches))
         loss, _ = policy.forward(batch)
         loss.backward()
-        prox = add_proximal_gradient(params, anchors, proximal_mu)
+        prox = 0.0 if decoupled_prox else add_proximal_gradient(params, anchors, proximal_mu)
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
+        if control is not None and drift.control_mode == "gradient":
+            add_control_gradient(params, control)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if decoupled_prox:
+            prox = decoupled_proximal_step(params, anchors, lr, proximal_mu)
+        if control is not None and drift.control_mode == "decoupled":
+            apply_control_step(params, control, lr)
+        lr_sum += lr
         losses.append(float(loss.detach()))
         proxes.append(prox)
     if not all(math.isfinite(v) for v in losses):
@@ -147,4 +255,5 @@ def train_round(
         loss_last=losses[-1],
         proximal_mean=sum(proxes) / len(proxes),
         seconds=time.perf_counter() - start,
+        lr_sum=lr_sum,
     )

@@ -191,12 +191,36 @@ class CodecFedAvg(FedAvg):
         result (to float32 rounding) as decoding every reply and calling Flower's
         ``aggregate_arrayrecords``, without a float32 copy of any site's model.
         """
+        return self.global_plus(self.mean_update(accepted))
+
+    def mean_update(self, accepted: list[AcceptedReply]) -> dict[str, np.ndarray]:
+        """``sum_i w_i * update_i`` (float32) with ``w_i`` the sites' example shares."""
         total = sum(r.report.num_examples for r in accepted)
-        mean = {k: v.copy() for k, v in self._global.items()}
+        mean = {k: np.zeros_like(v) for k, v in self._global.items()}
         for reply in accepted:
             assert reply.payload is not None
             codec.accumulate(mean, reply.payload, reply.report.num_examples / total)
-        return ArrayRecord({k: codec.to_array(v) for k, v in mean.items()})
+        return mean
+
+    def global_plus(self, update: Mapping[str, np.ndarray], step: float = 1.0) -> ArrayRecord:
+        """``global + step * update`` as the new global model (float32)."""
+        return ArrayRecord(
+            {k: codec.to_array(v + np.float32(step) * update[k]) for k, v in self._global.items()}
+        )
+
+    # -- state (resume) ----------------------------------------------------------------------
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """What a strategy carries from round to round beyond the global weights, as plain named
+        arrays (saved next to each checkpoint, restored on resume); FedAvg carries nothing."""
+        return {}
+
+    def load_state_arrays(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`state_arrays` (a resumed run, before its first round)."""
+
+    def round_summary(self, server_round: int) -> dict[str, Any]:
+        """Numbers about the server step of ``server_round`` for the round's report."""
+        return {}
 
     def _train_metrics(self, accepted: list[AcceptedReply]) -> MetricRecord:
         records = [

@@ -39,6 +39,7 @@ class AcceptedReply:
     site: str
     report: SiteReport
     payload: Payload | None = None  # None for evaluation replies (no arrays)
+    control: Payload | None = None  # SCAFFOLD: the site's control-variate delta, checked alike
 
 
 @dataclass
@@ -54,4 +55,8 @@ class RoundReplies:
 
     @property
     def uplink_bytes(self) -> dict[str, int]:
-        return {r.site: r.payload.nbytes for r in self.accepted if r.payload is not None}
+        return {
+            r.site: r.payload.nbytes + (r.control.nbytes if r.control is not None else 0)
+            for r in self.accepted
+            if r.payload is not None
+        }
