@@ -293,6 +293,17 @@ def accumulate(into: Mapping[str, np.ndarray], payload: Payload, factor: float) 
             acc.add_(x.to(torch.float32), alpha=factor)
 
 
+def squared_norm(payload: Payload) -> float:
+    """``sum ||array||^2`` over the payload's wire values (as float32), e.g. an update's size."""
+    wire_dtype = str(payload.meta["wire-dtype"])
+    total = 0.0
+    with _one_torch_thread():
+        for array in payload.arrays.values():
+            x = _wire_tensor(wire_view(array), wire_dtype).to(torch.float32)
+            total += float(torch.linalg.vector_norm(x)) ** 2
+    return total
+
+
 def check_layout(payload: Payload, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Raise :class:`PayloadIntegrityError` unless the payload holds exactly the parameters of
     ``shapes`` (names and shapes) in its declared wire dtype; reads headers only."""

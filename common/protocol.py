@@ -30,6 +30,10 @@ TRAJECTORY_INFO = "trajectory-info"  # ConfigRecord: its episode, joint names, u
 NOTICE = "notice"  # ConfigRecord: an ExclusionNotice
 NOTES = "notes"  # ConfigRecord: what a site skipped or could not do, in words (SiteNotes)
 SIGNATURE = "signature"  # ConfigRecord: the sender's signature over the rest (common.signing)
+# SCAFFOLD (superlink/strategy/scaffold.py, supernode/control_variates.py): the server's control
+# variate c on the way down, a site's control-variate delta on the way up, in common.codec form.
+CONTROL = "control"  # ArrayRecord
+CONTROL_CODEC = "control-codec"  # ConfigRecord: the codec's metadata of CONTROL
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,12 @@ class RoundInstructions:
     # The federation this round belongs to: the first run's id, kept when a run is resumed (a
     # resumed run gets a new Flower run id), so sites find their optimizer state again.
     federation_id: str = ""
+    # "gradient": the FedProx term's gradient goes into the optimizer (classic FedProx);
+    # "decoupled": w -= lr * mu * (w - w_global) after each optimizer step (fedprox-decoupled)
+    proximal_step: str = "gradient"
+    # SCAFFOLD: the last round whose control-variate delta from this site the server counted
+    # (0 = none); the site's control variate from that round is its base for this one
+    control_round: int = 0
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -82,6 +92,8 @@ class RoundInstructions:
                 "train": self.train,
                 "trajectory": self.trajectory,
                 "federation-id": self.federation_id,
+                "proximal-step": self.proximal_step,
+                "control-round": self.control_round,
             }
         )
 
@@ -96,6 +108,8 @@ class RoundInstructions:
             train=bool(record.get("train", True)),
             trajectory=bool(record.get("trajectory", False)),
             federation_id=str(record.get("federation-id", "")),
+            proximal_step=str(record.get("proximal-step", "gradient")),
+            control_round=int(record.get("control-round", 0)),
         )
 
 
@@ -133,6 +147,8 @@ class SiteReport:
     payload_bytes: int = 0
     skipped_samples: int = 0  # training samples left out this round: unreadable (SiteNotes)
     skipped_eval_samples: int = 0  # held-out samples left out: unreadable (SiteNotes)
+    control_bytes: int = 0  # SCAFFOLD: the control-variate delta sent with the update
+    control_base_round: int = 0  # SCAFFOLD: the round of the control variate the delta is from
 
     def to_record(self) -> MetricRecord:
         return MetricRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)})

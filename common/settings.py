@@ -20,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
-StrategyName = Literal["fedprox", "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+StrategyName = Literal[
+    "fedprox", "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
+    # drift correction (superlink/strategy/{scaffold,fedexp,fedprox_decoupled}.py)
+    "scaffold", "fedexp", "fedprox-decoupled",
+]
+LocalOptimizer = Literal["adamw", "sgd", "sgdm"]
 WireDtype = Literal["float32", "float16", "bfloat16"]
 
 
@@ -83,6 +88,11 @@ class RunConfig(_Strict):
     proximal_mu: float = Field(0.0, ge=0.0)  # the sites' FedProx term, with any strategy
     server_momentum: float = Field(0.0, ge=0.0, lt=1.0)
     server_lr: float = Field(2.0, gt=0.0)
+    # SCAFFOLD: where the sites apply the control-variate correction (c - c_i): "decoupled" =
+    # w -= lr * (c - c_i) after each optimizer step (any local optimizer), "gradient" = added
+    # to the gradient before the optimizer (the paper's form; its guarantees are for sgd).
+    scaffold_correction: Literal["decoupled", "gradient"] = "decoupled"
+    fedexp_epsilon: float = Field(1e-3, ge=0.0)  # FedExP's step-size denominator guard
     # Policy
     policy: str = "smolvla"
     pretrained_path: str = ""  # "" = the preset default (smolvla: lerobot/smolvla_base)
@@ -94,6 +104,8 @@ class RunConfig(_Strict):
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     optimizer_state: Literal["keep", "reset"] = "keep"  # a site's AdamW moments across rounds
+    # the sites' optimizer: the policy preset's AdamW, or SGD without/with momentum 0.9
+    local_optimizer: LocalOptimizer = "adamw"
     # Exchange
     wire_dtype: WireDtype = "float16"
     # Evaluation
@@ -163,6 +175,27 @@ class RunConfig(_Strict):
         """Lifetime of a round's messages: a site never starts work the round no longer
         waits for (None = Flower's default, 12 h, when round-timeout is 0)."""
         return self.round_timeout or None
+
+    @model_validator(mode="after")
+    def _decoupled_proximal_needs_mu(self) -> RunConfig:
+        # Its mu is a pull rate per unit of lr (README): 0 would silently run plain FedAvg.
+        if self.strategy == "fedprox-decoupled" and self.proximal_mu == 0.0:
+            raise ValueError(
+                "strategy 'fedprox-decoupled' needs proximal-mu > 0 (e.g. 10: each step pulls "
+                "lr * 10 of the distance back toward the global weights)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sgd_needs_its_own_lr(self) -> RunConfig:
+        # lr = 0.0 means the policy preset's lr, which is an AdamW lr (SmolVLA: 1e-4): SGD
+        # steps are gradient-sized, not ~lr-sized per weight, and need a very different value.
+        if self.local_optimizer != "adamw" and self.lr == 0.0:
+            raise ValueError(
+                f"local-optimizer {self.local_optimizer!r} needs an explicit lr: the preset's "
+                "lr (lr = 0.0) is tuned for AdamW; set e.g. lr = 0.1"
+            )
+        return self
 
     def policy_options_dict(self) -> dict[str, Any]:
         if not self.policy_options:

@@ -345,6 +345,7 @@ class Rounds:
             checkpoint=str(checkpoint_dir(self.run_dir, server_round) / PRETRAINED_DIR)
             if ok else None,
             notes=replies.notes,
+            **strategy.round_summary(server_round),
         )
         if ok:
             self._checkpoint(server_round, sorted(replies.reports), entry)

@@ -104,7 +104,7 @@ class RunReport:
             "train_loss_mean": sum(losses.values()) / len(losses) if losses else None,
             "samples": sum(r.samples for r in reports.values()),
             "steps": sum(r.steps for r in reports.values()),
-            "uplink_bytes": sum(r.payload_bytes for r in reports.values()),
+            "uplink_bytes": sum(r.payload_bytes + r.control_bytes for r in reports.values()),
             "failures": [asdict(f) for f in failures],
             "failure_counts": failure_counts(failures),
             "eval": self.evals.get(server_round),

@@ -3,7 +3,10 @@
 - ``query.stats``: describe the dataset (features, episode counts) and send count-level moments
   of the numeric features, so the server can build the policy and exact global norm stats.
 - ``train``: load the global trainable weights, optionally evaluate them on the held-out
-  episodes, train ``local-steps`` with the FedProx term, and send back the update. Unreadable
+  episodes, train ``local-steps`` with the strategy's drift correction (FedProx term, decoupled
+  proximal step, SCAFFOLD's control variates kept on the site's disk:
+  :mod:`supernode.control_variates`), and send back the update (and SCAFFOLD's control-variate
+  delta). Unreadable
   samples are skipped and counted (:mod:`supernode.sample_guard`); if training fails after the
   evaluation succeeded, the reply carries that evaluation and the reason, and no update.
 - ``evaluate``: evaluate the global weights only (the final model after the last round).
@@ -34,11 +37,18 @@ from flwr.app import ConfigRecord, RecordDict
 from common import codec
 from common.logs import get_logger
 from common.norm_stats import stats_from_record, to_record
-from common.policy_factory import LoadedPolicy, load_trainable, trainable_state
+from common.policy_factory import (
+    LoadedPolicy,
+    load_trainable,
+    trainable_parameters,
+    trainable_state,
+)
 from common.protocol import (
     ARRAYS,
     CODEC,
     CONFIG,
+    CONTROL,
+    CONTROL_CODEC,
     METRICS,
     MOMENTS,
     NORM_STATS,
@@ -51,12 +61,13 @@ from common.protocol import (
     SiteNotes,
     SiteReport,
 )
+from supernode.control_variates import ControlRound
 from supernode.evaluation import evaluate_action_mse
 from supernode.local_site import Site
 from supernode.runtime import SiteRuntime
 from supernode.sample_guard import BadDataError
 from supernode.site_dataset import DatasetError
-from supernode.training import train_round
+from supernode.training import DriftCorrection, train_round
 from supernode.trajectory import keep_at_site, plotted_episode, predict_trajectory
 
 log = get_logger("zk0.supernode")
@@ -183,20 +194,34 @@ def train(content: RecordDict, node_config: Config, run_config: Config, run_id: 
             notes["eval_error"] = f"{type(err).__name__}: {err}"
             log.warning("eval_failed", site=site.node.site_name, error=notes["eval_error"])
     site.seed_round(server_round)
-    moments = site.optimizer_files(instructions.federation_id or run_id, server_round)
+    federation = instructions.federation_id or run_id
+    moments = site.optimizer_files(federation, server_round)
     tally = site.skip_tally("training", site.run.local_steps * site.run.batch_size)
+    control = None
     try:
+        control = ControlRound.from_message(content, instructions.control_round,
+                                            site.run_state_dir(federation))
+        drift = DriftCorrection(
+            proximal_step=instructions.proximal_step,  # type: ignore[arg-type]  # checked there
+            control=control.correction(list(trainable_parameters(bundle.policy)))
+            if control else None,
+            control_mode=site.run.scaffold_correction,
+        )
         with precision(site):
             result = train_round(
                 bundle, site.train_loader(server_round, tally), site.run, server_round,
                 instructions.proximal_mu, moments.save, moments.start, tally=tally,
                 optimizer=got.runtime.optimizer(bundle, site.run, moments.start, moments.save),
+                drift=drift,
             )
         got.runtime.optimizer_saved(moments.save)
-        update = codec.encode(
-            trainable_state(bundle.policy), str(got.payload.meta["wire-dtype"]),
-            base=got.weights,
-        )
+        local = trainable_state(bundle.policy)
+        update = codec.encode(local, str(got.payload.meta["wire-dtype"]), base=got.weights)
+        if control is not None:  # SCAFFOLD: c_i+ kept pending until the server counts it
+            delta = control.finish(server_round, got.weights, local, result.lr_sum)
+            extra |= {CONTROL: delta.arrays, CONTROL_CODEC: delta.meta}
+            report |= {"control_bytes": delta.nbytes,
+                       "control_base_round": control.base.round}
     except Exception as err:
         got.runtime.forget_training()
         if "eval_action_mse" not in report:

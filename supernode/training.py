@@ -1,9 +1,13 @@
-"""The local training loop a site runs each round: LeRobot's policy loss + the FedProx term.
+"""The local training loop a site runs each round: LeRobot's policy loss + drift corrections.
 
 Flower's FedProx strategy only broadcasts ``proximal-mu``; the term itself,
-``(mu / 2) * ||w - w_global||^2`` over the parameters this site trains, is added here. The
-learning-rate schedule runs on the federation's global step ((round - 1) * local steps + step),
-so every site sees the same lr at the same point of the run, whatever the round.
+``(mu / 2) * ||w - w_global||^2`` over the parameters this site trains, is added here, either
+as its gradient inside the optimizer (classic FedProx) or as a decoupled step after it
+(``fedprox-decoupled``: AdamW rescales an L2 gradient per coordinate, the defect that made
+decoupled weight decay necessary). SCAFFOLD's control-variate correction ``c - c_i`` is applied
+the same two ways (:class:`DriftCorrection`). The learning-rate schedule runs on the
+federation's global step ((round - 1) * local steps + step), so every site sees the same lr at
+the same point of the run, whatever the round.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -34,6 +39,33 @@ class TrainResult:
     seconds: float
     skipped: int = 0  # samples left out: unreadable (see supernode.sample_guard)
     skipped_summary: str = ""
+    lr_sum: float = 0.0  # sum of the steps' learning rates (SCAFFOLD's K * lr, schedule-aware)
+
+
+@dataclass(frozen=True)
+class DriftCorrection:
+    """How a round corrects client drift, beyond the FedProx ``mu`` it is given.
+
+    - ``proximal_step``: "gradient" adds ``mu * (w - w_global)`` to the gradient (classic
+      FedProx), "decoupled" applies ``w -= lr * mu * (w - w_global)`` after each step;
+    - ``control``: SCAFFOLD's ``c - c_i`` per trainable parameter (in the order of
+      :func:`~common.policy_factory.trainable_parameters`), or None;
+    - ``control_mode``: "gradient" adds it to the (clipped) gradient before the optimizer,
+      as the paper does for SGD; "decoupled" applies ``w -= lr * (c - c_i)`` after each
+      optimizer step, so AdamW neither rescales it nor keeps it in its moments.
+    """
+
+    proximal_step: Literal["gradient", "decoupled"] = "gradient"
+    control: list[torch.Tensor] | None = None
+    control_mode: Literal["decoupled", "gradient"] = "decoupled"
+
+    def __post_init__(self) -> None:
+        if self.proximal_step not in ("gradient", "decoupled"):
+            raise ValueError(f"proximal-step {self.proximal_step!r}: expected gradient|decoupled")
+        if self.control_mode not in ("gradient", "decoupled"):
+            raise ValueError(
+                f"scaffold-correction {self.control_mode!r}: expected decoupled|gradient"
+            )
 
 
 def proximal_term(
@@ -75,6 +107,46 @@ def add_proximal_gradient(
     return value
 
 
+def decoupled_proximal_step(
+    params: list[torch.Tensor], anchors: list[torch.Tensor], lr: float, mu: float
+) -> float:
+    """``w -= lr * mu * (w - w_global)`` in place, after the optimizer's step.
+
+    The pull toward the global weights as decoupled weight decay pulls toward zero: the same
+    fraction ``lr * mu`` of every coordinate's distance, whatever AdamW's per-coordinate
+    scaling. Returns the FedProx term's value ``(mu / 2) * ||w - w_global||^2`` before the pull.
+    """
+    if mu == 0.0:
+        return 0.0
+    if lr * mu >= 1.0:
+        raise ValueError(
+            f"decoupled proximal step: lr * mu = {lr * mu:g} >= 1 overshoots the global "
+            "weights; lower proximal-mu"
+        )
+    with torch.no_grad():
+        weights = [p.detach() for p in params]
+        diffs = torch._foreach_sub(weights, anchors)
+        value = 0.5 * mu * float(sum(n.square() for n in torch._foreach_norm(diffs)))
+        torch._foreach_add_(weights, diffs, alpha=-lr * mu)
+    return value
+
+
+def apply_control_step(params: list[torch.Tensor], control: list[torch.Tensor], lr: float) -> None:
+    """SCAFFOLD's correction outside the optimizer: ``w -= lr * (c - c_i)`` in place."""
+    with torch.no_grad():
+        torch._foreach_add_([p.detach() for p in params], control, alpha=-lr)
+
+
+def add_control_gradient(params: list[torch.Tensor], control: list[torch.Tensor]) -> None:
+    """SCAFFOLD's correction as the paper writes it: ``grad += c - c_i`` before the step."""
+    with torch.no_grad():
+        for p, c in zip(params, control, strict=True):
+            if p.grad is None:
+                p.grad = c.clone()
+            else:
+                p.grad.add_(c)
+
+
 def lr_at(run: RunConfig, peak: float, global_step: int) -> float:
     """Linear warmup, then cosine decay to 10% of the peak over the whole federated run."""
     if run.warmup_steps and global_step < run.warmup_steps:
@@ -99,14 +171,30 @@ def _batches(loader: DataLoader) -> Iterator[dict]:
 def build_optimizer(
     bundle: LoadedPolicy, run: RunConfig, optimizer_state: Path | None = None
 ) -> torch.optim.Optimizer:
-    """The policy preset's optimizer over the trainable parameters, at the run's peak lr, with
-    the site's moments from ``optimizer_state`` when that file exists."""
+    """The optimizer named by ``local-optimizer`` over the trainable parameters, at the run's
+    peak lr, with the site's moments from ``optimizer_state`` when that file exists.
+
+    "adamw" is the policy preset's own optimizer; "sgd"/"sgdm" are plain SGD without/with
+    momentum 0.9 (and the preset's weight decay), the local steps SCAFFOLD's analysis assumes.
+    """
     params = list(trainable_parameters(bundle.policy).values())
     preset = bundle.config.get_optimizer_preset()
-    preset.lr = learning_rate(run, bundle.config)
-    optimizer = preset.build(params)
+    peak = learning_rate(run, bundle.config)
+    if run.local_optimizer == "adamw":
+        preset.lr = peak
+        optimizer = preset.build(params)
+    else:
+        momentum = 0.9 if run.local_optimizer == "sgdm" else 0.0
+        decay = float(getattr(preset, "weight_decay", 0.0) or 0.0)
+        optimizer = torch.optim.SGD(params, lr=peak, momentum=momentum, weight_decay=decay)
     if optimizer_state is not None and optimizer_state.is_file():
-        optimizer.load_state_dict(torch.load(optimizer_state, map_location=params[0].device))
+        try:
+            optimizer.load_state_dict(torch.load(optimizer_state, map_location=params[0].device))
+        except (KeyError, ValueError) as err:
+            raise ValueError(
+                f"{optimizer_state}: saved optimizer state does not fit local-optimizer "
+                f"{run.local_optimizer!r} ({type(err).__name__}: {err}); remove the file"
+            ) from None
     return optimizer
 
 
@@ -120,10 +208,11 @@ def train_round(
     optimizer_start: Path | None = None,
     tally: SkipTally | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    drift: DriftCorrection | None = None,
 ) -> TrainResult:
     """Run ``run.local_steps`` optimizer steps from the global weights already in the policy.
 
-    With ``optimizer_state``, the site's AdamW moments carry over from its previous round
+    With ``optimizer_state``, the site's optimizer moments carry over from its previous round
     (read before from ``optimizer_start``, or from ``optimizer_state`` itself; written after to
     ``optimizer_state``, atomically): a fresh Adam makes its first steps ~lr-sized sign steps
     in every coordinate, which a 20-step round cannot amortize. ``optimizer``: one
@@ -133,7 +222,9 @@ def train_round(
     Samples the loader could not read (a guarded loader, :mod:`supernode.sample_guard`) are
     left out of their batch and counted in ``tally``; a batch with none left is no step. Past
     ``max-bad-sample-share`` of the round's planned samples ``tally`` raises ``BadDataError``.
+    ``drift``: the round's drift correction beyond the FedProx gradient (:class:`DriftCorrection`).
     """
+    drift = drift or DriftCorrection()
     policy, cfg = bundle.policy, bundle.config
     params = list(trainable_parameters(policy).values())
     anchors = [p.detach().clone() for p in params]
@@ -143,6 +234,10 @@ def train_round(
         moments_from = (optimizer_start or optimizer_state) if optimizer_state else None
         optimizer = build_optimizer(bundle, run, moments_from)
     clip = float(getattr(preset, "grad_clip_norm", 0.0) or 0.0)
+    control = drift.control
+    if control is not None:
+        control = [c.to(p.device, p.dtype) for c, p in zip(control, params, strict=True)]
+    decoupled_prox = drift.proximal_step == "decoupled"
 
     if tally is None:
         planned = run.local_steps * (loader.batch_size or 1)
@@ -150,6 +245,7 @@ def train_round(
 
     policy.train()
     losses, proxes = [], []
+    lr_sum = 0.0
     samples = 0
     start = time.perf_counter()
     batches = _batches(loader)
@@ -162,17 +258,25 @@ def train_round(
         if not size:
             continue  # every sample of this batch was unreadable: no step
         samples += size
+        lr = lr_at(run, peak, first_step + step)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(run, peak, first_step + step)
+            group["lr"] = lr
         step += 1
         batch = bundle.preprocessor(raw)
         loss, _ = policy.forward(batch)
         loss.backward()
-        prox = add_proximal_gradient(params, anchors, proximal_mu)
+        prox = 0.0 if decoupled_prox else add_proximal_gradient(params, anchors, proximal_mu)
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
+        if control is not None and drift.control_mode == "gradient":
+            add_control_gradient(params, control)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if decoupled_prox:
+            prox = decoupled_proximal_step(params, anchors, lr, proximal_mu)
+        if control is not None and drift.control_mode == "decoupled":
+            apply_control_step(params, control, lr)
+        lr_sum += lr
         losses.append(float(loss.detach()))
         proxes.append(prox)
     if not all(math.isfinite(v) for v in losses):
@@ -193,4 +297,5 @@ def train_round(
         seconds=time.perf_counter() - start,
         skipped=tally.skipped,
         skipped_summary=tally.summary(),
+        lr_sum=lr_sum,
     )

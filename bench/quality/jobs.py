@@ -76,11 +76,25 @@ def _federated_cluster(job: Job) -> dict[str, Any]:
 
 
 def _from_history(history: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
-    """Final per-site MSE (global model after the last round) plus the curve and round 0."""
+    """Final per-site MSE (global model after the last round) plus the curve and round 0,
+    and the bytes the run moved."""
     per_site = {s: values[-1] for s, values in history["per_site"].items()}
     untrained = {s: values[0] for s, values in history["per_site"].items()}
     return {"per_site": per_site, "untrained": untrained, "curve": dict(history),
-            "run_dir": run_dir}
+            "run_dir": run_dir, "bytes": run_bytes(Path(run_dir))}
+
+
+def run_bytes(run_dir: Path) -> dict[str, int]:
+    """Bytes of the training rounds (round reports): downlink to every site, uplink from them.
+
+    The final model's one evaluate broadcast is left out: every variant pays it the same.
+    """
+    down = up = 0
+    for path in sorted((run_dir / "rounds").glob("round_*.json")):
+        entry = json.loads(path.read_text())
+        down += int(entry.get("downlink_bytes") or 0)
+        up += int(entry.get("uplink_bytes") or 0)
+    return {"downlink": down, "uplink": up, "total": down + up}
 
 
 

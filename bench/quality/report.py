@@ -85,8 +85,8 @@ def _table(rows: Mapping[str, Mapping[str, Any]], sites: Sequence[str]) -> list[
     """One Markdown row per variant: per-site and site-mean MSE, ratio, the goals."""
     lines = [
         "| Variant | " + " | ".join(sites) + " | Site mean | Ratio to centralized | "
-        f"<= {GOAL_RATIO:g}x centralized | < local (own) |",
-        "|---|" + "---:|" * len(sites) + "---:|---:|---|---|",
+        f"<= {GOAL_RATIO:g}x centralized | < local (own) | MB per run |",
+        "|---|" + "---:|" * len(sites) + "---:|---:|---|---|---:|",
     ]
     for label, r in rows.items():
         several = len(r["seeds"]) > 1
@@ -95,8 +95,11 @@ def _table(rows: Mapping[str, Mapping[str, Any]], sites: Sequence[str]) -> list[
                  else _pm(r["ratio"], r["ratio_std"], several, "{:.2f}x"))
         goal = "" if "within_goal" not in r else ("yes" if r["within_goal"] else "NO")
         local = "" if "beats_local" not in r else ("yes" if r["beats_local"] else "NO")
+        moved = r.get("bytes_per_run")
+        mb = "" if moved is None else f"{moved / 1e6:,.1f}"
         lines.append(f"| {label} | " + " | ".join(cells)
-                     + f" | {_pm(r['mean'], r['std'], several)} | {ratio} | {goal} | {local} |")
+                     + f" | {_pm(r['mean'], r['std'], several)} | {ratio} | {goal} | {local} "
+                     f"| {mb} |")
     return lines
 
 

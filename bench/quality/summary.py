@@ -37,7 +37,8 @@ def summarize(results: Sequence[Mapping[str, Any]], variants: Sequence[Variant],
         for field_name, label in fields.items():
             per_seed = {s: by[(v.name, s)][field_name] for s in seeds if (v.name, s) in by}
             if per_seed and all(per_seed.values()):
-                rows[label] = _row(v, field_name, per_seed)
+                moved = {s: by[(v.name, s)].get("bytes") for s in per_seed}
+                rows[label] = _row(v, field_name, per_seed, moved)
     central = next((r for r in rows.values() if r["kind"] == "centralized"), None)
     local = rows.get("local (own)")
     for row in rows.values():
@@ -52,11 +53,14 @@ def summarize(results: Sequence[Mapping[str, Any]], variants: Sequence[Variant],
     return {"rows": rows, "untrained": _untrained(results), "seeds": seeds}
 
 
-def _row(variant: Variant, field_name: str, per_seed: Mapping[int, Mapping[str, float]]
+def _row(variant: Variant, field_name: str, per_seed: Mapping[int, Mapping[str, float]],
+         bytes_per_seed: Mapping[int, Mapping[str, int] | None] | None = None
          ) -> dict[str, Any]:
-    """One table row: per-site mean/std over seeds, and the site mean per seed."""
+    """One table row: per-site mean/std over seeds, the site mean per seed, and the bytes a
+    run moved (federated only; the mean over seeds, which all move the same)."""
     sites = sorted(next(iter(per_seed.values())))
     means = {s: statistics.fmean(v.values()) for s, v in per_seed.items()}
+    moved = [b["total"] for b in (bytes_per_seed or {}).values() if b]
     stats = {site: _mean_std([v[site] for v in per_seed.values()]) for site in sites}
     mean, std = _mean_std(means.values())
     return {
@@ -65,6 +69,7 @@ def _row(variant: Variant, field_name: str, per_seed: Mapping[int, Mapping[str, 
         "per_site": {site: m for site, (m, _) in stats.items()},
         "per_site_std": {site: sd for site, (_, sd) in stats.items()},
         "mean": mean, "std": std,
+        "bytes_per_run": statistics.fmean(moved) if moved else None,
     }
 
 

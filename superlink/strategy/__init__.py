@@ -4,6 +4,8 @@
   check every reply, weighted mean of the updates from the wire bytes);
 - :mod:`.flower_strategies`: Flower's FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad,
   each with ``CodecFedAvg`` behind it;
+- drift correction, a module each: :mod:`.scaffold` (control variates), :mod:`.fedexp`
+  (extrapolated server step), :mod:`.fedprox_decoupled` (proximal pull outside AdamW);
 - :mod:`.node_selection`: which sites take part in a round (seeded);
 - :mod:`.replies`: accepted replies and failures of one exchange;
 - :mod:`.update_checks`: finite values and the norm rule for every update;
@@ -19,6 +21,8 @@ from flwr.app import ArrayRecord
 
 from common.settings import RunConfig
 from superlink.strategy.codec_fedavg import EVALUATE, TRAIN, CodecFedAvg, ExchangeSettings
+from superlink.strategy.fedexp import FedExP
+from superlink.strategy.fedprox_decoupled import FedProxDecoupled
 from superlink.strategy.flower_strategies import (
     FedAdagrad,
     FedAdam,
@@ -28,6 +32,7 @@ from superlink.strategy.flower_strategies import (
     FedYogi,
 )
 from superlink.strategy.replies import FAILURE_KINDS, AcceptedReply, Failure, RoundReplies
+from superlink.strategy.scaffold import Scaffold
 
 if TYPE_CHECKING:
     from superlink.authenticity import FederationGuard
@@ -86,4 +91,12 @@ def make_strategy(
             return FedYogi(settings, eta=run.server_lr)
         case "fedadagrad":
             return FedAdagrad(settings, eta=run.server_lr)
+        case "fedprox-decoupled":
+            return FedProxDecoupled(settings, proximal_mu=run.proximal_mu)
+        case "scaffold":
+            return Scaffold(
+                settings, server_learning_rate=run.server_lr, server_momentum=run.server_momentum
+            )
+        case "fedexp":
+            return FedExP(settings, epsilon=run.fedexp_epsilon)
     raise ValueError(f"unknown strategy {run.strategy!r}")  # RunConfig allows no other

@@ -161,9 +161,14 @@ class CodecFedAvg(FedAvg):
             msg.content[ARRAYS] = payload.arrays
             msg.content[CODEC] = payload.meta
             msg.content[NORM_STATS] = self.settings.norm_stats
+        self.extend_messages(kind, server_round, messages)
         if self.settings.guard is not None:
             self.settings.guard.sign_instructions(messages)
         return messages
+
+    def extend_messages(self, kind: str, server_round: int, messages: list[Message]) -> None:
+        """Add a strategy's own records to the round's messages (an overridable step; SCAFFOLD
+        sends ``c``), before they are signed, so the signature covers them too."""
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -328,12 +333,26 @@ class CodecFedAvg(FedAvg):
         result (to float32 rounding) as decoding every reply and calling Flower's
         ``aggregate_arrayrecords``, without a float32 copy of any site's model.
         """
+        return self.global_plus(self.mean_update(accepted))
+
+    def mean_update(self, accepted: list[AcceptedReply]) -> dict[str, np.ndarray]:
+        """``sum_i w_i * update_i`` (float32) with ``w_i`` the sites' example shares."""
         total = sum(r.report.num_examples for r in accepted)
-        mean = {k: v.copy() for k, v in self._global.items()}
+        mean = {k: np.zeros_like(v) for k, v in self._global.items()}
         for reply in accepted:
             assert reply.payload is not None
             codec.accumulate(mean, reply.payload, reply.report.num_examples / total)
-        return ArrayRecord({k: codec.to_array(v) for k, v in mean.items()})
+        return mean
+
+    def global_plus(self, update: Mapping[str, np.ndarray], step: float = 1.0) -> ArrayRecord:
+        """``global + step * update`` as the new global model (float32)."""
+        return ArrayRecord(
+            {k: codec.to_array(v + np.float32(step) * update[k]) for k, v in self._global.items()}
+        )
+
+    def round_summary(self, server_round: int) -> dict[str, Any]:
+        """Numbers about the server step of ``server_round`` for the round's report."""
+        return {}
 
     def _train_metrics(self, accepted: list[AcceptedReply]) -> MetricRecord:
         records = [

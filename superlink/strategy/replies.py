@@ -63,6 +63,7 @@ class AcceptedReply:
     trajectory_note: str = ""  # why there is none although the site computed one
     update_norm: float | None = None  # L2 norm of the update (train replies)
     notes: SiteNotes = field(default_factory=SiteNotes)  # what the site skipped, in words
+    control: Payload | None = None  # SCAFFOLD: the site's control-variate delta, checked alike
 
 
 @dataclass
@@ -108,4 +109,8 @@ class RoundReplies:
 
     @property
     def uplink_bytes(self) -> dict[str, int]:
-        return {r.site: r.payload.nbytes for r in self.accepted if r.payload is not None}
+        return {
+            r.site: r.payload.nbytes + (r.control.nbytes if r.control is not None else 0)
+            for r in self.accepted
+            if r.payload is not None
+        }
