@@ -25,10 +25,10 @@ from common.protocol import (
 )
 from common.settings import RunConfig, SettingsError
 from harness.inprocess_grid import server_context
-from superlink.strategy import TRAIN, make_strategy
-from superlink.strategy.fedexp import fedexp_step
 from superlink import server_state
 from superlink.checkpoints import checkpoint_dir
+from superlink.strategy import TRAIN, make_strategy
+from superlink.strategy.fedexp import fedexp_step
 from supernode.control_variates import ControlRound, ControlStore, ControlVariate, option_two
 from supernode.training import (
     DriftCorrection,

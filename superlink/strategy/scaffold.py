@@ -11,10 +11,9 @@ its update and ``c_i+ - c_i`` (option II; see :mod:`supernode.control_variates`)
   federation (stage 0), the paper's update: ``c`` stays the plain mean of all the ``c_i``.
 
 The control delta travels through the same codec as the update (``wire-dtype``, digests) in the
-``control``/``control-codec`` records and passes the update's checks
-(:meth:`CodecFedAvg.check_update`, finite values). Bytes: ``c`` doubles the downlink and the delta the
-uplink; both are in the round reports (``downlink_bytes``, ``uplink_bytes``, the sites'
-``control_bytes``).
+``control``/``control-codec`` records and passes the update's checks (integrity, finite
+values; not the norm rule). Bytes: ``c`` doubles the downlink and the delta the uplink; both
+are in the round reports (``downlink_bytes``, ``uplink_bytes``, the sites' ``control_bytes``).
 
 Keeping ``c`` and the ``c_i`` consistent when a reply is lost or refused: every train message
 says which round's delta from that site the server last counted (``control-round``); the site
