@@ -63,6 +63,7 @@ class StackSettings(BaseSettings):
     prometheus_url: str = "http://prometheus:9090"  # Grafana's datasource
     demo_data: bool = True  # generate a demo dataset for a site whose volume has none
     demo_episodes: int = Field(12, ge=1)
+    demo_frames: int = Field(60, ge=10)  # per episode
     run_config: str = ""  # KEY=VALUE ... as for `flwr run -c`, e.g. "num-server-rounds=3"
     run_timeout: float = Field(0.0, ge=0.0)  # 0: no limit
     uid: int = 49999  # owner of what the root-run init jobs write (the image's user)
@@ -215,7 +216,8 @@ def demo_data(s: StackSettings) -> int:
     from demo_data import DemoSpec
     from demo_data.writer import make_demo_site
 
-    spec = DemoSpec(num_sites=len(s.site_names), episodes_per_site=s.demo_episodes)
+    spec = DemoSpec(num_sites=len(s.site_names), episodes_per_site=s.demo_episodes,
+                    frames_per_episode=s.demo_frames)
     for index, site in enumerate(s.site_names):
         if site in missing:
             root = make_demo_site(s.dataset_root(site), index, spec, overwrite=True)
