@@ -105,3 +105,36 @@ def test_settings_are_checked_before_any_work(tmp_path) -> None:
                              "output-dir": "/app/runs"}
     with pytest.raises(SettingsError):
         _settings(tmp_path, run_config="num-server-rounds").overrides()
+
+
+def test_the_image_pins_what_pyproject_pins() -> None:
+    """deploy/docker/requirements.txt (the image's dependency layer) is regenerated with
+    scripts/image-requirements.py when a pin in pyproject.toml changes."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    repo = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    lines = (repo / "deploy" / "docker" / "requirements.txt").read_text().splitlines()
+    image = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    for text in project["dependencies"]:
+        req = Requirement(text)
+        [spec] = req.specifier
+        assert image.get(canonicalize_name(req.name)) == spec.version, (
+            f"{req.name}: pyproject pins {spec.version}, the image "
+            f"{image.get(canonicalize_name(req.name))}; run scripts/image-requirements.py")
+    for dev in ("pytest", "ruff", "hypothesis", "wandb"):
+        assert dev not in image, f"{dev} is a dev tool: not in the image"
+
+
+def test_every_env_example_setting_is_used_by_the_compose_files() -> None:
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    example = (repo / ".env.example").read_text()
+    names = re.findall(r"^(?:# )?((?:ZK0|GRAFANA|HF)_[A-Z0-9_]+)=", example, re.M)
+    compose = "".join(p.read_text() for p in repo.glob("docker-compose*.yml"))
+    unused = [n for n in names if "${" + n not in compose]
+    assert names and unused == [], unused
