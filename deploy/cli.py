@@ -1,5 +1,5 @@
 """The ``zk0`` command: certificates, demo data, dataset checks, a lab's SuperNode, site
-registration, a local cluster, export, coordinator metrics.
+registration, a local cluster, the compose stack's roles, export, coordinator metrics.
 
 One table lists the commands; each command module exposes ``add_arguments(parser)`` (its flags
 only) and ``run_cli(args) -> int``. Modules are imported when the parser is built, so a command
@@ -71,6 +71,12 @@ COMMANDS: tuple[Command, ...] = (
         "export",
         "deploy.export_command",
         help="write a Hub-ready LeRobot policy folder (with a model card) from a run",
+    ),
+    Command(
+        "stack",
+        "deploy.compose_stack",
+        help="a zk0 role of docker-compose.yml (init, demo-data, superlink, superexec, "
+             "register, run)",
     ),
     Command(
         "coordinator-metrics",

@@ -96,6 +96,16 @@ def render(settings: ProxySettings, template: Path = TEMPLATE) -> str:
     return _PLACEHOLDER.sub(fill, template.read_text())
 
 
+def prepare_folder(settings: ProxySettings) -> Path:
+    """The proxy's 0700 folder with its logs/ and tmp/, and the rendered config (0600) in it:
+    all nginx needs besides the TLS files (the compose stack's init writes it for an nginx
+    container: :mod:`deploy.compose_stack`)."""
+    private_dir(settings.folder, tighten=True)
+    for sub in _SUBDIRS:
+        private_dir(settings.folder / sub, tighten=True)
+    return atomic.write_bytes(settings.conf, render(settings).encode(), 0o600)
+
+
 class EntryProxy:
     """nginx as the labs' entry: write the config, check it, run it, wait until it answers."""
 
@@ -124,10 +134,7 @@ class EntryProxy:
     def write_config(self) -> Path:
         """Render the config into the (0700) folder and have nginx check it (``nginx -t``)."""
         s = self.settings
-        private_dir(s.folder, tighten=True)
-        for sub in _SUBDIRS:
-            private_dir(s.folder / sub, tighten=True)
-        atomic.write_bytes(s.conf, render(s).encode(), 0o600)
+        prepare_folder(s)
         check = subprocess.run(self._cmd("-t"), capture_output=True, text=True, timeout=30,
                                check=False, stdin=subprocess.DEVNULL)
         if check.returncode != 0:

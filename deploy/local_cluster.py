@@ -41,13 +41,12 @@ Working dir::
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -60,32 +59,13 @@ from deploy import flwr_cli
 from deploy.entry_proxy import EntryProxy, ProxySettings, find_nginx
 from deploy.flower_commands import runtime_address, superexec_cmd, superlink_cmd, supernode_cmd
 from deploy.flower_env import SITE_SUPEREXEC_POLL_SECONDS, child_env, superexec_env
-from deploy.flower_logs import flower_exit_code, logged_node_id, strip_ansi
+from deploy.flower_logs import flower_exit_code, logged_node_id
 from deploy.health import https_ok
 from deploy.metrics_export import MetricsServer, prepare_multiproc_dir, serve_site
 from deploy.processes import ManagedProcess, ProcessFailed
+from deploy.run_follow import RunResult, run_app
 from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
 from deploy.site_worker import WorkerSupervisor, socket_path, stop_all
-
-
-@dataclass
-class RunResult:
-    """Outcome of :meth:`LocalCluster.run`. ``status`` is Flower's, e.g. ``finished:completed``."""
-
-    run_id: int
-    status: str | None
-    returncode: int | None
-    duration_s: float
-    output: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "finished:completed"
-
-
-def _finished(status: str | None) -> bool:
-    return bool(status) and str(status).startswith("finished")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -571,75 +551,27 @@ class LocalCluster:
         round starts).
 
         Waits for the run to end (its status in ``flwr ls``: the log stream may end earlier), or
-        at most ``timeout`` s: then ``flwr stop`` and the stream is stopped.
+        at most ``timeout`` s: then ``flwr stop`` and the stream is stopped
+        (:func:`deploy.run_follow.run_app`).
         A run that cannot even start raises :class:`deploy.flwr_cli.FlwrCliError`.
         """
-        lines: list[str] = []
         echo = _printer("[run]") if self.echo_run else None
 
         def sink(line: str) -> None:
-            line = strip_ansi(line)
-            lines.append(line)
             if echo:
                 echo(line)
             if on_line:
                 on_line(line)
 
-        t0 = time.monotonic()
-        run_id = flwr_cli.start_run(
-            self.flwr_home, self.connection, app_dir or self.app_dir, overrides
-        )
-        sink(f"started run {run_id}")
-        proc = flwr_cli.follow_run(
-            self.flwr_home,
-            self.connection,
-            run_id,
-            log_path=self.logs / f"flwr-log-{run_id}.log",
-            on_line=sink,
-        )
-        self.processes.append(proc)
-        self._run_proc = proc
-        try:
-            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
-            code = proc.wait(left)
-            status: str | None = None
-            if code is not None:
-                # Flower's log stream can end before the run does (seen after minutes without
-                # a log line on a busy machine): the run's status, not the stream, says when.
-                left = None if timeout is None else max(15.0, timeout - (time.monotonic() - t0))
-                status, details = self._final_status(run_id, wait=left)
-            if code is None or (status is not None and not _finished(status)):  # timed out
-                flwr_cli.stop_run(self.flwr_home, self.connection, run_id)
-                code = proc.stop(self.stop_timeout) if code is None else code
-                status, details = self._final_status(run_id)
-        finally:
-            proc.stop(self.stop_timeout)
-            self._run_proc = None
-        return RunResult(
-            run_id=run_id,
-            status=status,
-            returncode=code,
-            duration_s=time.monotonic() - t0,
-            output="\n".join(lines),
-            details=details,
-        )
+        def follow(proc: ManagedProcess | None) -> None:
+            if proc is not None:
+                self.processes.append(proc)
+            self._run_proc = proc
 
-    def _final_status(
-        self, run_id: int, wait: float | None = 15.0
-    ) -> tuple[str | None, dict[str, Any]]:
-        """The run's status once finished, or whatever it is after ``wait`` s (None: no limit)."""
-        deadline = math.inf if wait is None else time.monotonic() + wait
-        row: dict[str, Any] = {}
-        while True:
-            try:
-                rows = flwr_cli.list_runs(self.flwr_home, self.connection, run_id)
-            except flwr_cli.FlwrCliError as err:  # SuperLink gone: report, do not mask the run
-                return None, {"error": str(err)}
-            row = next((r for r in rows if str(r.get("run-id")) == str(run_id)), {})
-            status = row.get("status")
-            if _finished(status) or time.monotonic() > deadline:
-                return status, row
-            time.sleep(0.5)
+        return run_app(
+            self.flwr_home, self.connection, app_dir or self.app_dir, overrides, self.logs,
+            timeout=timeout, on_line=sink, on_follow=follow, stop_timeout=self.stop_timeout,
+        )
 
     # -- stop --------------------------------------------------------------------------------
 

@@ -8,7 +8,10 @@
 #   prometheus  (with promtool) the monitoring tests run the project's config, alert rules and
 #               dashboards' queries against a real Prometheus; no service is started here
 #   chromium    the summary-page test renders run summaries in headless Chromium
+# and, as root, a Docker Engine with Compose v2 and the local base image debian:trixie-slim
+# (scripts/docker-engine-up.sh; idempotent) for the compose test (tests/test_e2e_compose.py).
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
@@ -16,14 +19,20 @@ need=()
 have nginx || need+=(nginx)
 { have prometheus && have promtool; } || need+=(prometheus)
 { have chromium || have chromium-browser; } || need+=(chromium)
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
+root=false
+[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && root=true
+if [ ${#need[@]} -gt 0 ]; then
+  if $root; then
+    echo "[system-deps] installing Debian packages: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "[system-deps] missing Debian packages: ${need[*]} (not root or no apt-get; install them)" >&2
+  fi
 fi
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "[system-deps] missing Debian packages: ${need[*]} (not root or no apt-get; install them)" >&2
-  exit 0
+if $root; then
+  "$here/docker-engine-up.sh"
+elif ! docker compose version >/dev/null 2>&1; then
+  echo "[system-deps] no Docker Compose v2 (the compose test skips; as root scripts/docker-engine-up.sh brings it up)" >&2
 fi
-echo "[system-deps] installing Debian packages: ${need[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,140 @@
+"""``zk0 stack``'s one-shot jobs, run here on folders instead of volumes (fast, no Docker).
+
+What the compose stack's containers find depends on them: the certificates kept across
+restarts, each site's bundle holding its own key and nothing else, an nginx.conf nginx accepts,
+a Prometheus config promtool accepts with the stack's targets, Grafana's provisioning pointing
+at the stack's Prometheus, demo data only where a site has none.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_tools import promtool
+
+from common.settings import SettingsError
+from deploy import compose_stack
+from deploy.compose_stack import StackSettings
+from deploy.local_cluster import free_port
+
+SITES = ["site-0", "site-1"]
+
+
+def _settings(tmp_path: Path, **extra) -> StackSettings:
+    values = {
+        "sites": ",".join(SITES), "superlink": f"127.0.0.1:{free_port()}",
+        "entry_listen": f"127.0.0.1:{free_port()}", "coordinator_metrics": "127.0.0.1:9400",
+        "site_metrics": "127.0.0.1:9401,127.0.0.1:9402", "prometheus_url": "http://prom:9090",
+        "certs_dir": tmp_path / "certs", "bundles_dir": tmp_path / "sites",
+        "data_dir": tmp_path / "data", "proxy_dir": tmp_path / "proxy",
+        "config_dir": tmp_path / "config", "demo_episodes": 3, "demo_frames": 10,
+    }
+    return StackSettings(**{**values, **extra})
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_makes_what_is_missing_and_keeps_what_exists(tmp_path, nginx) -> None:
+    s = _settings(tmp_path)
+    assert compose_stack.init(s) == 0
+    ca = (s.certs_dir / "ca.crt").read_bytes()
+    for site in SITES:  # the site's own key, the public files, nothing else
+        bundle = s.site_bundle(site)
+        assert sorted(p.name for p in bundle.iterdir()) == sorted(
+            ["ca.crt", "coordinator.pub", f"{site}.key", f"{site}.pub"])
+        assert _mode(bundle) == 0o700 and _mode(bundle / f"{site}.key") == 0o600
+        assert (bundle / f"{site}.key").read_bytes() == (s.certs_dir / f"{site}.key").read_bytes()
+    assert _mode(s.proxy_dir / "tls" / "superlink.key") == 0o600
+    conf = s.proxy_dir / "nginx.conf"
+    assert f"listen {s.entry_listen} ssl;" in conf.read_text()
+    check = subprocess.run([nginx, "-t", "-p", f"{s.proxy_dir}/", "-c", str(conf), "-e",
+                            str(s.proxy_dir / "logs" / "error.log")],
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stderr
+    # a second init (a restarted stack) keeps the CA, hence every registered key stays valid
+    assert compose_stack.init(s) == 0
+    assert (s.certs_dir / "ca.crt").read_bytes() == ca
+
+
+def test_monitoring_config_has_the_stack_targets_and_passes_promtool(tmp_path) -> None:
+    s = _settings(tmp_path)
+    compose_stack.write_monitoring_config(s)
+    config_path = s.config_dir / "prometheus" / "prometheus.yml"
+    out = promtool("check", "config", str(config_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    config = yaml.safe_load(config_path.read_text())
+    sites = next(j for j in config["scrape_configs"] if j["job_name"] == "zk0-sites")
+    assert [(c["targets"], c["labels"]["site"]) for c in sites["static_configs"]] == [
+        (["127.0.0.1:9401"], "site-0"), (["127.0.0.1:9402"], "site-1")]
+    grafana = s.config_dir / "grafana"
+    [source] = yaml.safe_load(
+        (grafana / "provisioning/datasources/zk0.yml").read_text())["datasources"]
+    assert source["url"] == "http://prom:9090"
+    [provider] = yaml.safe_load(
+        (grafana / "provisioning/dashboards/zk0.yml").read_text())["providers"]
+    dashboards = Path(provider["options"]["path"])
+    assert {p.name for p in dashboards.glob("*.json")} >= {"zk0-federation.json"}
+    for path in [s.config_dir, *s.config_dir.rglob("*")]:  # readable by other users
+        assert _mode(path) & 0o004, path
+
+
+def test_demo_data_only_where_a_site_has_none(tmp_path) -> None:
+    s = _settings(tmp_path)
+    assert compose_stack.demo_data(s) == 0
+    info = s.dataset_root("site-0") / "meta" / "info.json"
+    assert json.loads(info.read_text())["total_episodes"] == 3
+    before = info.stat().st_mtime_ns
+    assert compose_stack.demo_data(s) == 0  # kept
+    assert info.stat().st_mtime_ns == before
+    off = _settings(tmp_path / "other", demo_data=False)
+    assert compose_stack.demo_data(off) == 1
+
+
+def test_settings_are_checked_before_any_work(tmp_path) -> None:
+    with pytest.raises(SettingsError, match="ZK0_SITE_METRICS has 1 targets for 2 sites"):
+        _settings(tmp_path, site_metrics="127.0.0.1:9401").metrics_targets()
+    s = _settings(tmp_path, run_config="num-server-rounds=3 policy=smolvla-tiny")
+    assert s.overrides() == {"min-sites": 2, "num-server-rounds": 3, "policy": "smolvla-tiny",
+                             "output-dir": "/app/runs"}
+    with pytest.raises(SettingsError):
+        _settings(tmp_path, run_config="num-server-rounds").overrides()
+
+
+def test_the_image_pins_what_pyproject_pins() -> None:
+    """deploy/docker/requirements.txt (the image's dependency layer) is regenerated with
+    scripts/image-requirements.py when a pin in pyproject.toml changes."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    repo = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    lines = (repo / "deploy" / "docker" / "requirements.txt").read_text().splitlines()
+    image = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    for text in project["dependencies"]:
+        req = Requirement(text)
+        [spec] = req.specifier
+        assert image.get(canonicalize_name(req.name)) == spec.version, (
+            f"{req.name}: pyproject pins {spec.version}, the image "
+            f"{image.get(canonicalize_name(req.name))}; run scripts/image-requirements.py")
+    for dev in ("pytest", "ruff", "hypothesis", "wandb"):
+        assert dev not in image, f"{dev} is a dev tool: not in the image"
+
+
+def test_every_env_example_setting_is_used_by_the_compose_files() -> None:
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    example = (repo / ".env.example").read_text()
+    names = re.findall(r"^(?:# )?((?:ZK0|GRAFANA|HF)_[A-Z0-9_]+)=", example, re.M)
+    compose = "".join(p.read_text() for p in repo.glob("docker-compose*.yml"))
+    unused = [n for n in names if "${" + n not in compose]
+    assert names and unused == [], unused
