@@ -437,6 +437,14 @@ def test_site_container_refuses_a_broken_dataset_then_joins_with_a_good_one(
         assert {"node-id": str(node_id), "status": "online"}.items() <= next(
             n for n in nodes if n["node-id"] == str(node_id)).items(), nodes
 
+        # one short round with the containerized site as the federation's only site
+        result = cluster.run({"policy": "smolvla-tiny", "num-server-rounds": 1,
+                              "local-steps": 2, "batch-size": 4, "eval-samples": 8,
+                              "min-sites": 1, "round-timeout": 400.0,
+                              "output-dir": str(cluster.work_dir / "runs")}, timeout=500)
+        assert result.ok, f"status {result.status}\n{result.output[-3000:]}"
+        t_round = time.monotonic() - t0
+
         container = client.containers.get(f"zk0-site-{SITE}")
         result = container.exec_run(["stat", "-c", "%a %u %g", spec.KEY_FILE, spec.KEY_DIR])
         assert result.output.decode().split("\n")[:2] == ["600 49999 49999", "700 49999 49999"]
@@ -461,7 +469,8 @@ def test_site_container_refuses_a_broken_dataset_then_joins_with_a_good_one(
         with pytest.raises(NotFound):
             client.containers.get(f"zk0-site-{SITE}")
         print(f"site container: refused in {t_refused:.0f} s, joined at {t_joined:.0f} s, "
-              f"stopped at {time.monotonic() - t0:.0f} s", file=sys.stderr)
+              f"round done at {t_round:.0f} s, stopped at {time.monotonic() - t0:.0f} s",
+              file=sys.stderr)
     finally:  # whatever happened above: nothing of this site stays on the engine
         remove_labelled(f"org.zk0.site={SITE}")
 
