@@ -480,3 +480,48 @@ def test_the_parser_knows_every_action() -> None:
     for action in ("start", "status", "logs", "stop"):
         args = parser.parse_args(["site-container", action, "--site-name", "x"])
         assert isinstance(args, argparse.Namespace) and args.action == action
+
+
+@pytest.mark.e2e
+@pytest.mark.docker
+def test_compose_site_refuses_a_broken_dataset_after_installing_the_key(
+    zk0_image: str, federation, lab_data, tmp_path
+) -> None:
+    """The compose path's gates on a real engine: ``site-key`` puts the key on the site's volume
+    as 0600/uid 49999, ``check-dataset`` fails on the broken dataset, and ``site`` is never
+    started; everything (volume included) is removed after."""
+    from docker_tools import require_compose
+
+    require_compose()
+    certs, key, _ = federation
+    _, broken = lab_data
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        f"ZK0_IMAGE={zk0_image}\nZK0_SUPERLINK=127.0.0.1:1\nZK0_SITE_NAME=lab-a\n"
+        f"ZK0_CA_FILE={certs.ca_cert}\nZK0_COORDINATOR_PUB_FILE={certs.coordinator_pub}\n"
+        f"ZK0_KEY_FILE={key}\nZK0_DATASET_DIR={broken}\nZK0_METRICS_PORT=0\n")
+    project = f"zk0site{os.getpid()}"
+    base = ["docker", "compose", "-p", project, "--env-file", str(env_file), "-f", str(COMPOSE),
+            "-f", str(CPU_OVERRIDE)]
+
+    def compose(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=timeout,
+                              check=False)
+
+    try:
+        up = compose("up", "-d")
+        assert up.returncode != 0, up.stdout + up.stderr
+        assert 'service "check-dataset" didn\'t complete successfully' in up.stderr, up.stderr
+        logs = compose("logs", "check-dataset").stdout
+        assert "observation.state" in logs and "FAILED: /app/data/site" in logs, logs
+        states = dict(line.split() for line in compose(
+            "ps", "-a", "--format", "{{.Service}} {{.State}}").stdout.splitlines())
+        # compose creates the site's container but never starts it
+        assert states == {"site-key": "exited", "check-dataset": "exited", "site": "created"}
+        stat = compose("run", "--rm", "--no-deps", "--entrypoint", "stat", "site",
+                       "-c", "%a %u %g", spec.KEY_FILE, spec.KEY_DIR)
+        assert stat.stdout.split("\n")[:2] == ["600 49999 49999", "700 49999 49999"], (
+            stat.stdout + stat.stderr)
+    finally:
+        down = compose("down", "-v", "--remove-orphans")
+        assert down.returncode == 0, down.stderr
