@@ -42,7 +42,7 @@ from deploy.site_container_spec import (
     decide_gpu,
     site_spec,
 )
-from deploy.site_launcher import SiteConfigError
+from deploy.site_launcher import SiteConfigError, add_setting_flags, validation_problems
 
 EXIT_REFUSED = 2  # settings, engine, image or dataset: nothing was started
 EXIT_NOT_READY = 1  # started, but not healthy and joined within --wait
@@ -374,10 +374,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     the site name."""
     sub = p.add_subparsers(dest="action", required=True)
     start_p = sub.add_parser("start", help="check, check the dataset, then start and wait")
-    for name, (typ, help_text) in _START_FLAGS.items():
-        flag = "--" + name.replace("_", "-")
-        start_p.add_argument(flag, type=typ, default=None,
-                             help=f"{help_text} [ZK0_{name.upper()}]")
+    add_setting_flags(start_p, _START_FLAGS)
     start_p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                          help="another zk0 supernode setting, e.g. torch_threads=4")
     start_p.add_argument("--wait", type=float, default=600.0,
@@ -426,11 +423,7 @@ def settings_from_args(args: argparse.Namespace) -> SiteContainerSettings:
             return SiteContainerSettings(_env_file=args.env_file, **given)  # type: ignore[call-arg]
         return SiteContainerSettings(**given)
     except ValidationError as err:
-        lines = []
-        for problem in err.errors():
-            name = str(problem["loc"][0]) if problem["loc"] else "?"
-            lines.append(f"--{name.replace('_', '-')} / ZK0_{name.upper()}: {problem['msg']}")
-        raise SiteConfigError("\n".join(lines)) from None
+        raise SiteConfigError(validation_problems(err)) from None
 
 
 def _site_name(args: argparse.Namespace) -> str:

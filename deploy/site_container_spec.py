@@ -35,9 +35,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from certs.checks import check_ca, check_site_key
-from common import signing
 from deploy.metrics_export import SITE_PORT
-from deploy.site_launcher import SiteConfigError, SiteSettings, parse_superlink_address
+from deploy.site_launcher import (
+    SiteConfigError,
+    SiteSettings,
+    coordinator_pub_problem,
+    parse_superlink_address,
+)
 
 # The image's user (Flower's images use the same ids; the Dockerfile creates it).
 CONTAINER_UID = 49999
@@ -196,11 +200,10 @@ def check_settings(settings: SiteContainerSettings) -> SiteSettings:
             check_ca(settings.ca_file)
         except ValueError as err:
             problems.append(f"--ca-file / ZK0_CA_FILE: {err}")
-    try:
-        signing.load_public_key(settings.coordinator_pub_path, "coordinator public key")
-    except signing.KeyFileError as err:
-        problems.append(f"--coordinator-pub-file / ZK0_COORDINATOR_PUB_FILE: {err} (the "
-                        "coordinator ships coordinator.pub with ca.crt)")
+    if (pub_problem := coordinator_pub_problem(
+            settings.coordinator_pub_path,
+            "--coordinator-pub-file / ZK0_COORDINATOR_PUB_FILE")) is not None:
+        problems.append(pub_problem)
     if (problem := key_problem(settings.key_file)) is not None:
         problems.append(problem)
     problems.extend(dataset_problems(settings.dataset_dir))
