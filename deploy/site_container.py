@@ -383,7 +383,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          help="stop and remove an existing container of this site first")
     status_p = sub.add_parser("status", help="state, health and restarts of the site container")
     logs_p = sub.add_parser("logs", help="the site container's log")
-    logs_p.add_argument("--tail", default="200", help="last N lines, or 'all' (default 200)")
+    logs_p.add_argument("--tail", type=_tail, default=200,
+                        help="last N lines, or 'all' (default 200)")
     logs_p.add_argument("-f", "--follow", action="store_true", help="follow until Ctrl-C")
     stop_p = sub.add_parser("stop", help="SIGTERM, SIGKILL after --timeout, remove")
     stop_p.add_argument("--timeout", type=int, default=None,
@@ -392,6 +393,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument("--site-name", default=None, help="the site's name [ZK0_SITE_NAME]")
         q.add_argument("--env-file", type=Path, default=None,
                        help="read ZK0_* settings from this file (e.g. deploy/site/.env)")
+
+
+def _tail(value: str) -> int | str:
+    if value == "all":
+        return value
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of lines or 'all'")
+    return int(value)
 
 
 def _env_file_values(path: Path | None) -> dict[str, str]:
@@ -446,7 +455,7 @@ def run_cli(args: argparse.Namespace) -> int:
             print(status.line())
             return 0 if status.state == "running" and status.health != "unhealthy" else 1
         if args.action == "logs":
-            tail: int | str = "all" if args.tail == "all" else int(args.tail)
+            tail = args.tail
             if args.follow:
                 try:
                     for chunk in container.logs(stream=True, follow=True, tail=tail):

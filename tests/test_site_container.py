@@ -445,6 +445,13 @@ def test_site_container_refuses_a_broken_dataset_then_joins_with_a_good_one(
         assert result.ok, f"status {result.status}\n{result.output[-3000:]}"
         t_round = time.monotonic() - t0
 
+        # the site's /metrics, where --metrics-host/--metrics-port put it
+        import httpx
+
+        metrics = httpx.get(f"http://127.0.0.1:{ports[1]}/metrics", timeout=10)
+        assert metrics.status_code == 200
+        assert f'zk0_local_processes{{role="supernode",site="{SITE}"}}' in metrics.text
+
         container = client.containers.get(f"zk0-site-{SITE}")
         result = container.exec_run(["stat", "-c", "%a %u %g", spec.KEY_FILE, spec.KEY_DIR])
         assert result.output.decode().split("\n")[:2] == ["600 49999 49999", "700 49999 49999"]
@@ -468,6 +475,8 @@ def test_site_container_refuses_a_broken_dataset_then_joins_with_a_good_one(
         assert "stopped (exit code 0)" in out and "removed" in out
         with pytest.raises(NotFound):
             client.containers.get(f"zk0-site-{SITE}")
+        assert zk0(["site-container", "status", "--site-name", SITE]) == sc.EXIT_REFUSED
+        assert f"no container zk0-site-{SITE} on this engine" in capsys.readouterr().err
         print(f"site container: refused in {t_refused:.0f} s, joined at {t_joined:.0f} s, "
               f"round done at {t_round:.0f} s, stopped at {time.monotonic() - t0:.0f} s",
               file=sys.stderr)
