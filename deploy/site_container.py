@@ -251,8 +251,9 @@ class SiteStatus:
         return ", ".join(parts)
 
 
-def wait_ready(container: Any, timeout: float, say: Say) -> SiteStatus:
-    """Until healthy and joined, the container stopped or restarted, or ``timeout``."""
+def wait_ready(container: Any, timeout: float, say: Say) -> tuple[SiteStatus, str | None]:
+    """Until healthy and joined, the container stopped or restarted, or ``timeout``: the last
+    status and the launcher's "connected as node N" line (None: not joined)."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -261,11 +262,13 @@ def wait_ready(container: Any, timeout: float, say: Say) -> SiteStatus:
             say(f"zk0 site-container: {status.line()}")
             last = status.line()
         if status.state in ("exited", "dead") or status.restarts > 0:
-            return status
-        if status.health == "healthy" and JOINED in _logs(container, tail=400):
-            return status
+            return status, None
+        joined = [line.strip() for line in _logs(container, tail=400).splitlines()
+                  if JOINED in line]
+        if status.health == "healthy" and joined:
+            return status, joined[-1]
         if time.monotonic() > deadline:
-            return status
+            return status, None
         time.sleep(2.0)
 
 
@@ -308,10 +311,9 @@ def start(settings: SiteContainerSettings, *, wait: float, replace: bool = False
         raise SiteContainerError(f"starting {spec.name} failed: {err}{hint}") from None
     say(f"zk0 site-container: started {spec.name} (restart policy {settings.restart}); "
         f"waiting up to {wait:.0f} s until healthy and joined")
-    status = wait_ready(container, wait, say)
-    if status.health == "healthy" and status.state == "running" and status.restarts == 0:
-        joined = [line for line in _logs(container, tail=400).splitlines() if JOINED in line]
-        say(f"zk0 site-container: {joined[-1].strip() if joined else 'joined'}")
+    status, joined = wait_ready(container, wait, say)
+    if joined is not None:
+        say(f"zk0 site-container: {joined}")
         return 0
     say(_logs(container, tail=40))
     say(f"zk0 site-container: {spec.name} is not healthy and joined ({status.line()}); see the "

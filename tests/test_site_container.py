@@ -477,8 +477,21 @@ def test_site_container_refuses_a_broken_dataset_then_joins_with_a_good_one(
             client.containers.get(f"zk0-site-{SITE}")
         assert zk0(["site-container", "status", "--site-name", SITE]) == sc.EXIT_REFUSED
         assert f"no container zk0-site-{SITE} on this engine" in capsys.readouterr().err
+        t_stopped = time.monotonic() - t0
+
+        # a key the coordinator never registered: started, refused by the SuperLink, and
+        # start says so with the launcher's explanation (restart "no": it stays exited)
+        stranger, _ = make_site_key(cluster.work_dir / "stranger", SITE)
+        args = _start_args(cluster, stranger, good, zk0_image, ports)
+        assert zk0([*args, "--restart", "no", "--set", "worker=false"]) == sc.EXIT_NOT_READY
+        out = capsys.readouterr().out
+        assert "refused to activate this SuperNode" in out, out
+        assert f"zk0-site-{SITE} is not healthy and joined" in out
+        assert zk0(["site-container", "stop", "--site-name", SITE]) == 0
+        assert "removed" in capsys.readouterr().out
         print(f"site container: refused in {t_refused:.0f} s, joined at {t_joined:.0f} s, "
-              f"round done at {t_round:.0f} s, stopped at {time.monotonic() - t0:.0f} s",
+              f"round done at {t_round:.0f} s, stopped at {t_stopped:.0f} s, unregistered key "
+              f"refused at {time.monotonic() - t0:.0f} s",
               file=sys.stderr)
     finally:  # whatever happened above: nothing of this site stays on the engine
         remove_labelled(f"org.zk0.site={SITE}")
