@@ -1,5 +1,6 @@
-"""The ``zk0`` command: certificates, demo data, dataset checks, a lab's SuperNode, site
-registration, a local cluster, the compose stack's roles, export, coordinator metrics.
+"""The ``zk0`` command: certificates, demo data, dataset checks, a lab's SuperNode (as processes
+or as a container), site registration, a local cluster, the compose stack's roles, export,
+coordinator metrics.
 
 One table lists the commands; each command module exposes ``add_arguments(parser)`` (its flags
 only) and ``run_cli(args) -> int``. Modules are imported when the parser is built, so a command
@@ -51,6 +52,11 @@ COMMANDS: tuple[Command, ...] = (
             "Run this lab's SuperNode + SuperExec. Each flag overrides the matching "
             "ZK0_<NAME> environment variable (and .env)."
         ),
+    ),
+    Command(
+        "site-container",
+        "deploy.site_container",
+        help="run this lab's site as a container (Docker SDK): start, status, logs, stop",
     ),
     Command(
         "check-dataset",

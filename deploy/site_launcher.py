@@ -227,6 +227,25 @@ def _check_secret_file(path: Path) -> str | None:
     return None
 
 
+def coordinator_pub_problem(path: Path, where: str) -> str | None:
+    """Why ``path`` is not the coordinator's public key (None if it is); ``where`` names the
+    setting (the launcher's and ``zk0 site-container``'s flags differ)."""
+    try:
+        signing.load_public_key(path, "coordinator public key")
+    except signing.KeyFileError as err:
+        return f"{where}: {err} (the coordinator ships coordinator.pub with ca.crt)"
+    return None
+
+
+def validation_problems(err: ValidationError) -> str:
+    """A settings ValidationError as one line per field, naming its flag and variable."""
+    lines = []
+    for item in err.errors():
+        name = str(item["loc"][0]) if item["loc"] else "?"
+        lines.append(f"--{name.replace('_', '-')} / ZK0_{name.upper()}: {item['msg']}")
+    return "\n".join(lines)
+
+
 def check_settings(
     settings: SiteSettings,
     *,
@@ -253,11 +272,9 @@ def check_settings(
         check_site_key(settings.site_key.expanduser())
     except ValueError as err:
         problems.append(f"ZK0_SITE_KEY / --site-key: {err}")
-    try:
-        signing.load_public_key(settings.coordinator_pub_path, "coordinator public key")
-    except signing.KeyFileError as err:
-        problems.append(f"ZK0_COORDINATOR_PUB / --coordinator-pub: {err} (the coordinator "
-                        "ships coordinator.pub with ca.crt)")
+    if (pub_problem := coordinator_pub_problem(
+            settings.coordinator_pub_path, "ZK0_COORDINATOR_PUB / --coordinator-pub")) is not None:
+        problems.append(pub_problem)
     if (secret_problem := _check_secret_file(settings.secret_path)) is not None:
         problems.append(secret_problem)
     if settings.worker_socket is not None:
@@ -584,11 +601,17 @@ _FLAGS: dict[str, tuple[Any, str]] = {
 }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``zk0 supernode`` flags; each overrides its ``ZK0_*`` env variable and ``.env``."""
-    for name, (typ, help_text) in _FLAGS.items():
+def add_setting_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) -> None:
+    """``--some-name`` for each settings field ``some_name`` (default None: not given, so the
+    ``ZK0_SOME_NAME`` variable or the env file decides), its help naming the variable."""
+    for name, (typ, help_text) in flags.items():
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, type=typ, default=None, help=f"{help_text} [ZK0_{name.upper()}]")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``zk0 supernode`` flags; each overrides its ``ZK0_*`` env variable and ``.env``."""
+    add_setting_flags(p, _FLAGS)
     p.add_argument("--env-file", type=Path, default=None, help="read settings from this file")
     p.add_argument(
         "--deep-check", action="store_true", default=None,
@@ -619,12 +642,7 @@ def settings_from_args(args: argparse.Namespace) -> SiteSettings:
             return SiteSettings(_env_file=env_file, **given)  # type: ignore[call-arg]
         return SiteSettings(**given)
     except ValidationError as err:
-        lines = []
-        for item in err.errors():
-            name = str(item["loc"][0]) if item["loc"] else "?"
-            where = f"--{name.replace('_', '-')} / ZK0_{name.upper()}"
-            lines.append(f"{where}: {item['msg']}")
-        raise SiteConfigError("\n".join(lines)) from None
+        raise SiteConfigError(validation_problems(err)) from None
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -68,3 +68,13 @@ def nginx() -> str:
     if os.environ.get("CI") or os.geteuid() == 0:
         pytest.fail("nginx is not installed; scripts/system-deps.sh installs it (test.sh runs it)")
     pytest.skip("nginx not installed and not root: install nginx-light to test the labs' entry")
+
+
+@pytest.fixture(scope="session")
+def zk0_image():
+    """The zk0 image's tag on a real Docker engine, built once per session from the top-level
+    Dockerfile (or ``ZK0_TEST_IMAGE``); see tests/docker_tools.py. Skips without an engine,
+    except in CI."""
+    from docker_tools import zk0_image_session
+
+    yield from zk0_image_session()
