@@ -3,7 +3,8 @@
 Adding a benchmark: write ``bench/<name>.py`` with ``run(ctx: BenchContext) -> list[Section]``
 (see ``bench/payload.py`` for a small one) and list it in :data:`BENCHMARKS`. The default run
 must stay a few minutes long on 2 CPU cores; longer ones (``overhead``: ~10 min through the real
-cluster, ``memory``: real-size training, ``quality``: the stored study, see ``bench.quality``)
+cluster, ``memory``: real-size training, ``quality``: the stored study, see ``bench.quality``,
+``image``: a cold Docker build)
 have ``default=False`` and run with ``--only <name>``.
 """
 
@@ -75,6 +76,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     "quality": Benchmark("bench.quality:run", "learning quality", default=False),
     "memory": Benchmark("bench.memory:run", "memory per node", default=False),
+    "image": Benchmark("bench.image:run", "container image size and build time (Docker)",
+                       default=False),
 }
 
 
