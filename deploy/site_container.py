@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from deploy.site_container_spec import (
+    DEFAULT_IMAGE,
     ContainerFile,
     ContainerSpec,
     SiteContainerSettings,
@@ -356,7 +357,7 @@ _START_FLAGS: dict[str, tuple[Any, str]] = {
     "key_file": (Path, "this site's OpenSSH EC private key (mode 0600; copied in, never "
                        "mounted)"),
     "dataset_dir": (Path, "the lab's LeRobotDataset folder (mounted read-only)"),
-    "image": (str, "the zk0 image (default zk0:latest; never pulled)"),
+    "image": (str, f"the zk0 image (default {DEFAULT_IMAGE}; never pulled)"),
     "expect": (str, "what the federation expects of the data: so100 | none | features JSON"),
     "eval_episodes": (int, "episodes held out for evaluation"),
     "device": (str, "auto | cpu | cuda | cuda:N (inside the container)"),

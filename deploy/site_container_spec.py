@@ -43,6 +43,8 @@ from deploy.site_launcher import (
     parse_superlink_address,
 )
 
+# The tag docker-compose.yml, deploy/site/docker-compose.yml and the Dockerfile's build lines use.
+DEFAULT_IMAGE = "zk0:dev"
 # The image's user (Flower's images use the same ids; the Dockerfile creates it).
 CONTAINER_UID = 49999
 CONTAINER_GID = 49999
@@ -86,7 +88,7 @@ class SiteContainerSettings(BaseSettings):
     coordinator_pub_file: Path | None = None  # default: coordinator.pub next to ca_file
     key_file: Path = Field(description="this site's OpenSSH EC private key, mode 0600")
     dataset_dir: Path = Field(description="the lab's LeRobotDataset folder (meta/info.json)")
-    image: str = "zk0:latest"
+    image: str = DEFAULT_IMAGE
     expect: str = "so100"  # so100 | none | a features JSON from the coordinator (host path)
     eval_episodes: int = Field(2, ge=1)
     device: str = "auto"

@@ -73,8 +73,8 @@ def nginx() -> str:
 @pytest.fixture(scope="session")
 def zk0_image():
     """The zk0 image's tag on a real Docker engine, built once per session from the top-level
-    Dockerfile (or ``ZK0_TEST_IMAGE``); see tests/docker_tools.py. Skips without an engine,
-    except in CI."""
+    Dockerfile (or ``ZK0_TEST_IMAGE``) and shared by the compose stack's and the site
+    container's tests; see tests/docker_tools.py. Skips without an engine, except in CI."""
     from docker_tools import zk0_image_session
 
     yield from zk0_image_session()

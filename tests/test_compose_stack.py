@@ -138,3 +138,20 @@ def test_every_env_example_setting_is_used_by_the_compose_files() -> None:
     compose = "".join(p.read_text() for p in repo.glob("docker-compose*.yml"))
     unused = [n for n in names if "${" + n not in compose]
     assert names and unused == [], unused
+
+
+def test_no_env_file_enters_the_image(tmp_path) -> None:
+    """.dockerignore keeps every .env (secrets, a lab's paths) out of the build context, at any
+    depth, and the .env.example files in. Docker's own matcher (the SDK's copy of it)."""
+    from docker.utils.build import exclude_paths
+
+    repo = Path(__file__).resolve().parent.parent
+    patterns = [line.strip() for line in (repo / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    files = [".env", ".env.local", ".env.example", "deploy/site/.env", "deploy/site/.env.example",
+             "tests/compose/.env.prod", "Dockerfile"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    kept = {p for p in exclude_paths(str(tmp_path), patterns) if p in files}
+    assert kept == {".env.example", "deploy/site/.env.example", "Dockerfile"}, kept

@@ -6,13 +6,15 @@ the entry proxy publishes a federation port, the sites sit on the labs' network 
 its own key, data and state volumes, healthchecks and restart policies, Grafana's password
 required, a GPU per site in the GPU override).
 
-End to end (``e2e``): builds zk0's image on debian:trixie-slim and the stand-ins for nginx and
-Prometheus (Debian packages; no registry is reachable), brings the stack up with the test
+End to end (``e2e``): runs zk0's image from the session fixture ``zk0_image`` (built once per
+session on debian:trixie-slim, shared with the site container's tests), builds only the
+stand-ins for nginx and Prometheus (Debian packages; no registry is reachable), brings the
+stack up with the test
 override (``network_mode: host``, free ports on 127.0.0.1), runs 3 rounds of the offline tiny
 SmolVLA on demo data with 4 sites, stops one site container after round 2 and checks round 3
 completes with the other three; then reads the run report and a checkpoint from the ``runs``
 volume, checks Prometheus scraped every site and that the entry refuses the Control API, and
-always tears everything down with its volumes and the test's own images.
+always tears everything down with its volumes and the stand-ins' images.
 """
 
 from __future__ import annotations
@@ -32,15 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from compose_tools import (
-    BASE,
-    COMBINATIONS,
-    GPU,
-    TEST_OVERRIDE,
+from docker_tools import (
+    BASE_IMAGE,
+    REPO,
     clean_env,
     compose_cmd,
+    remove_image,
     require_compose,
-    require_engine,
+    require_image,
     write_env_file,
 )
 from prometheus_tools import query
@@ -49,20 +50,32 @@ from deploy.local_cluster import free_port
 
 pytestmark = pytest.mark.docker
 
+BASE = REPO / "docker-compose.yml"
+GPU = REPO / "docker-compose.gpu.yml"
+TEST_OVERRIDE = REPO / "tests" / "compose" / "docker-compose.test.yml"
+# Every combination the repository documents or uses: the default, the GPU override, the
+# test override (with and without the GPU one).
+COMBINATIONS: dict[str, tuple[Path, ...]] = {
+    "default": (BASE,),
+    "gpu": (BASE, GPU),
+    "test": (BASE, TEST_OVERRIDE),
+    "gpu+test": (BASE, GPU, TEST_OVERRIDE),
+}
 SITES = [f"site-{i}" for i in range(4)]
 STOPPED = "site-3"
 ROUNDS = 3
-BASE_IMAGE = "debian:trixie-slim"
 RUN_CONFIG = (
     f"policy=smolvla-tiny num-server-rounds={ROUNDS} local-steps=3 batch-size=4 "
     "eval-samples=8 min-sites=3 round-timeout=300 join-timeout=300 trajectory-every=0"
 )
 LONG_LIVED = ["superlink", "coordinator-metrics", "superexec", "entry-proxy", *SITES,
               "prometheus", "grafana"]
+# Built by the test from deploy/docker/standins/ (zk0's own image is the session's zk0_image).
+STAND_INS = ["entry-proxy", "prometheus"]
 # Grafana has no Debian package: the e2e stack runs everything else.
 E2E_SERVICES = ["init", "demo-data", "superlink", "coordinator-metrics", "superexec", "register",
                 "entry-proxy", *SITES, "run", "prometheus"]
-TIMEOUT_S = 1500  # the whole e2e stack, image builds included
+TIMEOUT_S = 1500  # the whole e2e stack, the stand-ins' builds included
 
 
 def _config(files: tuple[Path, ...], env_file: Path, *extra: str,
@@ -175,9 +188,8 @@ class Stack:
         subprocess.run(self.cmd("down", "-v", "--remove-orphans", "--timeout", "10"),
                        capture_output=True, text=True, timeout=300, env=clean_env(),
                        check=False)
-        for image in self.images:  # only this run's own tags (zk0:dev is left alone)
-            subprocess.run(["docker", "image", "rm", image], capture_output=True, text=True,
-                           timeout=300, check=False)
+        for image in self.images:  # only the stand-ins' tags: zk0_image is the session's
+            remove_image(image)
 
 
 def _follow_run(stack: Stack, deadline: float) -> tuple[list[str], float | None]:
@@ -216,8 +228,9 @@ def _follow_run(stack: Stack, deadline: float) -> tuple[list[str], float | None]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
-    require_engine(BASE_IMAGE)
+def stack(tmp_path_factory, zk0_image: str) -> Iterator[Stack]:
+    require_compose()
+    require_image(BASE_IMAGE)  # the stand-ins' base
     work = tmp_path_factory.mktemp("compose")
     project = f"zk0test{uuid.uuid4().hex[:8]}"
     names = ["superlink", "entry", "coordinator", "prometheus", "grafana"]
@@ -225,12 +238,11 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     for site in SITES:
         ports[f"{site}-runtime"] = free_port()
         ports[f"{site}-metrics"] = free_port()
-    images = [f"zk0-test:{project}", f"zk0-test-nginx:{project}",
-              f"zk0-test-prometheus:{project}"]
+    images = [f"zk0-test-nginx:{project}", f"zk0-test-prometheus:{project}"]
     values: dict[str, object] = {
         "GRAFANA_ADMIN_PASSWORD": uuid.uuid4().hex,
-        "ZK0_IMAGE": images[0], "ZK0_NGINX_IMAGE": images[1],
-        "ZK0_PROMETHEUS_IMAGE": images[2], "ZK0_BASE_IMAGE": BASE_IMAGE,
+        "ZK0_IMAGE": zk0_image, "ZK0_NGINX_IMAGE": images[0],
+        "ZK0_PROMETHEUS_IMAGE": images[1], "ZK0_BASE_IMAGE": BASE_IMAGE,
         "HF_HUB_OFFLINE": 1, "ZK0_LISTEN_HOST": "127.0.0.1", "ZK0_ENTRY_BIND": "127.0.0.1",
         "ZK0_SUPERLINK_HOST": "127.0.0.1", "ZK0_ENTRY_HOST": "127.0.0.1",
         "ZK0_COORDINATOR_METRICS_HOST": "127.0.0.1", "ZK0_PROMETHEUS_HOST": "127.0.0.1",
@@ -249,10 +261,11 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     deadline = time.monotonic() + TIMEOUT_S
     t0 = time.monotonic()
     try:
-        s.compose("build", timeout=TIMEOUT_S)
+        s.compose("build", *STAND_INS, timeout=TIMEOUT_S)  # never zk0's: the `init` service
         s.timings["build"] = time.monotonic() - t0
         t1 = time.monotonic()
-        s.compose("up", "-d", *E2E_SERVICES, timeout=max(60.0, deadline - time.monotonic()))
+        s.compose("up", "-d", "--no-build", *E2E_SERVICES,
+                  timeout=max(60.0, deadline - time.monotonic()))
         s.timings["up"] = time.monotonic() - t1
         t2 = time.monotonic()
         s.lines, s.stopped_at = _follow_run(s, deadline)  # type: ignore[attr-defined]

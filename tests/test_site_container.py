@@ -15,6 +15,7 @@ import argparse
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from docker_tools import clean_env, compose_cmd, remove_labelled, require_compose
 
 from certs import ensure_federation_certs, make_site_key
 from deploy import site_container as sc
@@ -291,17 +293,25 @@ def test_an_unreachable_engine_is_named(monkeypatch, capsys):
 
 
 def _compose_config(env_file: Path, *files: Path) -> subprocess.CompletedProcess[str]:
-    cmd = ["docker", "compose", "--env-file", str(env_file)]
-    for f in files:
-        cmd += ["-f", str(f)]
-    return subprocess.run([*cmd, "config", "--format", "json"], capture_output=True, text=True,
-                          check=False, cwd=REPO)
+    return subprocess.run(compose_cmd("zk0sitecfg", env_file, files, "config", "--format", "json"),
+                          capture_output=True, text=True, env=clean_env(), timeout=120,
+                          check=False)
+
+
+def test_every_default_image_tag_is_the_same() -> None:
+    """deploy/site, the coordinator's stack and the .env.example files name one tag."""
+    tags = {
+        "site_container_spec.DEFAULT_IMAGE": spec.DEFAULT_IMAGE,
+        **{str(f.relative_to(REPO)): re.search(r"\$\{ZK0_IMAGE:-([^}]+)\}", f.read_text())[1]
+           for f in (COMPOSE, REPO / "docker-compose.yml")},
+        **{str(f.relative_to(REPO)): re.search(r"^ZK0_IMAGE=(\S+)$", f.read_text(), re.M)[1]
+           for f in (REPO / "deploy" / "site" / ".env.example", REPO / ".env.example")},
+    }
+    assert set(tags.values()) == {spec.DEFAULT_IMAGE}, tags
 
 
 @pytest.mark.docker
 def test_compose_file_renders_and_describes_the_same_container(federation, dataset, tmp_path):
-    from docker_tools import require_compose
-
     require_compose()
     certs, key, _ = federation
     env_file = tmp_path / ".env"
@@ -405,7 +415,6 @@ def test_site_container_refuses_a_broken_dataset_then_joins_with_a_good_one(
 ) -> None:
     import docker
     from docker.errors import NotFound
-    from docker_tools import remove_labelled
 
     from deploy import flwr_cli
     from deploy.local_cluster import free_port
@@ -512,8 +521,6 @@ def test_compose_site_refuses_a_broken_dataset_after_installing_the_key(
     """The compose path's gates on a real engine: ``site-key`` puts the key on the site's volume
     as 0600/uid 49999, ``check-dataset`` fails on the broken dataset, and ``site`` is never
     started; everything (volume included) is removed after."""
-    from docker_tools import require_compose
-
     require_compose()
     certs, key, _ = federation
     _, broken = lab_data
@@ -523,11 +530,10 @@ def test_compose_site_refuses_a_broken_dataset_after_installing_the_key(
         f"ZK0_CA_FILE={certs.ca_cert}\nZK0_COORDINATOR_PUB_FILE={certs.coordinator_pub}\n"
         f"ZK0_KEY_FILE={key}\nZK0_DATASET_DIR={broken}\nZK0_METRICS_PORT=0\n")
     project = f"zk0site{os.getpid()}"
-    base = ["docker", "compose", "-p", project, "--env-file", str(env_file), "-f", str(COMPOSE),
-            "-f", str(CPU_OVERRIDE)]
 
     def compose(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(compose_cmd(project, env_file, (COMPOSE, CPU_OVERRIDE), *args),
+                              capture_output=True, text=True, timeout=timeout, env=clean_env(),
                               check=False)
 
     try:
