@@ -41,10 +41,10 @@ def _build(*extra: str) -> float:
     return time.monotonic() - started
 
 
-def _size_bytes() -> int:
+def _inspect() -> dict:
     out = subprocess.run(["docker", "image", "inspect", TAG], capture_output=True, text=True,
                          check=True)
-    return int(json.loads(out.stdout)[0]["Size"])
+    return json.loads(out.stdout)[0]
 
 
 def _rebuild_after_code_change() -> float:
@@ -61,12 +61,17 @@ def _rebuild_after_code_change() -> float:
 def run(ctx: BenchContext) -> list[Section]:
     del ctx  # no policy needed
     section = Section("image", f"zk0 image (base {BASE_IMAGE}, classic builder)")
+    built: list[str] = []  # image ids: the rebuild leaves the cold build's image untagged
     try:
         cold = _build("--no-cache")
-        size = _size_bytes()
+        image = _inspect()
+        built.append(image["Id"])
+        size = int(image["Size"])
         rebuild = _rebuild_after_code_change()
+        built.append(_inspect()["Id"])
     finally:
-        subprocess.run(["docker", "image", "rm", "-f", TAG], capture_output=True, check=False)
+        for ref in [TAG, *reversed(built)]:
+            subprocess.run(["docker", "image", "rm", "-f", ref], capture_output=True, check=False)
     section.add(
         Metric("image size", size, "bytes",
                note="the PyPI torch wheel is the CUDA build (NVIDIA libraries)"),
