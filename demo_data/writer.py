@@ -8,6 +8,7 @@ replaced only when asked, and every target is checked before minutes go into gen
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,12 +61,31 @@ def _remove_empty_dirs(top: Path) -> None:
         top.rmdir()
 
 
+@contextlib.contextmanager
+def keep_scheduling() -> Iterator[None]:
+    """Give the calling thread back its scheduling policy after video encoding.
+
+    SVT-AV1 (LeRobot's AV1 encoder, through PyAV) moves the calling thread to SCHED_FIFO
+    priority 99 when it runs as root. Every process started from that thread afterwards
+    inherits the real-time policy: a Go binary (docker compose, promtool) then spins at 100 %
+    CPU starving its own threads, and a federation's processes starve each other. Checked
+    against lerobot 0.6.1's default encoder on these machines.
+    """
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        now = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+        if now != (policy, param.sched_priority):
+            os.sched_setscheduler(0, policy, param)
+
+
 def _write_site(folder: Path, site_index: int, spec: DemoSpec) -> None:
     """Fill the empty ``folder`` with site ``site_index``'s finalised dataset."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     build = folder / "dataset"  # LeRobotDataset.create insists on creating its root itself
-    with quiet_progress_bars():
+    with quiet_progress_bars(), keep_scheduling():
         dataset = LeRobotDataset.create(
             repo_id=f"local/site-{site_index}",
             fps=FPS,

@@ -353,3 +353,16 @@ def test_zk0_demo_data_prints_one_line_per_site_and_no_library_bars(tmp_path: Pa
     for i, line in enumerate(lines[:-1]):
         assert str(out / f"site-{i}") in line and repr(SITE_TASKS[i]) in line, line
     assert lines[-1].startswith("wrote 3 sites in "), lines
+
+
+def test_writing_videos_leaves_the_scheduling_policy_alone(tmp_path):
+    """SVT-AV1 moves the encoding thread to SCHED_FIFO 99 as root; every process started later
+    would inherit it (Go tools then spin at 100 % CPU). The writer puts the policy back."""
+    import os
+
+    from demo_data import DemoSpec, make_demo_datasets
+
+    before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    make_demo_datasets(tmp_path, DemoSpec(num_sites=1, episodes_per_site=1,
+                                          frames_per_episode=10, use_videos=True))
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
