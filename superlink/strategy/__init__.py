@@ -81,8 +81,9 @@ def make_strategy(
             return FedAvg(settings)
         case "fedprox":
             return FedProx(settings, proximal_mu=run.proximal_mu)
-        case "fedavgm":
-            return FedAvgM(
+        case "fedavgm" | "scaffold":  # SCAFFOLD moves the global model as FedAvgM does
+            cls = FedAvgM if run.strategy == "fedavgm" else Scaffold
+            return cls(
                 settings, server_learning_rate=run.server_lr, server_momentum=run.server_momentum
             )
         case "fedadam":
@@ -93,10 +94,6 @@ def make_strategy(
             return FedAdagrad(settings, eta=run.server_lr)
         case "fedprox-decoupled":
             return FedProxDecoupled(settings, proximal_mu=run.proximal_mu)
-        case "scaffold":
-            return Scaffold(
-                settings, server_learning_rate=run.server_lr, server_momentum=run.server_momentum
-            )
         case "fedexp":
             return FedExP(settings, epsilon=run.fedexp_epsilon)
     raise ValueError(f"unknown strategy {run.strategy!r}")  # RunConfig allows no other
