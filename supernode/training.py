@@ -97,14 +97,26 @@ def add_proximal_gradient(
     if mu == 0.0:
         return 0.0
     with torch.no_grad():
-        diffs = torch._foreach_sub([p.detach() for p in params], anchors)
-        value = 0.5 * mu * float(sum(n.square() for n in torch._foreach_norm(diffs)))
-        for p, d in zip(params, diffs, strict=True):
-            if p.grad is None:
-                p.grad = mu * d
-            else:
-                p.grad.add_(d, alpha=mu)
+        diffs, value = _proximal_distance(params, anchors, mu)
+        _add_to_grads(params, diffs, mu)
     return value
+
+
+def _proximal_distance(
+    params: list[torch.Tensor], anchors: list[torch.Tensor], mu: float
+) -> tuple[list[torch.Tensor], float]:
+    """``w - w_global`` per parameter and the FedProx term's value (call under no_grad)."""
+    diffs = torch._foreach_sub([p.detach() for p in params], anchors)
+    return diffs, 0.5 * mu * float(sum(n.square() for n in torch._foreach_norm(diffs)))
+
+
+def _add_to_grads(params: list[torch.Tensor], terms: list[torch.Tensor], scale: float) -> None:
+    """``grad += scale * term`` per parameter, in place (a missing grad becomes the term)."""
+    for p, t in zip(params, terms, strict=True):
+        if p.grad is None:
+            p.grad = scale * t
+        else:
+            p.grad.add_(t, alpha=scale)
 
 
 def decoupled_proximal_step(
@@ -124,10 +136,8 @@ def decoupled_proximal_step(
             "weights; lower proximal-mu"
         )
     with torch.no_grad():
-        weights = [p.detach() for p in params]
-        diffs = torch._foreach_sub(weights, anchors)
-        value = 0.5 * mu * float(sum(n.square() for n in torch._foreach_norm(diffs)))
-        torch._foreach_add_(weights, diffs, alpha=-lr * mu)
+        diffs, value = _proximal_distance(params, anchors, mu)
+        torch._foreach_add_([p.detach() for p in params], diffs, alpha=-lr * mu)
     return value
 
 
@@ -140,11 +150,7 @@ def apply_control_step(params: list[torch.Tensor], control: list[torch.Tensor], 
 def add_control_gradient(params: list[torch.Tensor], control: list[torch.Tensor]) -> None:
     """SCAFFOLD's correction as the paper writes it: ``grad += c - c_i`` before the step."""
     with torch.no_grad():
-        for p, c in zip(params, control, strict=True):
-            if p.grad is None:
-                p.grad = c.clone()
-            else:
-                p.grad.add_(c)
+        _add_to_grads(params, control, 1.0)
 
 
 def lr_at(run: RunConfig, peak: float, global_step: int) -> float:
