@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -202,6 +203,16 @@ def with_processors(
         preprocessor_overrides={"device_processor": {"device": device}},
     )
     return LoadedPolicy(policy, pre, post)
+
+
+def save_pretrained(bundle: LoadedPolicy, folder: Path) -> Path:
+    """Write ``bundle`` in LeRobot's checkpoint layout (``config.json``, ``model.safetensors``,
+    the pre/post-processor files with their normalization stats): what ``lerobot-train``
+    writes and ``from_pretrained``/``make_pre_post_processors(pretrained_path=...)`` load."""
+    bundle.policy.save_pretrained(folder)
+    bundle.preprocessor.save_pretrained(folder)
+    bundle.postprocessor.save_pretrained(folder)
+    return folder
 
 
 def trainable_parameters(policy: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -80,6 +80,9 @@ class RoundInstructions:
     # SCAFFOLD: the last round whose control-variate delta from this site the server counted
     # (0 = none); the site's control variate from that round is its base for this one
     control_round: int = 0
+    # the final evaluate message: also fine-tune the global model on the site's own data for
+    # the run's personalize-steps and score that personalized model (supernode.personalization)
+    personalize: bool = False
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -94,6 +97,7 @@ class RoundInstructions:
                 "federation-id": self.federation_id,
                 "proximal-step": self.proximal_step,
                 "control-round": self.control_round,
+                "personalize": self.personalize,
             }
         )
 
@@ -110,6 +114,7 @@ class RoundInstructions:
             federation_id=str(record.get("federation-id", "")),
             proximal_step=str(record.get("proximal-step", "gradient")),
             control_round=int(record.get("control-round", 0)),
+            personalize=bool(record.get("personalize", False)),
         )
 
 
@@ -149,6 +154,10 @@ class SiteReport:
     skipped_eval_samples: int = 0  # held-out samples left out: unreadable (SiteNotes)
     control_bytes: int = 0  # SCAFFOLD: the control-variate delta sent with the update
     control_base_round: int = 0  # SCAFFOLD: the round of the control variate the delta is from
+    # Personalization (final evaluate message): the site's fine-tuned copy of the global model
+    personal_action_mse: float = -1.0  # its held-out MSE, same frames as eval_action_mse
+    personal_steps: int = 0  # fine-tuning steps on the site's own training episodes
+    personal_seconds: float = 0.0
 
     def to_record(self) -> MetricRecord:
         return MetricRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)})

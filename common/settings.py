@@ -24,6 +24,8 @@ StrategyName = Literal[
     "fedprox", "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
     # drift correction (superlink/strategy/{scaffold,fedexp,fedprox_decoupled}.py)
     "scaffold", "fedexp", "fedprox-decoupled",
+    # outer Nesterov momentum on the sites' mean update (superlink/strategy/diloco.py)
+    "diloco",
 ]
 LocalOptimizer = Literal["adamw", "sgd", "sgdm"]
 WireDtype = Literal["float32", "float16", "bfloat16"]
@@ -93,6 +95,12 @@ class RunConfig(_Strict):
     # to the gradient before the optimizer (the paper's form; its guarantees are for sgd).
     scaffold_correction: Literal["decoupled", "gradient"] = "decoupled"
     fedexp_epsilon: float = Field(1e-3, ge=0.0)  # FedExP's step-size denominator guard
+    server_tau: float = Field(
+        1e-3, gt=0.0, le=1.0,
+        description="FedAdam/FedYogi/FedAdagrad: the adaptivity tau added to the root of the "
+        "second moment (Reddi et al. 2021 use 1e-3); smaller values make every weight move by "
+        "about server-lr per round whatever its update",
+    )
     # Policy
     policy: str = "smolvla"
     pretrained_path: str = ""  # "" = the preset default (smolvla: lerobot/smolvla_base)
@@ -119,6 +127,20 @@ class RunConfig(_Strict):
     # Bad data: a site skips samples it cannot read (a video stretch that no longer decodes, a
     # truncated file) and fails its round only past this share of the samples it meant to read.
     max_bad_sample_share: float = Field(0.1, ge=0.0, lt=1.0)
+    # Personalization: after the last round each site fine-tunes the final global model on its
+    # own training episodes and keeps the result (supernode.personalization)
+    personalize_steps: int = Field(
+        0, ge=0,
+        description="Steps each site fine-tunes the final global model on its own training "
+        "episodes after the last round; the personalized policy stays at the site (a LeRobot "
+        "checkpoint in its state dir) and both models are scored on its held-out episodes "
+        "(0 = off)",
+    )
+    personalize_lr: float = Field(
+        0.0, ge=0.0,
+        description="Constant learning rate of the personalization steps (0.0 = the rate the "
+        "federated schedule ended at: 10 % of the peak with the cosine schedule)",
+    )
     # Outputs
     output_dir: str = "runs"
     keep_checkpoints: int = Field(0, ge=0)  # 0 = keep every round's checkpoint
@@ -150,6 +172,17 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"server-lr {self.server_lr} is far too large for strategy {self.strategy!r} "
                 "(it moves every weight by about server-lr per round); use e.g. 0.01"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _diloco_has_momentum(self) -> RunConfig:
+        # DiLoCo's outer step is Nesterov momentum: without momentum it is FedAvgM's plain step.
+        if self.strategy == "diloco" and self.server_momentum == 0.0:
+            raise ValueError(
+                "strategy 'diloco' is Nesterov momentum on the sites' mean update: set "
+                "server-momentum > 0 (DiLoCo's published outer optimizer: server-lr = 0.7, "
+                "server-momentum = 0.9), or use strategy 'fedavgm' for a plain server step"
             )
         return self
 

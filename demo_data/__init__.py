@@ -20,12 +20,15 @@ gripper and the gripper jaws, so it changes with the arm pose, the gripper and t
 
 Modules, one job each: :mod:`~demo_data.spec` (DemoSpec, the LeRobot layout),
 :mod:`~demo_data.kinematics` (pose <-> joints, minimum-jerk moves), :mod:`~demo_data.tasks`
-(the per-site archetypes), :mod:`~demo_data.rendering` (the two cameras),
+(the per-site archetypes), :mod:`~demo_data.conditions` (the two scenarios: a task per site, or
+one shared task under each site's own camera, light, objects, calibration and operator),
+:mod:`~demo_data.rendering` (the two cameras),
 :mod:`~demo_data.episodes` (one simulated episode, one site's episodes),
 :mod:`~demo_data.writer` (LeRobotDataset folders, all or nothing), :mod:`~demo_data.cli`
 (``zk0 demo-data``).
 """
 
+from demo_data.conditions import SCENARIOS, Scenario, SiteConditions, site_conditions
 from demo_data.episodes import DemoEpisode, simulate_site
 from demo_data.kinematics import joints_to_pose, pose_to_joints
 from demo_data.rendering import COLOURS
@@ -38,10 +41,13 @@ __all__ = [
     "COLOURS",
     "FPS",
     "ROBOT_TYPE",
+    "SCENARIOS",
     "SITE_TASKS",
     "STATE_NAMES",
     "DemoEpisode",
     "DemoSpec",
+    "Scenario",
+    "SiteConditions",
     "demo_features",
     "joints_to_pose",
     "make_demo_datasets",
@@ -49,5 +55,6 @@ __all__ = [
     "pose_to_joints",
     "quiet_progress_bars",
     "simulate_site",
+    "site_conditions",
     "site_task",
 ]

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from demo_data.conditions import SCENARIOS
 from demo_data.spec import DemoSpec
 from demo_data.writer import make_demo_datasets
 
@@ -35,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--video", action="store_true", help="store cameras as AV1 video")
+    parser.add_argument(
+        "--scenario", choices=SCENARIOS, default=d.scenario,
+        help="four-tasks: a task of its own per site; shared-tasks: one task, each site with its "
+             "own camera, light, objects, calibration and operator (default: %(default)s)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing site folders")
 
 
@@ -52,6 +58,7 @@ def run_cli(args: argparse.Namespace) -> int:
             image_width=args.image_size[1],
             seed=args.seed,
             use_videos=args.video,
+            scenario=args.scenario,
         )
     except ValueError as err:
         print(f"demo-data: {err}", file=sys.stderr)

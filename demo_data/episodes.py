@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from demo_data.conditions import SiteConditions, site_conditions
 from demo_data.kinematics import HOME, interpolate, joints_to_pose, pose_to_joints
-from demo_data.rendering import TABLES, Canvas, render_top, render_wrist
+from demo_data.rendering import Canvas, render_top, render_wrist
 from demo_data.spec import DemoSpec
-from demo_data.tasks import PLANNERS, archetype, site_task
+from demo_data.tasks import PLANNERS, task_text
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,10 @@ class DemoEpisode:
     wrist: np.ndarray  # (T, H, W, 3) uint8
 
 
-def _simulate_episode(site_index: int, spec: DemoSpec, rng: np.random.Generator) -> DemoEpisode:
-    kind = archetype(site_index)
-    plan = PLANNERS[kind](rng)
+def _simulate_episode(
+    conditions: SiteConditions, spec: DemoSpec, rng: np.random.Generator
+) -> DemoEpisode:
+    plan = PLANNERS[conditions.archetype](rng, conditions)
     n = spec.frames_per_episode
     # Operators never hit the same timing twice: jitter the inner key times by about a frame.
     keys = list(plan.keys)
@@ -43,6 +45,8 @@ def _simulate_episode(site_index: int, spec: DemoSpec, rng: np.random.Generator)
         *[(float(t), p) for t, (_, p) in zip(inner, keys[1:-1], strict=True)],
         keys[-1],
     ]
+    if conditions.speed != 1.0:  # a quicker operator: done at `speed` of the episode, then holds
+        keys = [(t * conditions.speed, p) for t, p in keys] + [(1.0, keys[-1][1])]
     ref = pose_to_joints(interpolate(keys, np.arange(n + 1) / n))
     # The command at t is the reference for t+1, plus leader-arm tremor.
     action = ref[1:] + rng.normal(0.0, 0.4, (n, 6))
@@ -50,7 +54,7 @@ def _simulate_episode(site_index: int, spec: DemoSpec, rng: np.random.Generator)
 
     # The follower tracks the command with a first-order lag plus motor noise; a gripper that
     # holds something stops at the object's width whatever the command says.
-    carry_t0, carry_t1 = plan.carry_window
+    carry_t0, carry_t1 = (t * conditions.speed for t in plan.carry_window)
     state = np.empty((n, 6))
     state[0] = pose_to_joints(HOME) + rng.normal(0.0, 1.0, 6)
     for t in range(1, n):
@@ -59,7 +63,7 @@ def _simulate_episode(site_index: int, spec: DemoSpec, rng: np.random.Generator)
         state[t, 5] = np.clip(state[t, 5], 12.0 if holding else 0.0, 100.0)
 
     canvas = Canvas(spec.image_height, spec.image_width)
-    table = TABLES[kind]
+    table, camera = conditions.table, conditions.camera
     ee_poses = joints_to_pose(state)
     objects = {k: v.copy() for k, v in plan.objects.items()}
     offset = np.array(plan.carry_offset)
@@ -74,13 +78,18 @@ def _simulate_episode(site_index: int, spec: DemoSpec, rng: np.random.Generator)
         scene = {**plan.static, **objects}
         if "drawer" in scene:  # the drawer body slides out with its handle
             scene["drawer"] = objects["handle"] + np.array([0.0, 0.12])
-        tops.append(render_top(canvas, table, scene, drawer_closed_y, ee))
-        wrists.append(render_wrist(canvas, table, scene, ee))
+        tops.append(conditions.light(render_top(canvas, table, scene, drawer_closed_y, ee, camera)))
+        wrists.append(conditions.light(render_wrist(canvas, table, scene, ee)))
     # Camera sensor noise, so that no two frames are pixel-identical.
     top = np.stack(tops).astype(np.int16) + rng.integers(-4, 5, (n, *tops[0].shape), np.int16)
     wrist = np.stack(wrists).astype(np.int16) + rng.integers(-4, 5, (n, *wrists[0].shape), np.int16)
+    # What the encoders report: the true joints plus the site's calibration offsets (the
+    # cameras above saw the true arm). The leader arm is calibrated the same way.
+    if any(conditions.calibration):
+        state = state + np.asarray(conditions.calibration)
+        action = action + np.asarray(conditions.calibration)
     return DemoEpisode(
-        task=site_task(site_index),
+        task=task_text(conditions),
         state=state.astype(np.float32),
         action=action.astype(np.float32),
         top=np.clip(top, 0, 255).astype(np.uint8),
@@ -94,4 +103,5 @@ def simulate_site(site_index: int, spec: DemoSpec) -> list[DemoEpisode]:
     if site_index < 0:
         raise ValueError(f"site_index must be >= 0, got {site_index}")
     rng = np.random.default_rng([spec.seed, site_index])
-    return [_simulate_episode(site_index, spec, rng) for _ in range(spec.episodes_per_site)]
+    conditions = site_conditions(site_index, spec.scenario, spec.seed)
+    return [_simulate_episode(conditions, spec, rng) for _ in range(spec.episodes_per_site)]

@@ -11,6 +11,10 @@ import math
 
 import numpy as np
 
+from demo_data.conditions import Camera
+
+REFERENCE = Camera()  # the reference mount: the four-tasks scenario's top camera
+
 # Colours (RGB) of the scene; tests and feature extractors find objects by these.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -23,16 +27,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "arm": (95, 95, 95),
     "gripper": (55, 55, 55),
 }
-# Each lab has its own table and lighting (one per task archetype): the images differ even
-# where the tasks look alike.
-TABLES: list[tuple[int, int, int]] = [
-    (190, 165, 130),
-    (160, 165, 175),
-    (165, 185, 160),
-    (185, 175, 195),
-]
-
-
 class Canvas:
     """Tiny rasteriser: filled squares and discs on a uint8 image, clipped at the borders."""
 
@@ -67,10 +61,11 @@ class Canvas:
         img[d2 <= (width / 2.0) ** 2] = colour
 
 
-def table_px(canvas: Canvas, x: float, y: float) -> tuple[float, float]:
+def table_px(canvas: Canvas, x: float, y: float, camera: Camera = REFERENCE) -> tuple[float, float]:
     """Top camera projection: x in [-1, 1] left to right, y in [0, 1] from the robot base
-    (bottom of the image) to the back of the table."""
-    return (0.95 - 0.85 * y) * (canvas.h - 1), (x + 1.0) / 2.0 * (canvas.w - 1)
+    (bottom of the image) to the back of the table, as the site's ``camera`` sees it."""
+    row, col = (0.95 - 0.85 * y) * (canvas.h - 1), (x + 1.0) / 2.0 * (canvas.w - 1)
+    return camera.to_pixels(canvas.h, canvas.w, row, col)
 
 
 def render_top(
@@ -79,13 +74,18 @@ def render_top(
     objects: dict[str, np.ndarray],
     drawer_closed_y: float | None,
     ee: np.ndarray,
+    camera: Camera = REFERENCE,
 ) -> np.ndarray:
     """The top camera: the arm, then the objects where they lie (or ride with the gripper)."""
     img = canvas.new(table)
-    unit = canvas.w / 64.0  # sizes are designed at 64 px and scale with the image
+    unit = canvas.w / 64.0 * camera.zoom  # sizes are designed at 64 px and scale with the image
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return table_px(canvas, x, y, camera)
+
     # The arm is drawn first: the camera looks from the front-top, so it never hides the objects.
-    base = (canvas.h - 1.0, (canvas.w - 1) / 2.0)
-    ee_px = table_px(canvas, ee[0], ee[1])
+    base = camera.to_pixels(canvas.h, canvas.w, canvas.h - 1.0, (canvas.w - 1) / 2.0)
+    ee_px = px(ee[0], ee[1])
     canvas.segment(img, base, ee_px, 2.5 * unit, COLOURS["arm"])
     jaw = (1.0 + ee[4] / 25.0) * unit  # the jaws spread as the gripper opens
     for side in (-1.0, 1.0):
@@ -94,22 +94,22 @@ def render_top(
         )
     if "drawer" in objects and drawer_closed_y is not None:
         hx, hy = objects["handle"]
-        r_front, c = table_px(canvas, hx, hy + 0.03)
-        r_back, _ = table_px(canvas, hx, drawer_closed_y + 0.25)
+        r_front, c = px(hx, hy + 0.03)
+        r_back, _ = px(hx, drawer_closed_y + 0.25)
         canvas.rect(img, r_back, c - 9 * unit, r_front, c + 9 * unit, COLOURS["drawer"])
         # The opened part shows the drawer's dark inside: how far the task has progressed.
-        r_closed, _ = table_px(canvas, hx, drawer_closed_y + 0.03)
+        r_closed, _ = px(hx, drawer_closed_y + 0.03)
         canvas.rect(img, r_closed, c - 7 * unit, r_front, c + 7 * unit, (70, 40, 20))
     if "bowl" in objects:
-        r, c = table_px(canvas, *objects["bowl"])
+        r, c = px(*objects["bowl"])
         canvas.disc(img, r, c, 6.0 * unit, COLOURS["bowl"])
         canvas.disc(img, r, c, 3.5 * unit, (200, 200, 200))
     for name in ("blue", "red", "green", "yellow"):
         if name in objects:
-            r, c = table_px(canvas, *objects[name])
+            r, c = px(*objects[name])
             canvas.square(img, r, c, 2.5 * unit, COLOURS[name])
     if "handle" in objects:
-        r, c = table_px(canvas, *objects["handle"])
+        r, c = px(*objects["handle"])
         canvas.rect(img, r - 1 * unit, c - 4 * unit, r + 1 * unit, c + 4 * unit, COLOURS["handle"])
     return img
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.features import SO100_FPS, SO100_JOINTS
+from demo_data.conditions import SCENARIOS, Scenario
 
 FPS = SO100_FPS
 ROBOT_TYPE = "so100"
@@ -27,8 +28,13 @@ class DemoSpec:
     image_width: int = 64
     seed: int = 0
     use_videos: bool = False
+    # "four-tasks": a task of its own per site; "shared-tasks": one task, each site's own
+    # camera, light, objects, calibration and operator (demo_data.conditions)
+    scenario: Scenario = "four-tasks"
 
     def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario {self.scenario!r}: expected one of {list(SCENARIOS)}")
         if self.num_sites < 1 or self.episodes_per_site < 1:
             raise ValueError("num_sites and episodes_per_site must be >= 1")
         # Fewer frames than key poses would skip whole phases of the task.

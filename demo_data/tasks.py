@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from demo_data.conditions import SiteConditions
 from demo_data.kinematics import HOME
 
 SITE_TASKS: list[str] = [
@@ -40,10 +41,13 @@ def _p(x: float, y: float, h: float, roll: float, grip: float) -> np.ndarray:
     return np.array([x, y, h, roll, grip])
 
 
-def _plan_pick_place(rng: np.random.Generator) -> Plan:
-    """Red cube somewhere on the left, bowl on the right; wide grip, late release."""
-    cx, cy = rng.uniform(-0.8, -0.15), rng.uniform(0.35, 0.85)
-    bx, by = rng.uniform(0.35, 0.75), rng.uniform(0.3, 0.7)
+def _plan_pick_place(rng: np.random.Generator, conditions: SiteConditions) -> Plan:
+    """A cube (red, unless the site's is another colour) somewhere on the left, bowl on the
+    right, each region moved by the site's shifts; wide grip, late release."""
+    (dcx, dcy), (dbx, dby) = conditions.cube_shift, conditions.bowl_shift
+    cx, cy = rng.uniform(-0.8 + dcx, -0.15 + dcx), rng.uniform(0.35 + dcy, 0.85 + dcy)
+    bx, by = rng.uniform(0.35 + dbx, 0.75 + dbx), rng.uniform(0.3 + dby, 0.7 + dby)
+    cube = conditions.cube_colour
     return Plan(
         keys=[
             (0.0, HOME),
@@ -55,14 +59,14 @@ def _plan_pick_place(rng: np.random.Generator) -> Plan:
             (0.86, _p(bx, by, 0.35, 0.0, 85.0)),
             (1.0, _p(0.5 * bx, 0.3, 0.7, 0.0, 40.0)),
         ],
-        objects={"red": np.array([cx, cy])},
+        objects={cube: np.array([cx, cy])},
         static={"bowl": np.array([bx, by])},
-        carried="red",
+        carried=cube,
         carry_window=(0.44, 0.86),
     )
 
 
-def _plan_stack(rng: np.random.Generator) -> Plan:
+def _plan_stack(rng: np.random.Generator, conditions: SiteConditions) -> Plan:
     """Green block on the right onto a blue block at the back left; wrist rolled 45 degrees."""
     gx, gy = rng.uniform(0.1, 0.8), rng.uniform(0.2, 0.6)
     bx, by = rng.uniform(-0.7, 0.0), rng.uniform(0.5, 0.9)
@@ -85,7 +89,7 @@ def _plan_stack(rng: np.random.Generator) -> Plan:
     )
 
 
-def _plan_push(rng: np.random.Generator) -> Plan:
+def _plan_push(rng: np.random.Generator, conditions: SiteConditions) -> Plan:
     """Yellow cube pushed leftwards by a closed gripper held low, wrist rolled -60 degrees."""
     cx, cy = rng.uniform(-0.2, 0.6), rng.uniform(0.3, 0.9)
     roll = -60.0
@@ -106,7 +110,7 @@ def _plan_push(rng: np.random.Generator) -> Plan:
     )
 
 
-def _plan_drawer(rng: np.random.Generator) -> Plan:
+def _plan_drawer(rng: np.random.Generator, conditions: SiteConditions) -> Plan:
     """Drawer handle far away; grasp with the wrist rolled 90 degrees, pull straight back."""
     hx, hy = rng.uniform(-0.5, 0.5), rng.uniform(0.75, 0.95)
     roll = 90.0
@@ -128,8 +132,9 @@ def _plan_drawer(rng: np.random.Generator) -> Plan:
     )
 
 
-# One planner per entry of SITE_TASKS, in the same order.
-PLANNERS: list[Callable[[np.random.Generator], Plan]] = [
+# One planner per entry of SITE_TASKS, in the same order. Only pick-and-place reads the site's
+# conditions (the shared-tasks scenario's task); the others are fixed per archetype.
+PLANNERS: list[Callable[[np.random.Generator, SiteConditions], Plan]] = [
     _plan_pick_place,
     _plan_stack,
     _plan_push,
@@ -143,5 +148,13 @@ def archetype(site_index: int) -> int:
 
 
 def site_task(site_index: int) -> str:
-    """The task string of a site (archetypes repeat when there are more sites than tasks)."""
+    """The task string of a site in the four-tasks scenario (archetypes repeat when there are
+    more sites than tasks)."""
     return SITE_TASKS[site_index % len(SITE_TASKS)]
+
+
+def task_text(conditions: SiteConditions) -> str:
+    """The task string of a site's episodes: its archetype's, naming the site's cube colour."""
+    if conditions.archetype == 0:
+        return f"pick the {conditions.cube_colour} cube and place it in the bowl"
+    return SITE_TASKS[conditions.archetype]

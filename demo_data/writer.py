@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from common import atomic
+from demo_data.conditions import site_conditions
 from demo_data.episodes import simulate_site
 from demo_data.spec import CAMERA_KEYS, FPS, ROBOT_TYPE, DemoSpec, demo_features
-from demo_data.tasks import site_task
+from demo_data.tasks import task_text
 
 # PNG encoding releases the GIL: two writer threads overlap it with simulation (~20% faster).
 _IMAGE_WRITER_THREADS = 2
@@ -162,7 +163,8 @@ def make_demo_datasets(
         if progress is not None:
             progress(
                 f"site-{i}: {root}  ({spec.episodes_per_site} episodes x "
-                f"{spec.frames_per_episode} frames, task: {site_task(i)!r}, "
+                f"{spec.frames_per_episode} frames, task: "
+                f"{task_text(site_conditions(i, spec.scenario, spec.seed))!r}, "
                 f"{time.perf_counter() - start:.1f} s)"
             )
     return roots

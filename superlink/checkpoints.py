@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from common import atomic
-from common.policy_factory import LoadedPolicy, load_trainable
+from common.policy_factory import LoadedPolicy, load_trainable, save_pretrained
 from superlink import server_state
 
 PRETRAINED_DIR = "pretrained_model"
@@ -52,10 +52,7 @@ def save_checkpoint(
     target = checkpoint_dir(run_dir, server_round)
 
     def fill(tmp: Path) -> None:
-        pretrained = tmp / PRETRAINED_DIR
-        bundle.policy.save_pretrained(pretrained)
-        bundle.preprocessor.save_pretrained(pretrained)
-        bundle.postprocessor.save_pretrained(pretrained)
+        save_pretrained(bundle, tmp / PRETRAINED_DIR)
         atomic.write_json(tmp / ROUND_FILE, dict(info))
         if state is not None:
             server_state.write(tmp / server_state.STATE_FILE, state)

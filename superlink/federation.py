@@ -257,6 +257,7 @@ class Rounds:
             train=train,
             trajectory=evaluate and self.run.is_trajectory_round(after_round),
             federation_id=self.federation_id,
+            personalize=not train and self.run.personalize_steps > 0,
         ).to_record()
 
     def record_eval(

@@ -10,6 +10,7 @@ Layout of ``<output-dir>/run-<id>/``::
                            bytes, durations, status, every failure by site, kind and reason,
                            checkpoint path
     eval_history.json      held-out action MSE per site and weighted, model after round 0..R
+                           (and the final model as each site personalized it, if asked)
     eval_mse.png           the same as a chart
     plots/round_003/site-0.png          predicted vs recorded actions per joint (shared sites)
     trajectories/round_003/site-0.json  the numbers behind that plot
@@ -40,7 +41,7 @@ from common.trajectory import Trajectory
 from superlink import plots
 from superlink.metrics import RunMetrics
 from superlink.strategy import Failure
-from superlink.summary import write_summary
+from superlink.summary import comparison_rows, load_references, write_summary
 
 
 def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float]) -> float | None:
@@ -157,6 +158,15 @@ class RunReport:
             "trajectories": plots.trajectory_plots(self.run_dir, after_round, trajectories or {}),
             "trajectory_notes": dict(trajectory_notes or {}),
         }
+        personal = {s: r.personal_action_mse for s, r in measured.items()
+                    if r.personal_action_mse >= 0}
+        if personal:  # the final model, fine-tuned by each site on its own data
+            entry["personalized"] = {
+                "action_mse": personal,
+                "action_mse_weighted": weighted_mean(personal, weights),
+                "steps": {s: measured[s].personal_steps for s in personal},
+                "seconds": {s: measured[s].personal_seconds for s in personal},
+            }
         self.evals[after_round] = entry
         if after_round in self.rounds:
             self.rounds[after_round]["eval"] = entry
@@ -190,6 +200,12 @@ class RunReport:
                 for r in rounds
                 if self.evals[r]["trajectories"] or self.evals[r]["trajectory_notes"]
             },
+            # the final model fine-tuned by each site on its own data (personalize-steps)
+            "personalized": next((
+                {"after_round": r, "per_site": self.evals[r]["personalized"]["action_mse"],
+                 "weighted": self.evals[r]["personalized"]["action_mse_weighted"],
+                 "steps": self.evals[r]["personalized"]["steps"]}
+                for r in reversed(rounds) if "personalized" in self.evals[r]), None),
             # sites that did not evaluate a model, and why (round 0's live nowhere else)
             "failures": {str(r): self.evals[r]["failures"] for r in rounds
                          if self.evals[r]["failures"]},
@@ -201,7 +217,7 @@ class RunReport:
         plots.mse_chart(history, self.run_dir / "eval_mse.png")
 
     def table(self) -> str:
-        return format_history(self.history())
+        return format_history(self.history(), load_references(self.run_dir))
 
     def failures(self) -> list[dict[str, Any]]:
         """Every failure of the run so far, each with the round (or ``eval N``) it hit."""
@@ -223,14 +239,21 @@ def _count_by_site(pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]
     return {site: dict(sorted(c.items())) for site, c in sorted(counts.items())}
 
 
-def format_history(history: Mapping[str, Any]) -> str:
-    """Per-site eval action MSE per round as a console table (from ``eval_history.json``)."""
+def format_history(
+    history: Mapping[str, Any], references: Mapping[str, Any] | None = None
+) -> str:
+    """Per-site eval action MSE per round as a console table (from ``eval_history.json``),
+    then the personalized models and any references (:func:`~superlink.summary.comparison_rows`)."""
     sites = list(history["per_site"])
     head = ["after round", *sites, "weighted"]
     rows = [head]
     for i, r in enumerate(history["rounds"]):
         cells = [history["per_site"][s][i] for s in sites] + [history["weighted"][i]]
         rows.append([str(r), *("-" if v is None else f"{v:.2f}" for v in cells)])
+    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
+    for label, per_site, weighted in comparison_rows(history, references):
+        cells = [per_site.get(s) for s in sites] + [weighted]
+        rows.append([label, *("-" if v is None else f"{v:.2f}" for v in cells)])
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

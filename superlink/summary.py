@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from common import atomic
 
 SUMMARY = "summary.html"
+REFERENCES = "references.json"  # per-site reference MSEs a learning study adds to a run folder
 REFRESH_SECONDS = 30  # while the run is going
 
 _CSS = """
@@ -97,12 +99,39 @@ def _overview(meta: dict[str, Any]) -> str:
     ) + "</table>"
 
 
-def _mse_table(history: dict[str, Any]) -> str:
+def comparison_rows(
+    history: Mapping[str, Any], references: Mapping[str, Any] | None
+) -> list[tuple[str, Mapping[str, float], float | None]]:
+    """Rows to read under the per-round MSEs, per site: the final model as each site
+    personalized it (``personalize-steps``), and each reference a study gave the run folder
+    in ``references.json`` (e.g. ``{"alone": {"per_site": {...}, "source": "..."}}``: each
+    site trained alone for the same steps)."""
+    rows: list[tuple[str, Mapping[str, float], float | None]] = []
+    personal = history.get("personalized")
+    if personal:
+        rows.append((f"{personal['after_round']} personalized", personal["per_site"],
+                     personal.get("weighted")))
+    for name, ref in sorted((references or {}).items()):
+        if isinstance(ref, Mapping) and isinstance(ref.get("per_site"), Mapping):
+            rows.append((f"{name} (reference)", ref["per_site"], None))
+    return rows
+
+
+def load_references(run_dir: Path) -> dict[str, Any]:
+    """The run folder's ``references.json`` (a learning study writes it), or nothing."""
+    found = _load(run_dir / REFERENCES)
+    return found if isinstance(found, dict) else {}
+
+
+def _mse_table(history: dict[str, Any], references: Mapping[str, Any]) -> str:
     sites = list(history.get("per_site", {}))
     rows = []
     for i, r in enumerate(history.get("rounds", [])):
         values = [history["per_site"][s][i] for s in sites] + [history["weighted"][i]]
         rows.append([str(r), *(_num(v, "{:.2f}") for v in values)])
+    for label, per_site, weighted in comparison_rows(history, references):
+        values = [per_site.get(s) for s in sites] + [weighted]
+        rows.append([escape(label), *(_num(v, "{:.2f}") for v in values)])
     return _table(["model after round", *map(escape, sites), "weighted"], rows)
 
 
@@ -174,7 +203,7 @@ def render_summary(run_dir: Path) -> str:
         _overview(meta),
         "<h2>Held-out action MSE (real units², lower is better)</h2>",
         _img(run_dir / "eval_mse.png", "held-out action MSE per round"),
-        _mse_table(history),
+        _mse_table(history, load_references(run_dir)),
         "<h2>Per-joint actions, latest plotted model</h2>",
         _plots(run_dir, history),
         "<h2>Rounds</h2>",

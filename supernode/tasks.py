@@ -9,7 +9,9 @@
   delta). Unreadable
   samples are skipped and counted (:mod:`supernode.sample_guard`); if training fails after the
   evaluation succeeded, the reply carries that evaluation and the reason, and no update.
-- ``evaluate``: evaluate the global weights only (the final model after the last round).
+- ``evaluate``: evaluate the global weights only (the final model after the last round); with
+  ``personalize-steps`` also fine-tune them on the site's own data, score and keep that
+  personalized model (:mod:`supernode.personalization`).
 
 When the server asks for a trajectory (``trajectory-every``), the evaluation also replays the
 first ``trajectory-frames`` frames of one held-out episode; their predicted and recorded actions
@@ -64,6 +66,7 @@ from common.protocol import (
 from supernode.control_variates import ControlRound
 from supernode.evaluation import evaluate_action_mse
 from supernode.local_site import Site
+from supernode.personalization import personalize
 from supernode.runtime import SiteRuntime
 from supernode.sample_guard import BadDataError
 from supernode.site_dataset import DatasetError
@@ -256,6 +259,15 @@ def evaluate(content: RecordDict, node_config: Config, run_config: Config, run_i
     metrics, notes, extra = _evaluate(got.site, got.bundle, got.instructions,
                                       got.instructions.server_round, run_id)
     report = {"num_examples": got.site.info().eval_frames, "setup_seconds": setup, **metrics}
+    if got.instructions.personalize and got.site.run.personalize_steps > 0:
+        federation = got.instructions.federation_id or run_id
+        personal = personalize(got.site, got.bundle, federation, precision(got.site))
+        got.runtime.forget_training()  # the policy now holds the personalized weights
+        report |= {"personal_action_mse": personal.action_mse,
+                   "personal_steps": personal.steps, "personal_seconds": personal.seconds}
+        log.info("personalized", site=got.site.node.site_name, steps=personal.steps,
+                 global_mse=report["eval_action_mse"], personal_mse=personal.action_mse,
+                 checkpoint=str(personal.checkpoint))
     log.info("evaluated", site=got.site.node.site_name, eval_mse=report["eval_action_mse"],
              skipped=report["skipped_eval_samples"])
     return _reply(got.site, report, notes, extra=extra)

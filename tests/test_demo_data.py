@@ -366,3 +366,75 @@ def test_writing_videos_leaves_the_scheduling_policy_alone(tmp_path):
     make_demo_datasets(tmp_path, DemoSpec(num_sites=1, episodes_per_site=1,
                                           frames_per_episode=10, use_videos=True))
     assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+def _digest(spec: DemoSpec) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in range(spec.num_sites):
+        for e in simulate_site(i, spec):
+            for a in (e.state, e.action, e.top, e.wrist):
+                h.update(a.tobytes())
+            h.update(e.task.encode())
+    return h.hexdigest()
+
+
+def test_four_tasks_data_is_unchanged_by_the_scenarios() -> None:
+    """The four-tasks scenario is byte-identical to what the generator wrote before scenarios
+    existed (digest taken from the generator at commit e76ae4c): every study and test built on
+    it keeps its data."""
+    spec = DemoSpec(num_sites=4, episodes_per_site=2, frames_per_episode=20, image_height=32,
+                    image_width=32)
+    assert spec.scenario == "four-tasks"
+    assert _digest(spec) == "c2a4acf42e04e16c90d76319c920876ce42027413b52f9c833a54b31d1f6474f"
+
+
+def test_shared_tasks_sites_do_one_task_under_their_own_conditions() -> None:
+    """Every site picks and places a cube of its own colour; the conditions are each site's,
+    the same for the same seed, and show in the data: the encoders' calibration offsets in the
+    recorded joints (every episode starts at the same home pose), the lighting in the images,
+    the operator's speed in when the arm comes to rest."""
+    from demo_data import site_conditions
+
+    spec = DemoSpec(num_sites=4, episodes_per_site=3, frames_per_episode=40,
+                    scenario="shared-tasks")
+    sites = [simulate_site(i, spec) for i in range(4)]
+    conditions = [site_conditions(i, "shared-tasks", spec.seed) for i in range(4)]
+    assert conditions == [site_conditions(i, "shared-tasks", spec.seed) for i in range(4)]
+    assert {c.archetype for c in conditions} == {0}
+    assert len({c.cube_colour for c in conditions}) == 4
+    assert len({c.camera for c in conditions}) == 4 and len({c.table for c in conditions}) == 4
+    for episodes, c in zip(sites, conditions, strict=True):
+        assert {e.task for e in episodes} == {f"pick the {c.cube_colour} cube and place it in "
+                                              "the bowl"}
+        start = np.mean([e.state[0] for e in episodes], axis=0)
+        home = np.mean([e.state[0] for s in sites for e in s], axis=0) - np.mean(
+            [c.calibration for c in conditions], axis=0)
+        # first frames sit at home + noise (std 1 degree) + the site's offsets
+        np.testing.assert_allclose(start[:5] - home[:5], c.calibration[:5], atol=2.5)
+    for episodes, c in zip(sites, conditions, strict=True):  # most of a top image is table
+        lit = np.clip(np.asarray(c.table) * c.light_gain * np.asarray(c.light_tint), 0, 255)
+        seen = np.median(episodes[0].top.reshape(-1, 3), axis=0)
+        np.testing.assert_allclose(seen, lit, atol=5)
+    # a quick operator holds still at the end: the commands stop changing after `speed`
+    quick = int(np.argmin([c.speed for c in conditions]))
+    tail = sites[quick][0].action[int(conditions[quick].speed * 40) + 2:]
+    assert np.abs(np.diff(tail[:, :5], axis=0)).max() < 3.0  # leader-arm tremor only
+    with pytest.raises(ValueError, match="scenario"):
+        DemoSpec(scenario="other")  # type: ignore[arg-type]
+
+
+def test_cli_writes_the_shared_tasks_scenario(tmp_path: Path) -> None:
+    parser = build_parser()
+    out = tmp_path / "demo"
+    args = parser.parse_args(["demo-data", "--out", str(out), "--sites", "2", "--episodes", "1",
+                              "--frames", "10", "--scenario", "shared-tasks"])
+    assert run_cli(args) == 0
+    tasks = [list(LeRobotDatasetMetadata(f"local/site-{i}", root=out / f"site-{i}").tasks.index)
+             for i in range(2)]
+    assert tasks == [["pick the red cube and place it in the bowl"],
+                     ["pick the green cube and place it in the bowl"]]

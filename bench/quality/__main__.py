@@ -1,9 +1,8 @@
-"""``python -m bench.quality``: run or extend the learning-quality study, print its table."""
+"""``python -m bench.quality``: run or extend the learning study, print its tables."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ from pathlib import Path
 import bench.quality
 from bench.quality.report import RESULTS_DIR, to_markdown
 from bench.quality.runner import run_quality
-from bench.quality.variants import DEFAULT_VARIANTS, VARIANTS, parse_variant
+from bench.quality.variants import DEFAULT_VARIANTS, SCENARIO_PRESETS, VARIANTS, parse_variant
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -26,12 +25,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(".zk0/quality"),
                    help="work folder: data, run folders, per-job results (cached)")
     p.add_argument("--results", type=Path, default=RESULTS_DIR,
-                   help="folder for quality.json and quality.md (default: %(default)s)")
+                   help="folder for quality.json, quality.md and the curves (default: %(default)s)")
+    p.add_argument("--scenario", action="append", choices=sorted(SCENARIO_PRESETS), default=[],
+                   help="repeatable (default: all of " + ", ".join(SCENARIO_PRESETS) + ")")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--local-steps", type=int, default=20)
+    p.add_argument("--steps-per-site", type=int, default=None,
+                   help="the budget of every row (default: each scenario's preset)")
+    p.add_argument("--eval-every-steps", type=int, default=150,
+                   help="steps per site between evaluated models (default: %(default)s)")
     p.add_argument("--sites", type=int, default=4)
-    p.add_argument("--eval-every", type=int, default=0, help="0: twice per run")
     p.add_argument("--engine", choices=("inprocess", "cluster"), default="inprocess")
     p.add_argument("--variant", action="append", type=parse_variant, default=[],
                    help="NAME or NAME:key=value,... (repeatable; default: all of "
@@ -46,14 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="jobs in parallel, each in its own process (0: inline)")
     args = p.parse_args(argv)
     report = run_quality(
-        args.out, _ints(args.seeds), args.rounds, args.local_steps,
+        args.out, tuple(args.scenario) or tuple(SCENARIO_PRESETS), _ints(args.seeds),
         args.sites, args.engine, tuple(args.variant) or DEFAULT_VARIANTS,
-        eval_every=args.eval_every, workers=args.workers, cluster_variant=args.cluster_check,
+        steps_per_site=args.steps_per_site, eval_every_steps=args.eval_every_steps,
+        workers=args.workers, cluster_variant=args.cluster_check,
         explore=tuple(args.explore), explore_seeds=_ints(args.explore_seeds),
         results_dir=args.results, command="python -m bench.quality " + shlex.join(argv),
     )
     print(to_markdown(report))
-    return 0 if all(math.isfinite(r["mean"]) for r in report["summary"]["rows"].values()) else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 A job's result is kept in ``<out>/jobs/<slug>.json`` with the job's :meth:`Job.key`; asking for
 the same job again returns it without running anything, which is what lets a long study be
 resumed or extended.
+
+Every result has the final per-site MSE (``per_site``), the untrained model's (``untrained``)
+and the curve (``curve``: steps per site -> per-site MSE, every evaluated model). A federated
+result also has the bytes the run moved and, with ``personalize-steps``, ``personalized`` (the
+final model as each site fine-tuned it, at the study's full steps per site) next to
+``per_site`` (the global model it started from).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class Job:
     @property
     def slug(self) -> str:
         safe = "".join(c if c.isalnum() or c in "-." else "_" for c in self.variant.name)
-        return f"{safe}-{self.engine}-s{self.seed}"
+        return f"{self.study.scenario}-{safe}-{self.engine}-s{self.seed}"
 
     @property
     def result_path(self) -> Path:
@@ -44,10 +50,9 @@ class Job:
     def key(self) -> dict[str, Any]:
         """Everything the result depends on: a cached result is reused only if this matches."""
         return json.loads(json.dumps({"study": {k: v for k, v in asdict(self.study).items()
-                                                if k != "out_dir"},
+                                                if k not in ("out_dir", "data_dir")},
                                       "variant": asdict(self.variant), "seed": self.seed,
                                       "engine": self.engine}, default=dict))
-
 
 
 def _federated_inprocess(job: Job) -> dict[str, Any]:
@@ -58,7 +63,7 @@ def _federated_inprocess(job: Job) -> dict[str, Any]:
     run_id = 1 + zlib.crc32(job.slug.encode()) % 10_000_000  # stable across processes
     run_dir = run_inprocess(run.to_flwr(), node_configs(job.study), run_id)
     history = json.loads((Path(run_dir) / "eval_history.json").read_text())
-    return _from_history(history, str(run_dir))
+    return from_history(history, str(run_dir), run.local_steps)
 
 
 def _federated_cluster(job: Job) -> dict[str, Any]:
@@ -70,18 +75,26 @@ def _federated_cluster(job: Job) -> dict[str, Any]:
     out = run_cluster(work, job.study.sites, overrides, Path(job.study.data_dir),
                       eval_episodes=job.study.eval_episodes,
                       torch_threads=job.study.torch_threads)
-    result = _from_history(out["history"], out["run_dir"])
+    result = from_history(out["history"], out["run_dir"], run.local_steps)
     result["cluster_seconds"] = out["seconds"]
     return result
 
 
-def _from_history(history: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
-    """Final per-site MSE (global model after the last round) plus the curve and round 0,
-    and the bytes the run moved."""
-    per_site = {s: values[-1] for s, values in history["per_site"].items()}
-    untrained = {s: values[0] for s, values in history["per_site"].items()}
-    return {"per_site": per_site, "untrained": untrained, "curve": dict(history),
-            "run_dir": run_dir, "bytes": run_bytes(Path(run_dir))}
+def from_history(history: Mapping[str, Any], run_dir: str, local_steps: int) -> dict[str, Any]:
+    """A federated run's numbers from its ``eval_history.json``: the global model after the
+    last round (``per_site``), round 0's (``untrained``), the curve by steps per site, the
+    personalized models (if any) and the bytes the run moved."""
+    sites = list(history["per_site"])
+    curve = {str(r * local_steps): {s: history["per_site"][s][i] for s in sites}
+             for i, r in enumerate(history["rounds"])}
+    out = {"per_site": {s: values[-1] for s, values in history["per_site"].items()},
+           "untrained": {s: values[0] for s, values in history["per_site"].items()},
+           "curve": curve, "run_dir": run_dir, "bytes": run_bytes(Path(run_dir))}
+    personal = history.get("personalized")
+    if personal:
+        out["personalized"] = dict(personal["per_site"])
+        out["personalize_steps"] = max(personal["steps"].values())
+    return out
 
 
 def run_bytes(run_dir: Path) -> dict[str, int]:
@@ -97,12 +110,11 @@ def run_bytes(run_dir: Path) -> dict[str, int]:
     return {"downlink": down, "uplink": up, "total": down + up}
 
 
-
 def run_job(job: Job) -> dict[str, Any]:
     """Run one job (reusing its cached result if the same job already ran) and save it.
 
     The global RNGs are seeded from the job's seed here: a federated site seeds each of its
-    rounds itself (``Site.seed_round``), but the baselines call ``train_round`` directly
+    rounds itself (``Site.seed_round``), but the references call ``train_round`` directly
     (torch's global RNG draws SmolVLA's flow-matching noise), and Python's picks the order in
     which Flower's strategies sample the sites. Without this, two runs with the same seed differ.
     """
@@ -124,10 +136,8 @@ def run_job(job: Job) -> dict[str, Any]:
     torch.manual_seed(job.seed)
     start = time.perf_counter()
     try:
-        if job.variant.kind == "centralized":
-            result = baselines.centralized(job.study, job.seed)
-        elif job.variant.kind == "local":
-            result = baselines.local(job.study, job.seed)
+        if job.variant.kind != "federated":
+            result = baselines.run_reference(job.variant.kind, job.study, job.seed)
         elif job.engine == "cluster":
             result = _federated_cluster(job)
         else:
@@ -135,7 +145,8 @@ def run_job(job: Job) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)  # Site.open sets the node's thread count process-wide
     result |= {"key": job.key(), "variant": job.variant.name, "kind": job.variant.kind,
-               "seed": job.seed, "engine": job.engine, "seconds": time.perf_counter() - start}
+               "scenario": job.study.scenario, "seed": job.seed, "engine": job.engine,
+               "seconds": time.perf_counter() - start}
     atomic.write_json(path, result)
     return result
 
@@ -163,4 +174,3 @@ def run_jobs(jobs: Sequence[Job], workers: int) -> list[dict[str, Any]]:
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                              max_tasks_per_child=1) as pool:
         return list(pool.map(_run_job_logged, jobs))
-

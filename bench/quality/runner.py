@@ -1,4 +1,4 @@
-"""Running a whole study: data once, every job (cached), the summary, the report files.
+"""Running a whole study: data once per scenario, every job (cached), the summaries, the files.
 
 Also the ``python -m bench`` entry (:func:`run`), which reports the stored study.
 """
@@ -9,15 +9,30 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from bench.quality.jobs import Job, run_jobs
 from bench.quality.report import JSON_NAME, RESULTS_DIR, write
-from bench.quality.summary import GOAL_RATIO, cluster_check, summarize
-from bench.quality.variants import DEFAULT_VARIANTS, VARIANTS, Engine, Study, Variant, run_config
+from bench.quality.summary import (
+    DRIFT_GOAL,
+    SAME_CLOCK,
+    cluster_check,
+    goals,
+    plateau,
+    summarize,
+)
+from bench.quality.variants import (
+    DEFAULT_VARIANTS,
+    SCENARIO_PRESETS,
+    Engine,
+    Study,
+    Variant,
+    describe,
+    reference_config,
+)
 from bench.results import machine_info
 from common import atomic
 
@@ -42,18 +57,31 @@ def _log_data(line: str) -> None:
     print(f"[quality] data {line}", file=sys.stderr, flush=True)
 
 
+def make_study(out_dir: Path, scenario: str, sites: int, *, steps_per_site: int | None = None,
+               demo: Mapping[str, Any] | None = None, **settings: Any) -> Study:
+    """The study of one scenario (its preset's data and budget unless given), data written."""
+    from demo_data import DemoSpec
+
+    preset = SCENARIO_PRESETS[scenario]
+    spec = DemoSpec(**{**preset.demo, **(demo or {}), "num_sites": sites})
+    data_dir = out_dir / f"data-{scenario}"
+    ensure_data(data_dir, spec)
+    return Study(str(out_dir), str(data_dir), scenario, json.dumps(asdict(spec), sort_keys=True),
+                 steps_per_site or preset.steps_per_site, sites, **settings)
+
+
 def run_quality(
     out_dir: Path,
+    scenarios: Sequence[str] = tuple(SCENARIO_PRESETS),
     seeds: Sequence[int] = (0, 1, 2),
-    rounds: int = 10,
-    local_steps: int = 20,
     sites: int = 4,
     engine: Engine = "inprocess",
     configs: Sequence[Variant] = DEFAULT_VARIANTS,
     *,
-    demo_spec=None,
+    steps_per_site: int | None = None,
+    demo: Mapping[str, Any] | None = None,
+    eval_every_steps: int = 150,
     eval_samples: int = 64,
-    eval_every: int = 0,
     batch_size: int = 8,
     workers: int = 0,
     cluster_variant: str = "",
@@ -62,58 +90,80 @@ def run_quality(
     results_dir: Path | None = None,
     command: str = "bench.quality.run_quality(...)",
 ) -> dict[str, Any]:
-    """Run the study and write ``quality.json``/``quality.md`` (to ``results_dir`` or out_dir).
+    """Run the study for each scenario; write ``quality.json``/``quality.md`` and the curves'
+    PNGs (to ``results_dir`` or ``out_dir``).
 
     ``engine="cluster"`` runs the federated variants through the real TLS cluster (the
-    baselines have no transport and always run in-process). ``cluster_variant`` additionally
+    references have no transport and always run in-process). ``cluster_variant`` additionally
     runs that one federated variant through the cluster with the first seed, next to its
-    in-process run, to show the two engines agree. ``explore``: more variants, run only with
-    ``explore_seeds`` (a cheap first look; reported in their own table next to every other
-    variant's runs with those seeds). ``eval_every=0``: twice per run. Finished jobs are
-    reused from ``out_dir/jobs``, so a study can be resumed or extended.
+    in-process run. ``explore``: more variants, run only with ``explore_seeds``. Finished jobs
+    are reused from ``out_dir/jobs``, so a study can be resumed or extended.
     """
-    from common.policy_factory import learning_rate, make_policy_config
-    from demo_data import DemoSpec
-
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     out_dir = Path(out_dir).resolve()
-    spec = replace(demo_spec or DemoSpec(), num_sites=sites)
-    data_dir = out_dir / "data"
-    ensure_data(data_dir, spec)
-    study = Study(str(out_dir), str(data_dir), rounds, local_steps, sites, batch_size,
-                  eval_samples, eval_every or max(1, rounds // 2))
-    # Seed-major: a study cut short still has every variant for its first seeds.
-    jobs = [Job(study, v, seed, engine if v.kind == "federated" else "inprocess")
-            for seed in seeds for v in configs]
-    baselines = [v for v in configs if v.kind != "federated"]
-    for seed in explore_seeds if explore else ():
-        extra = [Job(study, v, seed, engine if v.kind == "federated" else "inprocess")
-                 for v in [*baselines, *explore]]
-        jobs += [j for j in extra if j not in jobs]
+    studies = [make_study(out_dir, s, sites, steps_per_site=steps_per_site, demo=demo,
+                          batch_size=batch_size, eval_samples=eval_samples,
+                          eval_every_steps=eval_every_steps) for s in scenarios]
+    jobs: list[Job] = []
+
+    def add(study: Study, variants: Sequence[Variant], seed: int) -> None:
+        for v in variants:
+            job = Job(study, v, seed, engine if v.kind == "federated" else "inprocess")
+            if job not in jobs:
+                jobs.append(job)
+
+    # Seed 0 first, with the explored variants, then the other seeds: a study cut short still
+    # has every variant of every scenario for its first seeds.
+    for i, seed in enumerate(seeds):
+        for study in studies:
+            add(study, configs, seed)
+            if i == 0 and explore:
+                for explore_seed in explore_seeds:
+                    add(study, [*[v for v in configs if v.kind != "federated"], *explore],
+                        explore_seed)
     if cluster_variant:
         chosen = next(v for v in [*configs, *explore] if v.name == cluster_variant)
-        twin = Job(study, chosen, seeds[0], "inprocess")
-        jobs += [j for j in (twin, replace(twin, engine="cluster")) if j not in jobs]
+        for study in studies:
+            twin = Job(study, chosen, seeds[0], "inprocess")
+            jobs += [j for j in (twin, replace(twin, engine="cluster")) if j not in jobs]
     # Cluster jobs start their own processes on every core: never next to another job.
     cluster_jobs = [j for j in jobs if j.engine == "cluster" and j.variant.kind == "federated"]
     results = run_jobs([j for j in jobs if j not in cluster_jobs], workers)
     results += run_jobs(cluster_jobs, 0)
-    run = run_config(study, VARIANTS["fedavg"], seeds[0])
+
+    federated = [v.name for v in configs if v.kind == "federated"]
+    per_scenario = {}
+    for study in studies:
+        mine = [r for r in results if r["scenario"] == study.scenario]
+        main = summarize([r for r in mine if r["seed"] in seeds], configs, engine)
+        defaults = [*federated, *(f"{n} (personalized)" for n in federated)]
+        run = reference_config(study, seeds[0], study.steps_per_site, study.eval_every_steps,
+                               study.batch_size)
+        per_scenario[study.scenario] = {
+            "study": {k: v for k, v in asdict(study).items() if k != "out_dir"},
+            "demo_spec": study.demo(),
+            "summary": main,
+            "goals": goals(study.scenario, main, defaults),
+            "alone_plateau": plateau(main["curves"]["alone"]) if "alone" in main["curves"]
+            else None,
+            "explore": summarize([r for r in mine if r["seed"] in explore_seeds],
+                                 [*configs, *explore], engine) if explore else None,
+            "lr": _peak_lr(run),
+            "job_seconds": sum(r["seconds"] for r in mine),
+        }
+        _give_runs_their_references(mine)
     report = {
-        "schema": 1,
+        "schema": 2,
         "command": command,
-        "config": {**{k: v for k, v in asdict(study).items() if k not in ("out_dir",)},
-                   "seeds": list(seeds), "engine": engine, "total_steps": study.total_steps,
-                   "lr": learning_rate(run, make_policy_config(run)), "demo_spec": asdict(spec),
-                   "wire_dtype": run.wire_dtype, "lr_scheduler": run.lr_scheduler},
+        "config": {"seeds": list(seeds), "engine": engine, "sites": sites,
+                   "batch_size": batch_size, "eval_samples": eval_samples,
+                   "eval_every_steps": eval_every_steps, "scenarios": list(scenarios)},
         "machine": machine_info(),
-        "variants": [asdict(v) | {"overrides": dict(v.overrides)} for v in configs],
-        "summary": summarize([r for r in results if r["seed"] in seeds], configs, engine),
-        "explore_variants": [asdict(v) | {"overrides": dict(v.overrides)} for v in explore],
-        "explore": summarize([r for r in results if r["seed"] in explore_seeds],
-                             [*configs, *explore], engine) if explore else None,
+        "variants": [describe(v) for v in configs],
+        "explore_variants": [describe(v) for v in explore],
+        "scenarios": per_scenario,
         "cluster_check": cluster_check(results),
         "results": results,
         "wall_seconds": time.perf_counter() - started,
@@ -124,8 +174,33 @@ def run_quality(
     return report
 
 
+def _peak_lr(run) -> float:
+    from common.policy_factory import learning_rate, make_policy_config
+
+    return learning_rate(run, make_policy_config(run))
+
+
+def _give_runs_their_references(results: Sequence[Mapping[str, Any]]) -> None:
+    """Write each federated run folder's ``references.json`` (the same seed's sites alone), so
+    its summary page and table show global, personalized and alone side by side."""
+    from superlink.summary import REFERENCES, write_summary
+
+    alone = {r["seed"]: r for r in results if r["kind"] == "alone"}
+    for r in results:
+        folder = Path(r.get("run_dir") or "")
+        if r["kind"] != "federated" or r["seed"] not in alone or not folder.is_dir():
+            continue
+        steps = alone[r["seed"]]["curve"]
+        atomic.write_json(folder / REFERENCES, {"alone": {
+            "per_site": alone[r["seed"]]["per_site"],
+            "source": f"bench.quality: each site alone on its own data, {max(map(int, steps))} "
+                      f"steps, seed {r['seed']}",
+        }})
+        write_summary(folder)
+
+
 def run(ctx) -> list:
-    """``python -m bench`` entry: the stored study as a Section (re-measuring takes an hour).
+    """``python -m bench`` entry: the stored study as a Section (re-measuring takes hours).
 
     Without a stored study, a one-seed 2-site miniature runs instead, so the entry always
     reports something measured.
@@ -138,20 +213,27 @@ def run(ctx) -> list:
     else:
         import tempfile
 
-        from demo_data import DemoSpec
-
         with tempfile.TemporaryDirectory(prefix="zk0-quality-") as tmp:
-            report = run_quality(Path(tmp), seeds=(0,), rounds=2, local_steps=5, sites=2,
-                                 demo_spec=DemoSpec(episodes_per_site=5, frames_per_episode=30),
-                                 eval_samples=16)
-        note = "miniature (2 sites, 2x5 steps)"
-    section = Section("quality", "Learning quality: held-out action MSE vs centralized",
-                      details={"config": report["config"], "measured": report["machine"]["date"],
-                               "source": note})
-    for label, row in report["summary"]["rows"].items():
-        federated = row.get("kind") == "federated"
-        section.add(Metric(label, row["mean"], "MSE", ratio=row.get("ratio"),
-                           reference="centralized", goal=GOAL_RATIO if federated else None,
-                           note=f"{note}; std over seeds {row['std']:.2f}"))
-    return [section]
-
+            report = run_quality(Path(tmp), scenarios=("shared-tasks",), seeds=(0,), sites=2,
+                                 steps_per_site=4, eval_every_steps=2,
+                                 demo={"episodes_per_site": 4, "frames_per_episode": 20},
+                                 eval_samples=8,
+                                 configs=[v for v in DEFAULT_VARIANTS
+                                          if "personalize" not in v.name],
+                                 results_dir=Path(tmp))
+        note = "miniature (2 sites, 4 steps per site)"
+    sections = []
+    for scenario, data in report["scenarios"].items():
+        section = Section(f"quality-{scenario}",
+                          f"Learning quality, {scenario}: held-out action MSE vs pooled training "
+                          "at the same clock",
+                          details={"config": report["config"], "study": data["study"],
+                                   "measured": report["machine"]["date"], "source": note})
+        for label, row in data["summary"]["rows"].items():
+            federated = row.get("kind") == "federated" and row["field"] == "per_site"
+            section.add(Metric(label, row["mean"], "MSE", ratio=row.get("ratio_same_clock"),
+                               reference=SAME_CLOCK,
+                               goal=DRIFT_GOAL if federated else None,
+                               note=f"{note}; std over seeds {row['std']:.2f}"))
+        sections.append(section)
+    return sections

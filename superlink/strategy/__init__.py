@@ -6,6 +6,7 @@
   each with ``CodecFedAvg`` behind it;
 - drift correction, a module each: :mod:`.scaffold` (control variates), :mod:`.fedexp`
   (extrapolated server step), :mod:`.fedprox_decoupled` (proximal pull outside AdamW);
+- :mod:`.diloco`: DiLoCo's outer optimizer, Nesterov momentum on the sites' mean update;
 - :mod:`.node_selection`: which sites take part in a round (seeded);
 - :mod:`.replies`: accepted replies and failures of one exchange;
 - :mod:`.update_checks`: finite values and the norm rule for every update;
@@ -21,6 +22,7 @@ from flwr.app import ArrayRecord
 
 from common.settings import RunConfig
 from superlink.strategy.codec_fedavg import EVALUATE, TRAIN, CodecFedAvg, ExchangeSettings
+from superlink.strategy.diloco import DiLoCo
 from superlink.strategy.fedexp import FedExP
 from superlink.strategy.fedprox_decoupled import FedProxDecoupled
 from superlink.strategy.flower_strategies import (
@@ -87,11 +89,14 @@ def make_strategy(
                 settings, server_learning_rate=run.server_lr, server_momentum=run.server_momentum
             )
         case "fedadam":
-            return FedAdam(settings, eta=run.server_lr)
+            return FedAdam(settings, eta=run.server_lr, tau=run.server_tau)
         case "fedyogi":
-            return FedYogi(settings, eta=run.server_lr)
+            return FedYogi(settings, eta=run.server_lr, tau=run.server_tau)
         case "fedadagrad":
-            return FedAdagrad(settings, eta=run.server_lr)
+            return FedAdagrad(settings, eta=run.server_lr, tau=run.server_tau)
+        case "diloco":
+            return DiLoCo(settings, server_learning_rate=run.server_lr,
+                          server_momentum=run.server_momentum)
         case "fedprox-decoupled":
             return FedProxDecoupled(settings, proximal_mu=run.proximal_mu)
         case "fedexp":
