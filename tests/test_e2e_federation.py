@@ -36,6 +36,8 @@ RUN = {
     # bfloat16 goes over the real transport as uint16 bits (Flower's Array refuses bfloat16);
     # float16, the default, is the same 2-byte path and is covered in-process.
     "wire-dtype": "bfloat16",
+    # each site ends by fine-tuning the final model on its own data (through its warm worker)
+    "personalize-steps": 5,
 }
 
 pytestmark = pytest.mark.e2e
@@ -168,6 +170,11 @@ def test_the_cluster_run_equals_the_same_run_in_one_process(federation, tmp_path
     assert ours["rounds"] == cluster["rounds"]
     for site, values in cluster["per_site"].items():
         np.testing.assert_allclose(ours["per_site"][site], values, rtol=1e-6, err_msg=site)
+    # the personalized models too: each site fine-tuned the same final model the same way
+    assert set(cluster["personalized"]["per_site"]) == {n.site_name for n in nodes}
+    for site, value in cluster["personalized"]["per_site"].items():
+        np.testing.assert_allclose(ours["personalized"]["per_site"][site], value, rtol=1e-6,
+                                   err_msg=site)
 
 
 def test_scaffold_through_the_site_workers_equals_the_same_run_in_one_process(
