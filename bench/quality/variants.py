@@ -111,8 +111,8 @@ def parse_variant(text: str) -> Variant:
 
 
 def node_configs(study: Study) -> list[dict[str, Any]]:
-    """The sites' node configs, exactly as ``deploy.cluster_cli`` builds them for the cluster."""
-    from deploy.cluster_cli import site_configs
+    """The sites' node configs, exactly as ``deploy.cluster.cli`` builds them for the cluster."""
+    from deploy.cluster.cli import site_configs
 
     nodes = site_configs(Path(study.data_dir), study.sites, study.eval_episodes,
                          study.torch_threads)
