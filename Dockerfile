@@ -62,8 +62,9 @@ RUN set -eux; \
 # pip's compiled .pyc files stay (~10% of the size): without them every process of every
 # container would compile torch, transformers and LeRobot again at import (seconds of CPU each;
 # PYTHONDONTWRITEBYTECODE only stops writing new ones at run time).
-# deploy/docker/requirements.txt is generated from the tested venv (scripts/image-requirements.py).
-COPY deploy/docker/requirements.txt /opt/zk0/requirements.txt
+# deploy/containers/docker/requirements.txt is generated from the tested venv
+# (scripts/image-requirements.py).
+COPY deploy/containers/docker/requirements.txt /opt/zk0/requirements.txt
 RUN set -eux; \
     python3 -m venv "$VIRTUAL_ENV"; \
     pip install -r /opt/zk0/requirements.txt; \
@@ -83,8 +84,8 @@ WORKDIR /app
 
 # Each role's readiness is Flower's /health (SuperLink port, a SuperNode's runtime port) or a
 # zk0 /metrics endpoint, named by ZK0_HEALTH_URL in the service's environment; a role without
-# one (a one-shot job, the CLI) is healthy while it runs (deploy/container_health.py).
+# one (a one-shot job, the CLI) is healthy while it runs (deploy/containers/healthcheck.py).
 HEALTHCHECK --interval=15s --timeout=10s --start-period=300s --retries=4 \
-    CMD ["python", "-m", "deploy.container_health"]
+    CMD ["python", "-m", "deploy.containers.healthcheck"]
 
 CMD ["zk0", "--help"]

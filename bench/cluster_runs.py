@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import NodeConfig
-from deploy.flower_env import SITE_SUPEREXEC_POLL_SECONDS
+from deploy.flower.env import SITE_SUPEREXEC_POLL_SECONDS
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_KIND = "zk0-worker"
@@ -21,7 +21,7 @@ WORKER_KIND = "zk0-worker"
 
 def demo_nodes(root: Path, sites: int, threads: int = 1) -> list[NodeConfig]:
     """Demo datasets for ``sites`` sites under ``root`` (generated once) as node configs."""
-    from deploy.cluster_cli import ensure_demo_data, site_configs
+    from deploy.cluster.cli import ensure_demo_data, site_configs
 
     ensure_demo_data(root, sites)
     return site_configs(root, sites, eval_episodes=2, threads=threads)
@@ -106,10 +106,11 @@ def run_federation(work: Path, nodes: list[NodeConfig], overrides: dict[str, Any
                    idle_seconds: float = 0.0) -> dict[str, Any]:
     """One federation on a fresh cluster; the run's reports plus cluster start/run seconds.
 
-    ``workers`` / ``superexec_poll``: as :class:`deploy.local_cluster.LocalCluster` takes them.
+    ``workers`` / ``superexec_poll``: as
+    :class:`deploy.cluster.local_cluster.LocalCluster` takes them.
     ``idle_seconds`` > 0: afterwards, the first site's idle CPU over that long (``idle_cpu``).
     """
-    from deploy.local_cluster import LocalCluster
+    from deploy.cluster.local_cluster import LocalCluster
 
     values = {"min-sites": len(nodes), "output-dir": str(work / "runs"), **overrides}
     t0 = time.perf_counter()

@@ -38,7 +38,7 @@ from bench import BenchContext
 from bench.cluster_runs import WORKER_KIND, RssSampler, demo_nodes, run_federation
 from bench.results import Metric, Section
 from common.settings import NodeConfig, RunConfig
-from deploy.flower_env import SITE_SUPEREXEC_POLL_SECONDS
+from deploy.flower.env import SITE_SUPEREXEC_POLL_SECONDS
 
 POLICY = "smolvla-tiny"
 # a 2-step round of zk0's first design (per-message ClientApps, 2 s polling)

@@ -1,20 +1,26 @@
-"""Process orchestration for a real Flower deployment (SuperLink, SuperExec, SuperNodes).
+"""Running zk0: the ``zk0`` command and everything it starts, in rooms by job.
 
-``cli``: the ``zk0`` command (one table of sub-commands).
-``processes``: one child process, started in its own process group and stopped by PID.
-``flower_env``: Flower's executables and the environment of every Flower child process.
-``flower_commands``: the exact Flower 1.42 command lines (TLS, node auth, process isolation).
-``runtime_tls``: TLS for a SuperNode's own Runtime API.
-``flwr_cli``: the ``flwr`` CLI (``--format json``): runs, node registration, connection config.
-``flower_logs``: what only Flower's logs say (exit reasons, a SuperNode's node id).
-``health``: ``/health`` over HTTPS.
-``entry_proxy``: nginx as the labs' only entry (``/v1/fleet/*`` and ``/health``; template in
-``proxy/nginx.conf.template``).
-``site_registry``: ``zk0 site`` (register a site's key under its name, revoke, list).
-``local_cluster``: a whole federation on 127.0.0.1 (tests, demos, benchmarks).
-``cluster_cli``: ``zk0 cluster``. ``site_launcher``: ``zk0 supernode`` (a lab's box).
-``metrics_export``: the long-lived Prometheus endpoints (coordinator, sites).
-``coordinator_metrics``: ``zk0 coordinator-metrics``. ``prometheus_server``: the project's
-Prometheus config rendered for a cluster, and Prometheus run for it. ``grafana_dashboards``:
-the Grafana dashboards, as code.
+``cli``: the ``zk0`` command, one table of sub-commands (each names the module that runs it).
+
+Rooms (sub-packages); each ``__init__`` says what lives there and which rooms it may import,
+and ``tests/test_layout.py`` holds the same table and fails on an import it does not allow:
+
+``flower``       Flower glue: Flower's command lines, environment, logs and ``flwr`` CLI, a
+                 SuperNode's runtime TLS, and the process plumbing every role shares (a child
+                 process stopped by PID, signals, ``/health``). Imports no other room.
+``monitoring``   ``/metrics`` exporters, ``zk0 coordinator-metrics``, Prometheus and Grafana
+                 (their config folders too). May import ``flower``.
+``coordinator``  The coordinator's tools: ``zk0 site`` (site registry), the labs' entry proxy,
+                 submitting and following a run, ``zk0 export``. May import ``flower``,
+                 ``monitoring``.
+``lab``          A lab's box: ``zk0 supernode``, the site worker's supervision, rejoining after a
+                 restart, ``zk0 check-dataset``, and the lab's compose files. May import
+                 ``flower``, ``monitoring``.
+``cluster``      A whole federation on 127.0.0.1 (``zk0 cluster``, tests, demo, benchmarks): both
+                 sides at once. May import ``flower``, ``monitoring``, ``coordinator``, ``lab``.
+``containers``   The zk0 image and its roles: ``zk0 stack`` (``docker-compose.yml``),
+                 ``zk0 site-container``, the image's ``HEALTHCHECK``, ``docker/``. May import
+                 ``flower``, ``monitoring``, ``coordinator``, ``lab``.
+
+Only ``cli`` imports (by name) every room; no room imports ``cli``.
 """

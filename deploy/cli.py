@@ -46,7 +46,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "supernode",
-        "deploy.site_launcher",
+        "deploy.lab.launcher",
         help="run this lab's SuperNode and SuperExec",
         description=(
             "Run this lab's SuperNode + SuperExec. Each flag overrides the matching "
@@ -55,38 +55,38 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "site-container",
-        "deploy.site_container",
+        "deploy.containers.site_container",
         help="run this lab's site as a container (Docker SDK): start, status, logs, stop",
     ),
     Command(
         "check-dataset",
-        "deploy.check_dataset_cli",
+        "deploy.lab.check_dataset",
         help="check a LeRobotDataset against the policy and the federation before joining",
     ),
     Command(
         "site",
-        "deploy.site_registry",
+        "deploy.coordinator.site_registry",
         help="register a site's key under its name, revoke it, list registrations (coordinator)",
     ),
     Command(
         "cluster",
-        "deploy.cluster_cli",
+        "deploy.cluster.cli",
         help="run a federation on a local TLS cluster (SuperLink + SuperNodes on 127.0.0.1)",
     ),
     Command(
         "export",
-        "deploy.export_command",
+        "deploy.coordinator.export",
         help="write a Hub-ready LeRobot policy folder (with a model card) from a run",
     ),
     Command(
         "stack",
-        "deploy.compose_stack",
+        "deploy.containers.compose_stack",
         help="a zk0 role of docker-compose.yml (init, demo-data, superlink, superexec, "
              "register, run)",
     ),
     Command(
         "coordinator-metrics",
-        "deploy.coordinator_metrics",
+        "deploy.monitoring.coordinator_metrics",
         help="serve the coordinator's Prometheus metrics next to the SuperLink",
     ),
 )

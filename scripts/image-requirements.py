@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Write deploy/docker/requirements.txt: zk0's runtime dependencies, pinned at the versions
-installed in this venv (the one the tests ran against), for the Docker image's cached layer.
+"""Write deploy/containers/docker/requirements.txt: zk0's runtime dependencies, pinned at the
+versions installed in this venv (the one the tests ran against), for the Docker image's cached
+layer.
 
 Why a generated file: pyproject.toml pins zk0's direct dependencies, but a build that resolves
 their dependencies again may get newer ones than the tested venv. This walks the installed
@@ -22,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "deploy" / "docker" / "requirements.txt"
+OUT = REPO / "deploy" / "containers" / "docker" / "requirements.txt"
 
 
 def closure(roots: list[Requirement]) -> dict[str, str]:

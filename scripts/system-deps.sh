@@ -3,7 +3,7 @@
 # only as root with apt-get (CI machines); idempotent: a second run installs nothing. Not root or
 # no apt-get: says what is missing and leaves it to you; the tests that need a package skip
 # outside CI and fail in CI (CI=true) without it.
-#   nginx       the labs' only entry in front of the SuperLink (deploy/proxy/); without it
+#   nginx       the labs' only entry in front of the SuperLink (deploy/coordinator/proxy/); without it
 #               `zk0 cluster` runs on loopback without the shielded entry
 #   prometheus  (with promtool) the monitoring tests run the project's config, alert rules and
 #               dashboards' queries against a real Prometheus; no service is started here

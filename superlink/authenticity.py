@@ -153,9 +153,6 @@ class FederationGuard:
         found = self._identities.get(node)
         return found.name if found is not None else f"node-{node}"
 
-    def identities(self) -> dict[int, NodeIdentity]:
-        return dict(self._identities)
-
     # -- sign ---------------------------------------------------------------------------------
 
     def sign_instructions(self, messages: Iterable[Message]) -> None:

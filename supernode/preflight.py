@@ -13,7 +13,8 @@ from typing import Any
 from common import features as feat
 from common.settings import NodeConfig, RunConfig
 from supernode import site_dataset as ds
-from supernode.dataset_checks import DatasetReport, Expectation, check_dataset
+from supernode.dataset_checks.check import DatasetReport, check_dataset
+from supernode.dataset_checks.expectation import Expectation
 
 
 class SiteCheckError(ValueError):
@@ -51,7 +52,7 @@ def check_site(
     deep: bool = False,
     max_bad_share: float | None = None,
 ) -> SiteSummary:
-    """Check the site's dataset (:func:`supernode.dataset_checks.check_dataset`) against the
+    """Check the site's dataset (:func:`supernode.dataset_checks.check.check_dataset`) against the
     policy and ``expect`` (default: policy only), then split it.
 
     Raises :class:`SiteCheckError` with one line per error (file, episode, frame, key, what was

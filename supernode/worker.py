@@ -8,7 +8,8 @@ opened datasets); the ClientApp only relays (:mod:`supernode.relay`).
 
     python -m supernode.worker --socket /path/to/worker.sock [--parent-pid PID]
 
-Started and restarted by ``zk0 supernode`` and ``zk0 cluster`` (:mod:`deploy.site_worker`).
+Started and restarted by ``zk0 supernode`` and ``zk0 cluster``
+(:mod:`deploy.lab.worker_supervisor`).
 It serves one task at a time, answers a failed task with an error naming the cause and goes
 on, refuses peers of another uid and relays of other zk0 code, and exits on SIGTERM/SIGINT or
 when ``--parent-pid`` is gone, removing its socket.

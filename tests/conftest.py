@@ -60,7 +60,7 @@ def video_demo_root(tmp_path_factory) -> Path:
 def nginx() -> str:
     """The nginx binary for the labs' entry proxy. Its tests skip only where nobody could
     install it here: never in CI and never as root (scripts/system-deps.sh installs it)."""
-    from deploy.entry_proxy import find_nginx
+    from deploy.coordinator.entry_proxy import find_nginx
 
     found = find_nginx()
     if found is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import psutil
 
-from deploy.processes import pid_alive
+from deploy.flower.processes import pid_alive
 
 
 def procs_mentioning(text: str) -> list[int]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from deploy.prometheus_server import prometheus_exe, promtool_exe
+from deploy.monitoring.prometheus_server import prometheus_exe, promtool_exe
 
 
 def require_prometheus() -> tuple[str, str]:

@@ -82,7 +82,7 @@ def test_an_undecodable_stored_image_is_skipped_and_named(demo_root, tmp_path):
     skipped like a bad video frame, and found by the deep check."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from supernode.dataset_checks import check_dataset
+    from supernode.dataset_checks.check import check_dataset
 
     root = copy_site(demo_root / "site-3", tmp_path / "site")
     set_value(root, 4, 9, TOP, lambda cell: {**cell, "bytes": b"\x89PNG garbage"})

@@ -24,8 +24,8 @@ import pytest
 from process_checks import descendants, procs_mentioning
 
 from deploy.cli import build_parser
-from deploy.flower_env import child_env
-from deploy.processes import ManagedProcess, pid_alive
+from deploy.flower.env import child_env
+from deploy.flower.processes import ManagedProcess, pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,7 +154,7 @@ def test_restarted_site_rejoins_after_its_old_node_expires(demo_root, tmp_path):
     is being refused: the order is forced so that the new SuperNode dials inside the old
     node's 60 s window however long its start-up (the dataset check) takes on a busy box."""
     from certs import ensure_federation_certs
-    from deploy.local_cluster import LocalCluster, free_port
+    from deploy.cluster.local_cluster import LocalCluster, free_port
 
     fed = ensure_federation_certs(tmp_path / "certs", ["127.0.0.1", "localhost"], ["lab-r"])
     priv, pub = fed.site_keys["lab-r"]
@@ -211,6 +211,6 @@ def test_restarted_site_rejoins_after_its_old_node_expires(demo_root, tmp_path):
 
 
 def rejoin_window() -> float:
-    from deploy import rejoin
+    from deploy.lab import rejoin
 
     return rejoin.NODE_EXPIRY_S + rejoin.MARGIN_S

@@ -23,16 +23,16 @@ from process_checks import descendants, procs_mentioning
 
 from certs import FederationCerts, ensure_federation_certs
 from common.settings import NodeConfig
-from deploy import flwr_cli
-from deploy import site_launcher as launcher
 from deploy.cli import build_parser
-from deploy.flower_commands import superexec_cmd, superlink_cmd, supernode_cmd
-from deploy.flower_env import bin_dir, child_env
-from deploy.flower_logs import EXIT_SUPERNODE_CONNECTION_ERROR, flower_exit_code
-from deploy.health import https_ok
-from deploy.local_cluster import LocalCluster, free_port
-from deploy.processes import ManagedProcess, ProcessFailed, group_members, pid_alive
-from deploy.runtime_tls import RuntimeTls, ensure_runtime_tls
+from deploy.cluster.local_cluster import LocalCluster, free_port
+from deploy.flower import flwr_cli
+from deploy.flower.commands import superexec_cmd, superlink_cmd, supernode_cmd
+from deploy.flower.env import bin_dir, child_env
+from deploy.flower.health import https_ok
+from deploy.flower.logs import EXIT_SUPERNODE_CONNECTION_ERROR, flower_exit_code
+from deploy.flower.processes import ManagedProcess, ProcessFailed, group_members, pid_alive
+from deploy.flower.runtime_tls import RuntimeTls, ensure_runtime_tls
+from deploy.lab import launcher
 
 # -- the throwaway app --------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ import yaml
 from prometheus_tools import promtool
 
 from common.settings import SettingsError
-from deploy import compose_stack
-from deploy.compose_stack import StackSettings
-from deploy.local_cluster import free_port
+from deploy.cluster.local_cluster import free_port
+from deploy.containers import compose_stack
+from deploy.containers.compose_stack import StackSettings
 
 SITES = ["site-0", "site-1"]
 
@@ -108,7 +108,7 @@ def test_settings_are_checked_before_any_work(tmp_path) -> None:
 
 
 def test_the_image_pins_what_pyproject_pins() -> None:
-    """deploy/docker/requirements.txt (the image's dependency layer) is regenerated with
+    """deploy/containers/docker/requirements.txt (the image's dependency layer) is regenerated with
     scripts/image-requirements.py when a pin in pyproject.toml changes."""
     import tomllib
 
@@ -117,7 +117,8 @@ def test_the_image_pins_what_pyproject_pins() -> None:
 
     repo = Path(__file__).resolve().parent.parent
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
-    lines = (repo / "deploy" / "docker" / "requirements.txt").read_text().splitlines()
+    requirements = repo / "deploy" / "containers" / "docker" / "requirements.txt"
+    lines = requirements.read_text().splitlines()
     image = dict(line.split("==") for line in lines if line and not line.startswith("#"))
     for text in project["dependencies"]:
         req = Requirement(text)
@@ -148,10 +149,10 @@ def test_no_env_file_enters_the_image(tmp_path) -> None:
     repo = Path(__file__).resolve().parent.parent
     patterns = [line.strip() for line in (repo / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    files = [".env", ".env.local", ".env.example", "deploy/site/.env", "deploy/site/.env.example",
+    files = [".env", ".env.local", ".env.example", "deploy/lab/.env", "deploy/lab/.env.example",
              "tests/compose/.env.prod", "Dockerfile"]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x\n")
     kept = {p for p in exclude_paths(str(tmp_path), patterns) if p in files}
-    assert kept == {".env.example", "deploy/site/.env.example", "Dockerfile"}, kept
+    assert kept == {".env.example", "deploy/lab/.env.example", "Dockerfile"}, kept

@@ -25,9 +25,10 @@ from broken_datasets import (
     widen_state,
 )
 
-from deploy import site_launcher as launcher
 from deploy.cli import build_parser
-from supernode.dataset_checks import Expectation, check_dataset
+from deploy.lab import launcher
+from supernode.dataset_checks.check import check_dataset
+from supernode.dataset_checks.expectation import Expectation
 
 TOP = "observation.images.top"
 DATA = "data/chunk-000/file-000.parquet"

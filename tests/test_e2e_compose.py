@@ -46,7 +46,7 @@ from docker_tools import (
 )
 from prometheus_tools import query
 
-from deploy.local_cluster import free_port
+from deploy.cluster.local_cluster import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -70,7 +70,8 @@ RUN_CONFIG = (
 )
 LONG_LIVED = ["superlink", "coordinator-metrics", "superexec", "entry-proxy", *SITES,
               "prometheus", "grafana"]
-# Built by the test from deploy/docker/standins/ (zk0's own image is the session's zk0_image).
+# Built by the test from deploy/containers/docker/standins/ (zk0's own image is the session's
+# zk0_image).
 STAND_INS = ["entry-proxy", "prometheus"]
 # Grafana has no Debian package: the e2e stack runs everything else.
 E2E_SERVICES = ["init", "demo-data", "superlink", "coordinator-metrics", "superexec", "register",

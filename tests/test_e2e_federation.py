@@ -19,8 +19,8 @@ import pytest
 
 from common.norm_stats import merge_all
 from common.settings import NodeConfig
-from deploy.flower_logs import EXIT_SUPERNODE_CONNECTION_ERROR, flower_exit_code
-from deploy.local_cluster import LocalCluster
+from deploy.cluster.local_cluster import LocalCluster
+from deploy.flower.logs import EXIT_SUPERNODE_CONNECTION_ERROR, flower_exit_code
 
 REPO = Path(__file__).resolve().parent.parent
 SITES = 4

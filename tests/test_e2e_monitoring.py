@@ -3,9 +3,9 @@
 A LocalCluster (SuperLink, ``zk0 coordinator-metrics``, two authenticated SuperNodes with their
 metrics endpoints) runs 2 rounds of tiny SmolVLA. One site is configured for a GPU it does not
 have: it joins (stage 0 needs no device) and then fails every message. Prometheus runs the
-project's own config (deploy/prometheus/prometheus.yml, rendered for this cluster's ports, 1 s
-scrapes) and alert rules. The tests read Prometheus's HTTP API: every metric with its labels and
-values equal to the run report's, the failure in that site's series only, the alert rules
+project's own config (deploy/monitoring/prometheus/prometheus.yml, rendered for this cluster's
+ports, 1 s scrapes) and alert rules. The tests read Prometheus's HTTP API: every metric with its
+labels and values equal to the run report's, the failure in that site's series only, the alert rules
 loaded and the right one firing, every dashboard query returning data, and the SuperLink going
 down seen as such.
 """
@@ -22,10 +22,10 @@ import pytest
 from prometheus_tools import api, grafana_to_promql, query, require_prometheus, selectors
 
 from common.settings import NodeConfig
-from deploy import grafana_dashboards as gd
-from deploy.cluster_cli import announce_metrics
-from deploy.local_cluster import LocalCluster, free_port
-from deploy.metrics_export import GpuCollector
+from deploy.cluster.cli import announce_metrics
+from deploy.cluster.local_cluster import LocalCluster, free_port
+from deploy.monitoring import grafana_dashboards as gd
+from deploy.monitoring.metrics_export import GpuCollector
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTHY, BROKEN = "site-0", "lab-gpu"

@@ -1,5 +1,5 @@
-"""The labs' entry configuration (deploy/proxy/nginx.conf.template) and the repo's secrets: fast
-checks without a cluster (tests/test_shielded_cluster.py runs the proxy for real)."""
+"""The labs' entry configuration (deploy/coordinator/proxy/nginx.conf.template) and the repo's
+secrets: fast checks without a cluster (tests/test_shielded_cluster.py runs the proxy for real)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from certs import ensure_federation_certs
-from deploy.entry_proxy import TEMPLATE, EntryProxy, ProxyError, ProxySettings, render
+from deploy.coordinator.entry_proxy import TEMPLATE, EntryProxy, ProxyError, ProxySettings, render
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def test_no_private_key_or_generated_secret_is_tracked_by_git() -> None:
 
 
 def test_key_folders_zk0_owns_are_made_private_even_when_they_exist(tmp_path: Path) -> None:
-    from deploy.runtime_tls import ensure_runtime_tls
+    from deploy.flower.runtime_tls import ensure_runtime_tls
 
     folder = tmp_path / "runtime-tls"
     folder.mkdir(mode=0o755)

@@ -154,7 +154,7 @@ def _scrape(url: str) -> dict[tuple[str, frozenset], float]:
 
 
 def test_coordinator_exporter_sums_counters_over_processes_and_drops_dead_live_gauges(tmp_path):
-    from deploy.metrics_export import prepare_multiproc_dir, serve_coordinator
+    from deploy.monitoring.metrics_export import prepare_multiproc_dir, serve_coordinator
 
     folder = prepare_multiproc_dir(tmp_path / "mp", wipe=True)
     _write(folder, "1", finish=True)
@@ -176,8 +176,8 @@ def test_coordinator_exporter_sums_counters_over_processes_and_drops_dead_live_g
 
 
 def test_site_exporter_reports_its_processes_by_role_and_no_gpu_series_without_one(tmp_path):
-    from deploy.metrics_export import GpuCollector, prepare_multiproc_dir, serve_site
-    from deploy.processes import ManagedProcess
+    from deploy.flower.processes import ManagedProcess
+    from deploy.monitoring.metrics_export import GpuCollector, prepare_multiproc_dir, serve_site
 
     folder = prepare_multiproc_dir(tmp_path / "mp", wipe=True)
     _write(folder, "1", finish=True)

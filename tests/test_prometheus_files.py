@@ -1,4 +1,5 @@
-"""deploy/prometheus and deploy/grafana, checked by Prometheus's own tool and Grafana's shapes.
+"""deploy/monitoring/prometheus and deploy/monitoring/grafana, checked by Prometheus's own tool
+and Grafana's shapes.
 
 ``promtool check config`` / ``check rules`` / ``test rules`` on the project's files, the config
 rendered for a cluster's ports, and every dashboard query parsed by promtool (as recording rules
@@ -13,11 +14,11 @@ from pathlib import Path
 import yaml
 from prometheus_tools import promtool
 
-from deploy import grafana_dashboards as gd
-from deploy.prometheus_server import CONFIG, PROMETHEUS_DIR, render_config, write_config
+from deploy.monitoring import grafana_dashboards as gd
+from deploy.monitoring.prometheus_server import CONFIG, PROMETHEUS_DIR, render_config, write_config
 
 REPO = Path(__file__).resolve().parent.parent
-GRAFANA = REPO / "deploy" / "grafana"
+GRAFANA = REPO / "deploy" / "monitoring" / "grafana"
 
 
 def _ok(proc) -> None:
@@ -73,8 +74,8 @@ def test_dashboards_are_the_generated_json_and_grafana_provisioning_shaped():
     for path in files:
         text = path.read_text()
         assert text == gd.render(gd.DASHBOARDS[path.name]), (
-            f"{path} differs from deploy/grafana_dashboards.py: run "
-            "python -m deploy.grafana_dashboards")
+            f"{path} differs from deploy/monitoring/grafana_dashboards.py: run "
+            "python -m deploy.monitoring.grafana_dashboards")
         board = json.loads(text)
         assert board["uid"] not in uids and board["title"] and board["schemaVersion"] >= 36
         uids.add(board["uid"])

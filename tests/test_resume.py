@@ -208,8 +208,8 @@ def test_e2e_serverapp_killed_by_pid_and_resumed_on_the_same_cluster(
     """Real SuperLink, SuperExecs and SuperNodes over TLS: the ServerApp process is killed by
     PID once round 2's checkpoint is on disk; a second ``flwr run`` with resume-from finishes
     rounds 3-4 and ends with the uninterrupted (in-process) run's held-out MSE."""
-    from deploy import flwr_cli
-    from deploy.local_cluster import LocalCluster
+    from deploy.cluster.local_cluster import LocalCluster
+    from deploy.flower import flwr_cli
 
     repo = Path(__file__).resolve().parent.parent
     nodes = [NodeConfig(site_name=f"site-{i}", dataset_root=str(demo_root / f"site-{i}"),

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import ArrayRecord
 from safetensors.numpy import load_file
 
 from common import codec
 from common.protocol import CODEC, CONFIG, RoundInstructions
 from common.settings import RunConfig
 from harness.inprocess_grid import FIRST_NODE_ID, run_inprocess
-from superlink.strategy.node_selection import select_nodes
+from superlink.strategy import make_strategy
 
 SITES = [f"site-{i}" for i in range(4)]
 ROUNDS = 3
@@ -86,9 +87,11 @@ def test_fraction_train_asks_the_seeded_half_of_the_sites(twin_runs):
         def get_node_ids(self):
             return list(sites)
 
+    run = RunConfig.with_overrides(RUN)
+    strategy = make_strategy(run, ArrayRecord(), sites)  # the selection step the ServerApp runs
     for run_dir, seen, _ in twin_runs:
         for r in range(1, ROUNDS + 1):
-            expected = {sites[n] for n in select_nodes(Connected(), sites, 0.5, 5, r)}
+            expected = {sites[n] for n in strategy.select_nodes(Connected(), r, run.fraction_train)}
             assert len(expected) == 2
             assert {e["site"] for e in seen if e["type"] == "train" and e["round"] == r} == expected
             entry = _round(run_dir, r)

@@ -32,11 +32,11 @@ import pytest
 from certs import ensure_federation_certs, make_site_key
 from common import signing
 from common.settings import NodeConfig
-from deploy import site_registry
 from deploy.cli import main as zk0
-from deploy.flower_logs import EXIT_SUPERNODE_CONNECTION_ERROR, flower_exit_code
-from deploy.local_cluster import LocalCluster, RunResult
-from deploy.processes import ManagedProcess
+from deploy.cluster.local_cluster import LocalCluster, RunResult
+from deploy.coordinator import site_registry
+from deploy.flower.logs import EXIT_SUPERNODE_CONNECTION_ERROR, flower_exit_code
+from deploy.flower.processes import ManagedProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SITES = ["site-0", "site-1", "site-2"]

@@ -1,4 +1,4 @@
-"""The site operator's container: ``zk0 site-container`` and ``deploy/site/docker-compose.yml``.
+"""The site operator's container: ``zk0 site-container`` and ``deploy/lab/docker-compose.yml``.
 
 Without an engine: the checks before anything starts (each refusal names its path or value)
 and the container spec built from the settings (mounts, key copy, user, GPU request, restart
@@ -26,15 +26,15 @@ import pytest
 from docker_tools import clean_env, compose_cmd, remove_labelled, require_compose
 
 from certs import ensure_federation_certs, make_site_key
-from deploy import site_container as sc
-from deploy import site_container_spec as spec
 from deploy.cli import build_parser
 from deploy.cli import main as zk0
-from deploy.site_launcher import SiteConfigError, SiteSettings
+from deploy.containers import site_container as sc
+from deploy.containers import site_container_spec as spec
+from deploy.lab.launcher import SiteConfigError, SiteSettings
 
 REPO = Path(__file__).resolve().parent.parent
-COMPOSE = REPO / "deploy" / "site" / "docker-compose.yml"
-CPU_OVERRIDE = REPO / "deploy" / "site" / "docker-compose.cpu.yml"
+COMPOSE = REPO / "deploy" / "lab" / "docker-compose.yml"
+CPU_OVERRIDE = REPO / "deploy" / "lab" / "docker-compose.cpu.yml"
 
 
 @pytest.fixture(scope="module")
@@ -299,13 +299,13 @@ def _compose_config(env_file: Path, *files: Path) -> subprocess.CompletedProcess
 
 
 def test_every_default_image_tag_is_the_same() -> None:
-    """deploy/site, the coordinator's stack and the .env.example files name one tag."""
+    """deploy/lab, the coordinator's stack and the .env.example files name one tag."""
     tags = {
         "site_container_spec.DEFAULT_IMAGE": spec.DEFAULT_IMAGE,
         **{str(f.relative_to(REPO)): re.search(r"\$\{ZK0_IMAGE:-([^}]+)\}", f.read_text())[1]
            for f in (COMPOSE, REPO / "docker-compose.yml")},
         **{str(f.relative_to(REPO)): re.search(r"^ZK0_IMAGE=(\S+)$", f.read_text(), re.M)[1]
-           for f in (REPO / "deploy" / "site" / ".env.example", REPO / ".env.example")},
+           for f in (REPO / "deploy" / "lab" / ".env.example", REPO / ".env.example")},
     }
     assert set(tags.values()) == {spec.DEFAULT_IMAGE}, tags
 
@@ -315,7 +315,7 @@ def test_compose_file_renders_and_describes_the_same_container(federation, datas
     require_compose()
     certs, key, _ = federation
     env_file = tmp_path / ".env"
-    env_file.write_text((REPO / "deploy" / "site" / ".env.example").read_text())
+    env_file.write_text((REPO / "deploy" / "lab" / ".env.example").read_text())
     with env_file.open("a") as f:
         f.write(f"ZK0_CA_FILE={certs.ca_cert}\nZK0_COORDINATOR_PUB_FILE={certs.coordinator_pub}"
                 f"\nZK0_KEY_FILE={key}\nZK0_DATASET_DIR={dataset}\nZK0_IMAGE=zk0:test\n"
@@ -366,7 +366,7 @@ SITE = f"lab-{os.getpid()}"
 def link(tmp_path_factory: pytest.TempPathFactory, nginx: str):
     """A real TLS SuperLink behind its entry proxy on 127.0.0.1, no sites yet; this site's key
     registered under its name."""
-    from deploy.local_cluster import LocalCluster
+    from deploy.cluster.local_cluster import LocalCluster
 
     work = tmp_path_factory.mktemp("site-container-link")
     cluster = LocalCluster(REPO, [], work, proxy=True, echo_run=False, workers=False,
@@ -416,8 +416,8 @@ def test_site_container_refuses_a_broken_dataset_then_joins_with_a_good_one(
     import docker
     from docker.errors import NotFound
 
-    from deploy import flwr_cli
-    from deploy.local_cluster import free_port
+    from deploy.cluster.local_cluster import free_port
+    from deploy.flower import flwr_cli
 
     cluster, key, node_id = link
     good, broken = lab_data

@@ -185,8 +185,8 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory) -> Iterator[dict[str, Path]]:
-    from deploy.flower_env import child_env
-    from deploy.site_worker import WorkerSupervisor, socket_path, stop_all
+    from deploy.flower.env import child_env
+    from deploy.lab.worker_supervisor import WorkerSupervisor, socket_path, stop_all
 
     root = tmp_path_factory.mktemp("workers")
     supervisors = {

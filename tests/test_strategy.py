@@ -17,7 +17,6 @@ from common.protocol import ARRAYS, CODEC, METRICS, NORM_STATS, SiteReport
 from common.settings import RunConfig
 from harness.inprocess_grid import server_context
 from superlink.strategy import TRAIN, make_strategy
-from superlink.strategy.node_selection import select_nodes
 
 SHAPES = {"a.weight": (8, 4), "a.bias": (8,), "b.weight": (3, 8)}
 SITES = {101: "s0", 202: "s1", 303: "s2"}
@@ -204,15 +203,21 @@ def test_wrong_wire_dtype_and_tampered_bytes_are_refused():
     assert "wire dtype" in reasons["s0"] and "SHA-256" in reasons["s1"]
 
 
+def _asked(grid, sites, fraction, seed, server_round):
+    """The sites a zk0 strategy asks in ``server_round`` (its overridable selection step)."""
+    run = RunConfig.with_overrides({"seed": seed, "min-sites": 1})
+    return make_strategy(run, ArrayRecord(), sites).select_nodes(grid, server_round, fraction)
+
+
 def test_node_selection_is_seeded_and_ordered_by_site_name():
     sites = {9000 + i: f"site-{i}" for i in range(8)}
     grid = Nodes(reversed(list(sites)))
-    picks = {r: select_nodes(grid, sites, 0.5, seed=7, server_round=r) for r in range(1, 6)}
+    picks = {r: _asked(grid, sites, 0.5, seed=7, server_round=r) for r in range(1, 6)}
     assert all(len(p) == 4 for p in picks.values())
-    assert picks == {r: select_nodes(Nodes(sites), sites, 0.5, 7, r) for r in range(1, 6)}
+    assert picks == {r: _asked(Nodes(sites), sites, 0.5, 7, r) for r in range(1, 6)}
     assert len({tuple(p) for p in picks.values()}) > 1, "every round picked the same sites"
-    other_seed = {r: select_nodes(grid, sites, 0.5, seed=8, server_round=r) for r in range(1, 6)}
+    other_seed = {r: _asked(grid, sites, 0.5, seed=8, server_round=r) for r in range(1, 6)}
     assert other_seed != picks
-    assert select_nodes(grid, sites, 1.0, 7, 1) == sorted(sites, key=sites.get)
+    assert _asked(grid, sites, 1.0, 7, 1) == sorted(sites, key=sites.get)
     # nodes that did not join at stage 0 are never asked
-    assert set(select_nodes(Nodes([*sites, 1234]), sites, 1.0, 7, 1)) == set(sites)
+    assert set(_asked(Nodes([*sites, 1234]), sites, 1.0, 7, 1)) == set(sites)

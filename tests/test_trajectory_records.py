@@ -131,8 +131,8 @@ def _instructions():
 
 
 def test_a_lab_turns_sharing_off_at_its_launcher(tmp_path, monkeypatch):
-    from deploy import site_launcher as launcher
     from deploy.cli import build_parser
+    from deploy.lab import launcher
 
     monkeypatch.chdir(tmp_path)  # no stray .env
     for var in ("ZK0_SHARE_TRAJECTORIES", "ZK0_LOG_LEVEL"):

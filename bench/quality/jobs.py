@@ -67,7 +67,7 @@ def _federated_inprocess(job: Job) -> dict[str, Any]:
 
 
 def _federated_cluster(job: Job) -> dict[str, Any]:
-    from deploy.cluster_cli import run_cluster
+    from deploy.cluster.cli import run_cluster
 
     run = run_config(job.study, job.variant, job.seed)
     overrides = {k: v for k, v in run.to_flwr().items() if k != "output-dir"}

@@ -157,7 +157,7 @@ def parse_variant(text: str) -> Variant:
 
 def node_configs(study: Study) -> list[dict[str, Any]]:
     """The sites' node configs, exactly as ``zk0 cluster`` builds them for the cluster."""
-    from deploy.cluster_cli import site_configs
+    from deploy.cluster.cli import site_configs
 
     nodes = site_configs(Path(study.data_dir), study.sites, study.eval_episodes,
                          study.torch_threads)

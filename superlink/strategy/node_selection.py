@@ -53,22 +53,6 @@ def wait_for_sites(
     return nodes
 
 
-def select_nodes(
-    grid: Grid,
-    sites: Mapping[int, str],
-    fraction: float,
-    seed: int,
-    server_round: int,
-    wait_for: int = 1,
-    timeout: float | None = None,
-) -> list[int]:
-    """``max(1, int(fraction * connected))`` of the connected sites, the same ones for the
-    same inputs, once at least ``wait_for`` of the federation's sites are connected or
-    ``timeout`` seconds have passed (then of those connected; none if none is)."""
-    nodes = wait_for_sites(grid, sites, wait_for, timeout)
-    return sample_sites(nodes, sites, fraction, seed, server_round)
-
-
 def sample_sites(
     nodes: list[int], sites: Mapping[int, str], fraction: float, seed: int, server_round: int
 ) -> list[int]:
