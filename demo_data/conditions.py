@@ -29,7 +29,8 @@ import numpy as np
 Scenario = Literal["four-tasks", "shared-tasks"]
 SCENARIOS: tuple[Scenario, ...] = ("four-tasks", "shared-tasks")
 
-# Each lab has its own table and lighting in the four-tasks scenario (one per archetype).
+# Each lab has its own table and lighting in the four-tasks scenario: one per task archetype
+# (demo_data.tasks.PLANNERS, which checks the two lists have the same length).
 TABLES: list[tuple[int, int, int]] = [
     (190, 165, 130),
     (160, 165, 175),
@@ -98,10 +99,8 @@ class SiteConditions:
 
 def site_conditions(site_index: int, scenario: Scenario, seed: int) -> SiteConditions:
     """The conditions of site ``site_index`` in ``scenario`` (same inputs, same conditions)."""
-    from demo_data.tasks import archetype
-
     if scenario == "four-tasks":
-        kind = archetype(site_index)
+        kind = site_index % len(TABLES)  # one table per archetype: they repeat alike
         return SiteConditions(archetype=kind, table=TABLES[kind])
     if scenario != "shared-tasks":
         raise ValueError(f"scenario {scenario!r}: expected one of {list(SCENARIOS)}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from demo_data.conditions import SiteConditions
+from demo_data.conditions import TABLES, SiteConditions
 from demo_data.kinematics import HOME
 
 SITE_TASKS: list[str] = [
@@ -140,6 +140,9 @@ PLANNERS: list[Callable[[np.random.Generator, SiteConditions], Plan]] = [
     _plan_push,
     _plan_drawer,
 ]
+
+
+assert len(PLANNERS) == len(TABLES), "one table per archetype (demo_data.conditions.TABLES)"
 
 
 def archetype(site_index: int) -> int:
