@@ -36,6 +36,8 @@ from bench.quality.variants import (
 from bench.results import machine_info
 from common import atomic
 
+SCHEMA = 2  # quality.json's layout: per scenario, references and curves
+
 
 def ensure_data(data_dir: Path, spec) -> list[Path]:
     """Generate the demo sites once per study; regenerate only if the spec changed."""
@@ -155,7 +157,7 @@ def run_quality(
         }
         _give_runs_their_references(mine)
     report = {
-        "schema": 2,
+        "schema": SCHEMA,
         "command": command,
         "config": {"seeds": list(seeds), "engine": engine, "sites": sites,
                    "batch_size": batch_size, "eval_samples": eval_samples,
@@ -208,8 +210,9 @@ def run(ctx) -> list:
     from bench.results import Metric, Section
 
     stored = RESULTS_DIR / JSON_NAME
-    if stored.is_file():
-        report, note = json.loads(stored.read_text()), f"stored {stored.name}"
+    report = json.loads(stored.read_text()) if stored.is_file() else {}
+    if report.get("schema") == SCHEMA:
+        note = f"stored {stored.name}"
     else:
         import tempfile
 
