@@ -197,7 +197,8 @@ def _hold(prometheus) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``zk0 cluster`` flags (the parser itself is made by :mod:`deploy.cli`)."""
-    p.add_argument("--sites", type=int, default=4)
+    p.add_argument("--sites", type=int, default=4,
+                   help="SuperNodes (sites) to start, each with its own dataset and key")
     p.add_argument("--work-dir", type=Path, default=Path(".zk0/cluster"),
                    help="certs, SuperLink state, logs and runs (default: .zk0/cluster)")
     p.add_argument("--data-dir", type=Path, default=None,
