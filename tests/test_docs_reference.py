@@ -73,11 +73,15 @@ def test_the_run_and_node_config_references_list_every_model_field_in_kebab_case
 
 
 def test_the_supernode_settings_name_their_flag_and_variable():
-    rows = _rows(reference.supernode_settings())
-    assert rows["superlink"].startswith("| `superlink` | `--superlink` | `ZK0_SUPERLINK` |")
-    assert "| `--no-worker` |" in rows["worker"]
-    assert "| (none) | `ZK0_STARTUP_TIMEOUT` |" in rows["startup_timeout"]
-    assert "| `9094` |" in rows["runtime_port"] and "≥ 1, ≤ 65535" in rows["runtime_port"]
+    markdown = reference.supernode_settings()
+    rows = {m[1]: m[0] for m in re.finditer(r"^\|.*?`(ZK0_[A-Z_]+)`.*$", markdown, re.M)}
+    from deploy.lab.launcher import SiteSettings
+
+    assert set(rows) == {f"ZK0_{name.upper()}" for name in SiteSettings.model_fields}
+    assert rows["ZK0_SUPERLINK"].startswith("| `--superlink`<br>`ZK0_SUPERLINK`")
+    assert rows["ZK0_WORKER"].startswith("| `--no-worker`<br>")
+    assert rows["ZK0_STARTUP_TIMEOUT"].startswith("| (no flag)<br>")
+    assert "| `9094` |" in rows["ZK0_RUNTIME_PORT"] and "≥ 1, ≤ 65535" in rows["ZK0_RUNTIME_PORT"]
 
 
 def test_the_flag_help_is_the_settings_description():

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -38,15 +37,6 @@ PAGES = {
     "reference": ("reference/run-config/", "../node-config/", "Node config"),
     "explanation": ("explanation/architecture/", "../security-model/", "Security model"),
 }
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing; test.sh installs Debian's package when run as root")
-        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
-    return found
 
 
 def build_site(out: Path) -> subprocess.CompletedProcess:
@@ -199,8 +189,8 @@ class Browser:
 
 
 @pytest.fixture(scope="module")
-def browser(server, tmp_path_factory):
-    b = Browser(_chromium(), tmp_path_factory.mktemp("profile"))
+def browser(server, chromium, tmp_path_factory):
+    b = Browser(chromium, tmp_path_factory.mktemp("profile"))
     yield b
     b.close()
 

@@ -45,11 +45,14 @@ PYPROJECT = REPO / "pyproject.toml"
 # -- Markdown ----------------------------------------------------------------------------------
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+_MD_SPECIAL_BUT_CODE = re.compile(r"([\\*_\[\]|#])")
 
 
-def text(value: str) -> str:
-    """Plain text (a help string, a description) as Markdown that renders it unchanged."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(" ".join(value.split()), quote=False))
+def text(value: str, *, code_spans: bool = False) -> str:
+    """Plain text (a help string, a description) as Markdown that renders it unchanged; with
+    ``code_spans`` its `backticks` stay code (the alert rules' annotations use them)."""
+    special = _MD_SPECIAL_BUT_CODE if code_spans else _MD_SPECIAL
+    return special.sub(r"\\\1", html.escape(" ".join(value.split()), quote=False))
 
 
 def code(value: object) -> str:
@@ -127,6 +130,8 @@ def field_default(field: FieldInfo, render: Callable[[Any], str]) -> str:
     value = field.get_default(call_default_factory=True)
     if value is None or value == {}:
         return "(see description)"
+    if value == "":
+        return code('""') if render is toml_value else "(empty)"
     return code(render(value))
 
 
@@ -266,20 +271,21 @@ def commands_reference() -> str:
 
 
 def settings_table(model: type[BaseModel], parser: argparse.ArgumentParser) -> str:
-    """A pydantic-settings model: setting, flag (from ``parser``), variable, type, default,
-    description."""
+    """A pydantic-settings model: its flag (from ``parser``) and variable, type, default and
+    description, one row per setting."""
     flags = {a.dest: a for a in flag_actions(parser) if a.option_strings}
     prefix = model.model_config.get("env_prefix", "")
     rows = []
     for name, field in model.model_fields.items():
         action = flags.get(name)
-        flag = code(action.option_strings[-1]) if action is not None else "(none)"
+        flag = code(action.option_strings[-1]) if action is not None else "(no flag)"
+        variable = f"{prefix}{name.upper()}"
         rows.append([
-            code(name), flag, code(f"{prefix}{name.upper()}"), type_name(field.annotation),
+            f"{flag}<br>{code(variable)}{{ #{variable.lower()} }}", type_name(field.annotation),
             field_default(field, env_value),
             " ".join(filter(None, [text(field.description or ""), constraints(field)])),
         ])
-    return table(["setting", "flag", "variable", "type", "default", "description"], rows)
+    return table(["flag, variable", "type", "default", "description"], rows)
 
 
 def supernode_settings() -> str:
@@ -378,7 +384,9 @@ def alerts() -> str:
         out.append(f"### {rule['alert']}\n")
         out.append(f"**Severity** {code(severity)} · **fires after** "
                    f"{code(pending) if pending else 'the first evaluation that matches'}\n")
-        out.append(f"{text(notes.get('summary', ''))}. {text(notes.get('description', ''))}\n")
+        summary, description = (text(notes.get(k, ""), code_spans=True)
+                                for k in ("summary", "description"))
+        out.append(f"{summary}. {description}\n")
         out.append(f"```promql\n{rule['expr'].strip()}\n```\n")
     return "\n".join(out)
 
