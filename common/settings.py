@@ -430,7 +430,11 @@ class NodeConfig(_Strict):
         2, ge=1, description="Whole episodes held out for evaluation (a seeded choice)",
     )
     split_seed: int = Field(0, description="Seed of the held-out episodes' choice")
-    device: str = Field("auto", description="Torch device: auto, cpu, cuda, cuda:N or mps")
+    device: str = Field(
+        "auto",
+        description="Torch device: auto (cuda when available, else mps, else cpu), cpu, cuda, "
+        "cuda:N or mps",
+    )
     video_backend: str = Field("pyav", description="LeRobot's video decoding backend")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     torch_threads: int = Field(0, ge=0, description="Torch CPU threads (0 = all cores)")

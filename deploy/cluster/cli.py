@@ -36,8 +36,8 @@ from deploy.monitoring.metrics_export import COORDINATOR_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 # The offline demo: tiny SmolVLA on the generated SO-100 data. From the learning-quality study
-# (README): more rounds of fewer local steps learn more per step on heterogeneous sites; 10
-# rounds keep the demo to ~10 minutes on 2 CPU cores.
+# (docs/explanation/how-it-learns.md): more rounds of fewer local steps learn more per step on
+# heterogeneous sites; 10 rounds keep the demo to ~10 minutes on 2 CPU cores.
 DEMO_OVERRIDES: dict[str, Any] = {
     "policy": "smolvla-tiny",
     "num-server-rounds": 10,

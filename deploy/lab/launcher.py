@@ -119,7 +119,9 @@ class SiteSettings(BaseSettings):
     dataset_repo_id: str = Field(
         "", description="Dataset repo id on the Hub, when there is no local dataset root")
     eval_episodes: int = Field(2, description="Whole episodes held out for evaluation")
-    device: str = Field("auto", description="Torch device: auto, cpu, cuda, cuda:N or mps")
+    device: str = Field(
+        "auto", description="Torch device: auto (cuda when available, else mps, else cpu), cpu, "
+        "cuda, cuda:N or mps")
     split_seed: int | None = Field(
         None, description="Seed of the train/held-out episode split (default: the node "
         "config's)")
