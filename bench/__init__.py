@@ -1,6 +1,6 @@
 """zk0 benchmarks: bytes on the wire, codec speed and aggregation speed, against references.
 
-Run the default set (about a minute on 2 CPU cores, 7 GB peak RSS; README, Benchmarks)::
+Run the default set (about a minute on 2 CPU cores, 7 GB peak RSS; docs/explanation/benchmarks.md)::
 
     HF_HUB_OFFLINE=1 python -m bench            # results in bench/results/results.{json,md}
     HF_HUB_OFFLINE=1 python -m bench --quick    # the tiny preset: seconds, for a smoke check

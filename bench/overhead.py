@@ -46,7 +46,7 @@ REFERENCE_ROUND_SECONDS = 140.0
 ALONE_GOAL_SECONDS = 4.0  # goal: a one-site 2-step round
 OVERHEAD_GOAL = 0.15  # goal: overhead share of a 50-step round, 4 sites on 2 cores
 ROUNDS = 3  # round 1 also evaluates the initial model; rounds 2..3 only train
-STEPS = 50  # local steps of the measured round (the results in the README are at 50)
+STEPS = 50  # local steps of the measured round (docs/explanation/benchmarks.md: at 50)
 IDLE_SECONDS = 60.0
 
 

@@ -74,27 +74,77 @@ class _Strict(BaseModel):
 
 
 class RunConfig(_Strict):
-    """The federation's run config (``[tool.flwr.app.config]``); every key documented in README."""
+    """The federation's run config (``[tool.flwr.app.config]``, overridden with ``flwr run -c``).
+
+    Every field's ``description`` is its documentation: the manual's run-config reference is
+    generated from this model (``docs/gen/``), and a test fails on a field without one. The
+    defaults a run gets are pyproject.toml's values; the ones here apply only where a key is
+    absent (tests, the in-process harness).
+    """
 
     # Federation
-    num_server_rounds: int = Field(20, ge=1)
-    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
-    min_sites: int = Field(2, ge=1)
-    round_timeout: float = Field(3600.0, ge=0.0)  # seconds; 0 = wait forever
-    # The ServerApp's wait between polls for replies: min right after sending, growing x1.5
-    # to max while it waits (superlink.polling)
-    poll_min_seconds: float = Field(0.2, gt=0.0, le=60.0)
-    poll_max_seconds: float = Field(1.0, gt=0.0, le=60.0)
-    # Defaults measured on the heterogeneous demo sites (README, "Learning quality").
-    strategy: StrategyName = "fedavgm"
-    proximal_mu: float = Field(0.0, ge=0.0)  # the sites' FedProx term, with any strategy
-    server_momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    server_lr: float = Field(2.0, gt=0.0)
-    # SCAFFOLD: where the sites apply the control-variate correction (c - c_i): "decoupled" =
-    # w -= lr * (c - c_i) after each optimizer step (any local optimizer), "gradient" = added
-    # to the gradient before the optimizer (the paper's form; its guarantees are for sgd).
-    scaffold_correction: Literal["decoupled", "gradient"] = "decoupled"
-    fedexp_epsilon: float = Field(1e-3, ge=0.0)  # FedExP's step-size denominator guard
+    num_server_rounds: int = Field(
+        20, ge=1,
+        description="Federated rounds. The default schedule, 40 rounds x 25 local steps, "
+        "averages often because averaging often fights client drift (see How it learns)",
+    )
+    fraction_train: float = Field(
+        1.0, gt=0.0, le=1.0, description="Fraction of the connected sites sampled each round",
+    )
+    min_sites: int = Field(
+        2, ge=1, description="Sites that must be connected before stage 0 and before every round",
+    )
+    round_timeout: float = Field(
+        3600.0, ge=0.0,
+        description="Seconds a round waits for replies (0 = forever). Late sites are recorded "
+        "as failures (kind timeout), and the round's messages expire then: a late site never "
+        "starts work the round no longer waits for (with 0, Flower's default message TTL of "
+        "12 h applies). There is no separate TTL or retry key",
+    )
+    poll_min_seconds: float = Field(
+        0.2, gt=0.0, le=60.0,
+        description="The ServerApp's first wait between reply polls after sending; each wait "
+        "grows x1.5 up to poll-max-seconds",
+    )
+    poll_max_seconds: float = Field(
+        1.0, gt=0.0, le=60.0,
+        description="The longest wait between the ServerApp's reply polls (at least "
+        "poll-min-seconds)",
+    )
+    # Defaults measured on the heterogeneous demo sites (the manual's Benchmarks, 4).
+    strategy: StrategyName = Field(
+        "fedavgm",
+        description="The aggregation strategy: Flower's fedavgm, fedprox, fedavg, fedadam, "
+        "fedyogi, fedadagrad over zk0's codec and update checks; zk0's drift corrections "
+        "scaffold (control variates), fedexp (extrapolated server step), fedprox-decoupled "
+        "(proximal pull outside AdamW); diloco (outer Nesterov momentum on the sites' mean "
+        "update, needs server-momentum > 0). See How it learns for which one when",
+    )
+    proximal_mu: float = Field(
+        0.0, ge=0.0,
+        description="The FedProx term every site adds to its loss, with any strategy: "
+        "(mu/2)·||w - w_global||² over the trainable parameters. With fedprox-decoupled it is "
+        "a pull rate per unit of lr instead (e.g. 10) and must be > 0",
+    )
+    server_momentum: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="FedAvgM's server momentum (and DiLoCo's outer Nesterov momentum)",
+    )
+    server_lr: float = Field(
+        2.0, gt=0.0,
+        description="The server step. FedAvgM: a multiple of the sites' weighted mean update "
+        "(2.0 = twice it); FedAdam/FedYogi/FedAdagrad: their eta, at most 0.1 (e.g. 0.01); "
+        "DiLoCo: the outer learning rate (published: 0.7)",
+    )
+    scaffold_correction: Literal["decoupled", "gradient"] = Field(
+        "decoupled",
+        description="Where SCAFFOLD's correction c - c_i is applied at the sites: decoupled = "
+        "w -= lr·(c - c_i) after each optimizer step (any local optimizer); gradient = added to "
+        "the gradient before the optimizer (the paper's form, whose guarantees are for SGD)",
+    )
+    fedexp_epsilon: float = Field(
+        1e-3, ge=0.0, description="FedExP: guard of the extrapolated step's denominator",
+    )
     server_tau: float = Field(
         1e-3, gt=0.0, le=1.0,
         description="FedAdam/FedYogi/FedAdagrad: the adaptivity tau added to the root of the "
@@ -102,33 +152,81 @@ class RunConfig(_Strict):
         "about server-lr per round whatever its update",
     )
     # Policy
-    policy: str = "smolvla"
-    pretrained_path: str = ""  # "" = the preset default (smolvla: lerobot/smolvla_base)
-    policy_options: str = ""  # JSON object of the LeRobot policy config's own fields
+    policy: str = Field(
+        "smolvla",
+        description="smolvla (fine-tune lerobot/smolvla_base), smolvla-tiny (the offline "
+        "preset: the same SmolVLAPolicy class with a tiny SmolVLM made in code), "
+        "smolvla-random (the real architecture with random weights), or any LeRobot policy "
+        "type by name",
+    )
+    pretrained_path: str = Field(
+        "",
+        description="Checkpoint to start from (\"\" = the preset's default; smolvla: "
+        "lerobot/smolvla_base)",
+    )
+    policy_options: str = Field(
+        "",
+        description="JSON object of the LeRobot policy config's own fields, e.g. "
+        "'{\"chunk_size\": 20}'; checked against the config class before any site is contacted",
+    )
     # Local training
-    local_steps: int = Field(50, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(0.0, ge=0.0)  # 0.0 = the policy preset's learning rate
-    lr_scheduler: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    optimizer_state: Literal["keep", "reset"] = "keep"  # a site's AdamW moments across rounds
-    # the sites' optimizer: the policy preset's AdamW, or SGD without/with momentum 0.9
-    local_optimizer: LocalOptimizer = "adamw"
+    local_steps: int = Field(50, ge=1, description="Optimizer steps per site per round")
+    batch_size: int = Field(8, ge=1, description="Training batch size at each site")
+    lr: float = Field(
+        0.0, ge=0.0,
+        description="Peak learning rate (0 = the policy preset's: 1e-4 for SmolVLA, 3e-3 for "
+        "the tiny preset)",
+    )
+    lr_scheduler: Literal["cosine", "constant"] = Field(
+        "cosine",
+        description="Learning-rate schedule over the whole federated run's global step "
+        "(cosine decays to 10 % of the peak)",
+    )
+    warmup_steps: int = Field(0, ge=0, description="Warm-up steps of the learning-rate schedule")
+    optimizer_state: Literal["keep", "reset"] = Field(
+        "keep",
+        description="keep: each site carries its AdamW moments from round to round (in its "
+        "state-dir); reset: a fresh optimizer every round",
+    )
+    local_optimizer: LocalOptimizer = Field(
+        "adamw",
+        description="The sites' optimizer: adamw (the policy preset's), sgd, or sgdm (momentum "
+        "0.9); sgd and sgdm need an explicit lr",
+    )
     # Exchange
-    wire_dtype: WireDtype = "float16"
+    wire_dtype: WireDtype = Field(
+        "float16",
+        description="Dtype of the weights and updates on the wire (bfloat16 travels as uint16 "
+        "bits); the server keeps full-precision weights, so rounding never accumulates",
+    )
     # Evaluation
-    eval_every: int = Field(1, ge=1)
-    eval_samples: int = Field(64, ge=1)
-    eval_batch_size: int = Field(16, ge=1)
-    seed: int = 0
-    # Per-joint trajectory plots: every k-th evaluated model (and the final one); 0 = off
-    trajectory_every: int = Field(1, ge=0)
-    trajectory_frames: int = Field(300, ge=2, le=3000)  # first frames of the fixed episode
-    # Bad data: a site skips samples it cannot read (a video stretch that no longer decodes, a
-    # truncated file) and fails its round only past this share of the samples it meant to read.
-    max_bad_sample_share: float = Field(0.1, ge=0.0, lt=1.0)
-    # Personalization: after the last round each site fine-tunes the final global model on its
-    # own training episodes and keeps the result (supernode.personalization)
+    eval_every: int = Field(
+        1, ge=1, description="Evaluate the global model every k rounds (always after the last)",
+    )
+    eval_samples: int = Field(
+        64, ge=1, description="Held-out frames per site (the same frames every round)",
+    )
+    eval_batch_size: int = Field(16, ge=1, description="Batch size of the held-out evaluation")
+    seed: int = Field(
+        0,
+        description="Seed of the batches, the evaluation frames and the flow-matching noise; "
+        "every round is seeded from (seed, round, site)",
+    )
+    trajectory_every: int = Field(
+        1, ge=0,
+        description="Per-joint plots of the starting model, every k-th evaluated model and the "
+        "final one (0 = off)",
+    )
+    trajectory_frames: int = Field(
+        300, ge=2, le=3000,
+        description="Plot the first N frames of each site's fixed held-out episode",
+    )
+    max_bad_sample_share: float = Field(
+        0.1, ge=0.0, lt=1.0,
+        description="Share of a round's planned samples a site may skip as unreadable (a video "
+        "stretch that no longer decodes, a truncated file) before its step fails with "
+        "BadDataError (0 = any unreadable sample is an error)",
+    )
     personalize_steps: int = Field(
         0, ge=0,
         description="Steps each site fine-tunes the final global model on its own training "
@@ -142,18 +240,46 @@ class RunConfig(_Strict):
         "federated schedule ended at: 10 % of the peak with the cosine schedule)",
     )
     # Outputs
-    output_dir: str = "runs"
-    keep_checkpoints: int = Field(0, ge=0)  # 0 = keep every round's checkpoint
-    # Experiment tracking (optional extra `zk0[tracking]`); the API key only from WANDB_API_KEY
-    tracking: Literal["none", "wandb"] = "none"
-    wandb_project: str = "zk0"
-    wandb_entity: str = ""  # "" = the API key's default entity
-    # Faults and resume (README, "Failure handling")
-    join_timeout: float = Field(3600.0, ge=0.0)  # s to wait for min-sites; 0 = wait forever
-    min_replies: int = Field(1, ge=1)  # usable train replies a round needs to move the model
-    max_failed_rounds: int = Field(3, ge=1)  # failed rounds in a row that end the run
-    max_update_norm_ratio: float = Field(10.0, ge=0.0)  # x the round's median norm; 0 = off
-    resume_from: str = ""  # a run folder: continue it from its last completed round
+    output_dir: str = Field(
+        "runs", description="Where run folders go (on the SuperLink host)",
+    )
+    keep_checkpoints: int = Field(
+        0, ge=0, description="Keep only the newest k round checkpoints (0 = all)",
+    )
+    tracking: Literal["none", "wandb"] = Field(
+        "none",
+        description="none, or wandb: Weights & Biases from the SuperLink (pip install "
+        "'zk0[tracking]'; the API key only from WANDB_API_KEY)",
+    )
+    wandb_project: str = Field("zk0", description="The W&B project")
+    wandb_entity: str = Field(
+        "", description="The W&B entity (\"\" = the API key's default entity)",
+    )
+    # Faults and resume (the manual's Failure handling)
+    join_timeout: float = Field(
+        3600.0, ge=0.0,
+        description="Seconds stage 0 and every round wait for min-sites connected sites "
+        "(0 = forever); stage 0 then ends the run, a round goes on with the sites there",
+    )
+    min_replies: int = Field(
+        1, ge=1,
+        description="Usable updates a round needs to move the global model; at most "
+        "max(1, int(fraction-train x min-sites)), the sites a round asks",
+    )
+    max_failed_rounds: int = Field(
+        3, ge=1, description="Failed rounds in a row that end the run",
+    )
+    max_update_norm_ratio: float = Field(
+        10.0, ge=0.0,
+        description="Drop an update whose L2 norm exceeds this many times the round's median "
+        "(applied with at least 3 updates; 0 = off; values in (0, 1] are refused). NaN/Inf "
+        "updates are always dropped",
+    )
+    resume_from: str = Field(
+        "",
+        description="A run folder (e.g. \"runs/run-123\") to continue from its last completed "
+        "round",
+    )
 
     @model_validator(mode="after")
     def _poll_range(self) -> RunConfig:
@@ -211,7 +337,7 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _decoupled_proximal_needs_mu(self) -> RunConfig:
-        # Its mu is a pull rate per unit of lr (README): 0 would silently run plain FedAvg.
+        # Its mu is a pull rate per unit of lr: 0 would silently run plain FedAvg.
         if self.strategy == "fedprox-decoupled" and self.proximal_mu == 0.0:
             raise ValueError(
                 "strategy 'fedprox-decoupled' needs proximal-mu > 0 (e.g. 10: each step pulls "
@@ -283,30 +409,70 @@ class RunConfig(_Strict):
 
 
 class NodeConfig(_Strict):
-    """A SuperNode's node config: which lab this is and where its private dataset lives."""
+    """A SuperNode's node config: which lab this is and where its private dataset lives.
 
-    site_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    dataset_root: str = ""  # local LeRobotDataset (v3) folder
-    dataset_repo_id: str = ""  # Hub repo id; with dataset-root empty the site downloads it
-    eval_episodes: int = Field(2, ge=1)  # episodes held out for evaluation
-    split_seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    video_backend: str = "pyav"
-    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
-    torch_threads: int = Field(0, ge=0)  # 0 = torch's default (all cores)
-    state_dir: str = ""  # per-run local state (optimizer moments); "" = $ZK0_CACHE/sites/<site>
-    # true: the predicted and recorded actions of one held-out episode's first trajectory-frames
-    # frames go to the SuperLink, which plots them; false: the site plots them under state-dir
-    share_trajectories: bool = True
+    Written by ``zk0 supernode`` (``flower-supernode --node-config``); each field's
+    ``description`` is its documentation (the manual's node-config reference is generated from
+    it).
+    """
+
+    site_name: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The lab's name (reports use the name registered with the site's key)",
+    )
+    dataset_root: str = Field("", description="Local LeRobotDataset v3 folder")
+    dataset_repo_id: str = Field(
+        "",
+        description="Hub repo id, downloaded by the site itself when dataset-root is empty "
+        "(one of the two must be set)",
+    )
+    eval_episodes: int = Field(
+        2, ge=1, description="Whole episodes held out for evaluation (a seeded choice)",
+    )
+    split_seed: int = Field(0, description="Seed of the held-out episodes' choice")
+    device: str = Field(
+        "auto",
+        description="Torch device: auto (cuda when available, else mps, else cpu), cpu, cuda, "
+        "cuda:N or mps",
+    )
+    video_backend: str = Field("pyav", description="LeRobot's video decoding backend")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    torch_threads: int = Field(0, ge=0, description="Torch CPU threads (0 = all cores)")
+    state_dir: str = Field(
+        "",
+        description="The site's per-federation state (optimizer moments, SCAFFOLD's control "
+        "variates, locally drawn plots, the personalized policy); \"\" = "
+        "$ZK0_CACHE/sites/<site-name> (~/.cache/zk0); zk0 supernode sets <work-dir>/state",
+    )
+    share_trajectories: bool = Field(
+        True,
+        description="true: send the recorded and predicted actions of the first "
+        "trajectory-frames frames of one held-out episode for the coordinator's per-joint "
+        "plots; false: the site draws the plot itself into state-dir/run-<id>/plots/ and sends "
+        "only a note",
+    )
     # Paths (never key material) for signing (common.signing), set by the site's launcher:
-    site_key: str = ""  # this node's OpenSSH EC private key (the SuperNode's own), 0600
-    coordinator_pubkey: str = ""  # the coordinator's public key, shipped next to ca.crt
-    # Unix socket of this site's long-lived worker (supernode.worker); "" = each ClientApp
-    # process trains itself, as on a plain Flower SuperNode
-    worker_socket: str = ""
-    # "bf16": local training and evaluation under torch.autocast(bfloat16) (CUDA GPUs with
-    # bf16 support, or CPU); weights, optimizer and the exchange stay float32
-    precision: Literal["fp32", "bf16"] = "fp32"
+    site_key: str = Field(
+        "",
+        description="Path of the node's OpenSSH EC private key (the SuperNode's own, 0600); "
+        "the ClientApp signs every reply with it",
+    )
+    coordinator_pubkey: str = Field(
+        "",
+        description="Path of the coordinator's public key; every instruction must carry its "
+        "signature",
+    )
+    worker_socket: str = Field(
+        "",
+        description="Unix socket of the site's long-lived worker; \"\" = each ClientApp "
+        "process trains itself, as on a plain Flower SuperNode",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: local training and evaluation under torch.autocast(bfloat16) (CUDA "
+        "GPUs with bf16 support, or CPU); weights, optimizer and the exchange stay float32 (no "
+        "zk0 supernode flag yet)",
+    )
 
     @model_validator(mode="after")
     def _one_dataset_source(self) -> NodeConfig:

@@ -28,13 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``demo-data``'s arguments on ``parser`` (defaults: :class:`DemoSpec`'s)."""
     d = DemoSpec()
     parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder")
-    parser.add_argument("--sites", type=int, default=d.num_sites)
+    parser.add_argument("--sites", type=int, default=d.num_sites,
+                        help="sites, one dataset each (site-0, site-1, ...)")
     parser.add_argument("--episodes", type=int, default=d.episodes_per_site, help="per site")
     parser.add_argument("--frames", type=int, default=d.frames_per_episode, help="per episode")
     parser.add_argument(
-        "--image-size", type=_image_size, default=(d.image_height, d.image_width), metavar="HxW"
+        "--image-size", type=_image_size, default=(d.image_height, d.image_width), metavar="HxW",
+        help="camera image height x width in pixels",
     )
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="seed of every random draw (with the site index): positions, motions, "
+                             "conditions")
     parser.add_argument("--video", action="store_true", help="store cameras as AV1 video")
     parser.add_argument(
         "--scenario", choices=SCENARIOS, default=d.scenario,

@@ -29,7 +29,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "certs",
         "certs.cli",
-        help="create (or keep) the federation's CA, SuperLink cert, site keys and secret",
+        help="create (or keep) the federation's CA, SuperLink cert, coordinator signing key, "
+             "site keys and SuperExec secret",
         description=(
             "Create what is missing under --out and keep what exists, so a restarted cluster "
             "keeps its CA and registered site keys. Prints paths only, never key material."
@@ -47,7 +48,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "supernode",
         "deploy.lab.launcher",
-        help="run this lab's SuperNode and SuperExec",
+        help="run this lab's SuperNode, SuperExec, site worker and /metrics, after checking its "
+             "settings, keys and dataset",
         description=(
             "Run this lab's SuperNode + SuperExec. Each flag overrides the matching "
             "ZK0_<NAME> environment variable (and .env)."
@@ -71,7 +73,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "cluster",
         "deploy.cluster.cli",
-        help="run a federation on a local TLS cluster (SuperLink + SuperNodes on 127.0.0.1)",
+        help="run a federation on a local TLS cluster (SuperLink behind nginx + SuperNodes on "
+             "127.0.0.1): report, clean stop",
     ),
     Command(
         "export",

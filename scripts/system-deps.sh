@@ -7,7 +7,7 @@
 #               `zk0 cluster` runs on loopback without the shielded entry
 #   prometheus  (with promtool) the monitoring tests run the project's config, alert rules and
 #               dashboards' queries against a real Prometheus; no service is started here
-#   chromium    the summary-page test renders run summaries in headless Chromium
+#   chromium    the summary-page and manual tests render pages in headless Chromium
 # and, as root, a Docker Engine with Compose v2 and the local base image debian:trixie-slim
 # (scripts/docker-engine-up.sh; idempotent) for the compose test (tests/test_e2e_compose.py).
 set -euo pipefail

@@ -9,8 +9,8 @@ Evaluation never costs an extra broadcast: the model a site receives at the star
 ``r + 1`` *is* the global model after round ``r``, so the site evaluates it on its held-out
 episodes before training. Only the final model needs one evaluate message.
 
-Faults (README, "Failure handling"): the output folder is checked before any site is
-contacted (:mod:`superlink.disk`); stage 0 and every round wait at most ``join-timeout`` for
+Faults (docs/explanation/failure-handling.md): the output folder is checked before any
+site is contacted (:mod:`superlink.disk`); stage 0 and every round wait at most ``join-timeout`` for
 sites (:mod:`superlink.federated_stats`, :mod:`superlink.strategy.node_selection`); messages
 expire with the round and transient SuperLink errors are retried (:mod:`superlink.exchange`);
 every update is checked before aggregation (:mod:`superlink.strategy.codec_fedavg`); a round

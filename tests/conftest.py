@@ -71,6 +71,20 @@ def nginx() -> str:
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for the tests that render pages headless (the summary page, the
+    manual). Skips without it, except in CI (scripts/system-deps.sh installs it as root)."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing; test.sh installs Debian's package when run as root")
+        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
+    return found
+
+
+@pytest.fixture(scope="session")
 def zk0_image():
     """The zk0 image's tag on a real Docker engine, built once per session from the top-level
     Dockerfile (or ``ZK0_TEST_IMAGE``) and shared by the compose stack's and the site

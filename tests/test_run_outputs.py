@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -176,16 +175,7 @@ def test_trajectory_seconds_are_reported_per_site(run):
 # -- summary page ----------------------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing; test.sh installs Debian's package when run as root")
-        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
-    return found
-
-
-def test_summary_page_renders_in_a_browser(run, tmp_path):
+def test_summary_page_renders_in_a_browser(run, tmp_path, chromium):
     from PIL import Image
 
     run_dir, _, _ = run
@@ -197,7 +187,7 @@ def test_summary_page_renders_in_a_browser(run, tmp_path):
     assert "http://" not in html and "https://" not in html and "<script" not in html
 
     shot = tmp_path / "summary.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
            "--no-first-run", "--disable-background-networking", "--disable-component-update",
            "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
            "--window-size=1200,2000", page.as_uri()]

@@ -36,8 +36,8 @@ from deploy.monitoring.metrics_export import COORDINATOR_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 # The offline demo: tiny SmolVLA on the generated SO-100 data. From the learning-quality study
-# (README): more rounds of fewer local steps learn more per step on heterogeneous sites; 10
-# rounds keep the demo to ~10 minutes on 2 CPU cores.
+# (docs/explanation/how-it-learns.md): more rounds of fewer local steps learn more per step on
+# heterogeneous sites; 10 rounds keep the demo to ~10 minutes on 2 CPU cores.
 DEMO_OVERRIDES: dict[str, Any] = {
     "policy": "smolvla-tiny",
     "num-server-rounds": 10,
@@ -197,7 +197,8 @@ def _hold(prometheus) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``zk0 cluster`` flags (the parser itself is made by :mod:`deploy.cli`)."""
-    p.add_argument("--sites", type=int, default=4)
+    p.add_argument("--sites", type=int, default=4,
+                   help="SuperNodes (sites) to start, each with its own dataset and key")
     p.add_argument("--work-dir", type=Path, default=Path(".zk0/cluster"),
                    help="certs, SuperLink state, logs and runs (default: .zk0/cluster)")
     p.add_argument("--data-dir", type=Path, default=None,

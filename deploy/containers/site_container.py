@@ -35,7 +35,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from deploy.containers.site_container_spec import (
-    DEFAULT_IMAGE,
     ContainerFile,
     ContainerSpec,
     SiteContainerSettings,
@@ -350,26 +349,13 @@ def existing(client: Any, site_name: str) -> Any:
 
 # -- CLI ---------------------------------------------------------------------------------------
 
-_START_FLAGS: dict[str, tuple[Any, str]] = {
-    "superlink": (str, "federation entry host:port (the coordinator's reverse proxy)"),
-    "ca_file": (Path, "federation CA certificate (PEM) from the coordinator"),
-    "coordinator_pub_file": (Path, "coordinator's public key (default: coordinator.pub next "
-                                   "to the CA file)"),
-    "key_file": (Path, "this site's OpenSSH EC private key (mode 0600; copied in, never "
-                       "mounted)"),
-    "dataset_dir": (Path, "the lab's LeRobotDataset folder (mounted read-only)"),
-    "image": (str, f"the zk0 image (default {DEFAULT_IMAGE}; never pulled)"),
-    "expect": (str, "what the federation expects of the data: so100 | none | features JSON"),
-    "eval_episodes": (int, "episodes held out for evaluation"),
-    "device": (str, "auto | cpu | cuda | cuda:N (inside the container)"),
-    "gpus": (str, "auto (if nvidia-smi lists one) | all | none"),
-    "restart": (str, "unless-stopped | on-failure | always | no"),
-    "network": (str, "bridge | host"),
-    "metrics_host": (str, "address on this box where /metrics is published, or 'off'"),
-    "metrics_port": (int, "port of /metrics on this box"),
-    "runtime_port": (int, "the SuperNode's runtime port in the container (distinct per site "
-                          "with --network host)"),
-    "stop_timeout": (int, "seconds between SIGTERM and SIGKILL on stop"),
+# The settings ``start`` takes as flags, with the type argparse reads each as; the help is the
+# field's description (SiteContainerSettings).
+_START_FLAGS: dict[str, Callable[[str], Any]] = {
+    "superlink": str, "ca_file": Path, "coordinator_pub_file": Path, "key_file": Path,
+    "dataset_dir": Path, "image": str, "expect": str, "eval_episodes": int, "device": str,
+    "gpus": str, "restart": str, "network": str, "metrics_host": str, "metrics_port": int,
+    "runtime_port": int, "stop_timeout": int,
 }
 
 
@@ -378,7 +364,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     the site name."""
     sub = p.add_subparsers(dest="action", required=True)
     start_p = sub.add_parser("start", help="check, check the dataset, then start and wait")
-    add_setting_flags(start_p, _START_FLAGS)
+    add_setting_flags(start_p, SiteContainerSettings, _START_FLAGS)
     start_p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                          help="another zk0 supernode setting, e.g. torch_threads=4")
     start_p.add_argument("--wait", type=float, default=600.0,

@@ -83,26 +83,48 @@ class SiteContainerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ZK0_", env_file=None, extra="ignore")
 
-    superlink: str = Field(description="federation entry host:port (the coordinator's proxy)")
-    site_name: str = Field(description="this site's name, as the coordinator registered it")
-    ca_file: Path = Field(description="federation CA certificate (PEM)")
-    coordinator_pub_file: Path | None = None  # default: coordinator.pub next to ca_file
-    key_file: Path = Field(description="this site's OpenSSH EC private key, mode 0600")
-    dataset_dir: Path = Field(description="the lab's LeRobotDataset folder (meta/info.json)")
-    image: str = DEFAULT_IMAGE
-    expect: str = "so100"  # so100 | none | a features JSON from the coordinator (host path)
-    eval_episodes: int = Field(2, ge=1)
-    device: str = "auto"
-    gpus: GpuMode = "auto"
-    restart: RestartPolicy = "unless-stopped"
-    network: NetworkMode = "bridge"
-    metrics_host: str = "127.0.0.1"  # where /metrics is reachable on the box; "off": none
-    metrics_port: int = Field(SITE_PORT, ge=1, le=65535)
-    runtime_port: int = Field(RUNTIME_PORT, ge=1, le=65535)  # differs per site on host network
-    shm_size: str = "2g"  # DataLoader workers share batches through /dev/shm (Docker: 64 MB)
-    stop_timeout: int = Field(30, ge=1)  # SIGTERM, then SIGKILL after this many seconds
-    # Other launcher settings (SiteSettings field names, e.g. torch_threads), passed as ZK0_*.
-    launcher: dict[str, str] = Field(default_factory=dict)
+    superlink: str = Field(
+        description="The federation's entry host:port (the coordinator's reverse proxy)")
+    site_name: str = Field(description="This site's name, as the coordinator registered it")
+    ca_file: Path = Field(description="The federation CA certificate (PEM) from the coordinator")
+    coordinator_pub_file: Path | None = Field(
+        None, description="The coordinator's public key (default: coordinator.pub next to the "
+        "CA file)")
+    key_file: Path = Field(
+        description="This site's OpenSSH EC private key (mode 0600; copied in, never mounted)")
+    dataset_dir: Path = Field(
+        description="The lab's LeRobotDataset folder, holding meta/info.json (mounted "
+        "read-only; readable by uid 49999)")
+    image: str = Field(DEFAULT_IMAGE, description="The zk0 image (never pulled)")
+    expect: str = Field(
+        "so100", description="What the federation expects of the data: so100, none, or the "
+        "coordinator's features JSON on this box (mounted read-only)")
+    eval_episodes: int = Field(2, ge=1, description="Whole episodes held out for evaluation")
+    device: str = Field(
+        "auto", description="Torch device inside the container: auto, cpu, cuda or cuda:N")
+    gpus: GpuMode = Field(
+        "auto", description="auto: all GPUs when nvidia-smi lists one; all: always (the engine "
+        "needs the NVIDIA container toolkit); none: never")
+    restart: RestartPolicy = Field("unless-stopped", description="The container's restart policy")
+    network: NetworkMode = Field(
+        "bridge", description="bridge, or host (then give each site on the box its own "
+        "--runtime-port)")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address on this box where /metrics is published, or off")
+    metrics_port: int = Field(SITE_PORT, ge=1, le=65535, description="Port of /metrics on this box")
+    runtime_port: int = Field(
+        RUNTIME_PORT, ge=1, le=65535,
+        description="The SuperNode's runtime port in the container (distinct per site with "
+        "--network host)")
+    shm_size: str = Field(
+        "2g", description="Size of /dev/shm, through which DataLoader workers share batches "
+        "(Docker's default: 64 MB; no flag: environment or --env-file only)")
+    stop_timeout: int = Field(
+        30, ge=1, description="Seconds between SIGTERM and SIGKILL on stop")
+    launcher: dict[str, str] = Field(
+        default_factory=dict,
+        description="Other zk0 supernode settings (SiteSettings field names, e.g. "
+        "torch_threads), passed to the container as ZK0_* (flag --set NAME=VALUE)")
 
     @property
     def container_name(self) -> str:

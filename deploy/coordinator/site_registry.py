@@ -14,8 +14,9 @@ itself. So registration is where a name is bound, once:
 
 Everything goes to the Control API on the SuperLink's private address (its ``flwr``
 connection in ``$FLWR_HOME/config.toml``): the labs' entry refuses ``/v1/control/*``. A remote
-operator forwards the port over SSH first (see the README's security model). ``flwr supernode
-list`` omits names and keys, so the list is read from the Control API's ``ListNodes`` directly.
+operator forwards the port over SSH first (docs/how-to/register-and-revoke-a-site.md).
+``flwr supernode list`` omits names and keys, so the list is read from the Control API's
+``ListNodes`` directly.
 """
 
 from __future__ import annotations

@@ -94,38 +94,79 @@ class SiteConfigError(ValueError):
 
 
 class SiteSettings(BaseSettings):
-    """One lab's settings: flags > ``ZK0_<NAME>`` env vars > ``.env`` file > defaults."""
+    """One lab's settings: flags > ``ZK0_<NAME>`` env vars > ``.env`` file > defaults.
+
+    Each field's ``description`` is both its ``zk0 supernode`` flag's help and its line in the
+    manual's reference (generated from this model).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="ZK0_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    superlink: str = Field(description="federation entry host:port (the proxy), no scheme")
-    ca_cert: Path = Field(description="federation CA certificate (PEM) that signed the SuperLink")
-    coordinator_pub: Path | None = None  # default: coordinator.pub next to ca_cert
-    site_key: Path = Field(description="this site's OpenSSH EC private key (registered)")
-    site_name: str = Field(description="site name, as registered with the SuperLink")
-    dataset_root: str = ""
-    dataset_repo_id: str = ""
-    eval_episodes: int = 2
-    device: str = "auto"
-    split_seed: int | None = None
-    num_workers: int | None = None
-    torch_threads: int | None = None
-    share_trajectories: bool | None = None
-    runtime_host: str = "127.0.0.1"
-    runtime_port: int = Field(9094, ge=1, le=65535)
-    superexec_secret_file: Path | None = None
-    work_dir: Path = Path(".zk0/site")
-    startup_timeout: float = 60.0
-    # What the federation expects of this site's data: "so100", "none" or a features JSON the
-    # coordinator publishes (zk0 check-dataset --write-expectation).
-    expect: str = "so100"
-    deep_check: bool = False  # decode every frame before starting (--check always does)
-    worker: bool = True  # a long-lived site worker (False: every ClientApp trains itself)
-    superexec_poll: float = Field(SITE_SUPEREXEC_POLL_SECONDS, ge=0.01, le=60.0)
-    metrics_listen: str = f"127.0.0.1:{SITE_PORT}"  # "off": no metrics endpoint
-    metrics_dir: Path | None = None  # default <work dir>/metrics
+    superlink: str = Field(
+        description="The federation's entry host:port (the coordinator's reverse proxy), no "
+        "scheme; not the SuperLink's own port")
+    ca_cert: Path = Field(
+        description="The federation CA certificate (PEM); verifies the entry")
+    coordinator_pub: Path | None = Field(
+        None, description="The coordinator's public key (default: coordinator.pub next to the "
+        "CA certificate)")
+    site_key: Path = Field(
+        description="This site's OpenSSH EC private key, registered by the coordinator (0600)")
+    site_name: str = Field(description="This site's name, as the coordinator registered it")
+    dataset_root: str = Field("", description="Local LeRobotDataset folder")
+    dataset_repo_id: str = Field(
+        "", description="Dataset repo id on the Hub, when there is no local dataset root")
+    eval_episodes: int = Field(2, description="Whole episodes held out for evaluation")
+    device: str = Field(
+        "auto", description="Torch device: auto (cuda when available, else mps, else cpu), cpu, "
+        "cuda, cuda:N or mps")
+    split_seed: int | None = Field(
+        None, description="Seed of the train/held-out episode split (default: the node "
+        "config's)")
+    num_workers: int | None = Field(
+        None, description="DataLoader worker processes (default: the node config's)")
+    torch_threads: int | None = Field(
+        None, description="Torch CPU threads (0 = all cores; default: the node config's)")
+    share_trajectories: bool | None = Field(
+        None, description="true or false: send one held-out episode's recorded and predicted "
+        "actions to the SuperLink for the per-joint plots (false: the site plots them itself; "
+        "default: the node config's, true)")
+    runtime_host: str = Field(
+        "127.0.0.1", description="Host of this SuperNode's local runtime API")
+    runtime_port: int = Field(
+        9094, ge=1, le=65535,
+        description="Port of this SuperNode's local runtime API (distinct per SuperNode on a "
+        "box)")
+    superexec_secret_file: Path | None = Field(
+        None, description="The SuperExec's secret file, created 0600 if missing (default: "
+        "WORK_DIR/superexec.secret)")
+    work_dir: Path = Field(
+        Path(".zk0/site"),
+        description="Logs, runtime TLS, SuperExec secret, FLWR_HOME, worker socket and the "
+        "site's state")
+    startup_timeout: float = Field(
+        60.0, description="Seconds the SuperNode may take to serve its runtime API (no flag: "
+        "environment or .env only)")
+    expect: str = Field(
+        "so100", description="What the federation expects of this site's data: so100, none, "
+        "or a features JSON the coordinator publishes (zk0 check-dataset --write-expectation)")
+    deep_check: bool = Field(
+        False, description="Decode every video frame before starting (--check always does)")
+    worker: bool = Field(
+        True, description="Run a long-lived site worker; false (--no-worker): every ClientApp "
+        "process loads torch and the policy itself")
+    superexec_poll: float = Field(
+        SITE_SUPEREXEC_POLL_SECONDS, ge=0.01, le=60.0,
+        description="Seconds between the SuperExec's task polls (Flower's default is 1.0; "
+        "sets FLWR_SUPEREXEC_TASK_POLL_INTERVAL)")
+    metrics_listen: str = Field(
+        f"127.0.0.1:{SITE_PORT}",
+        description="host:port of this site's Prometheus /metrics, or off")
+    metrics_dir: Path | None = Field(
+        None, description="Prometheus multiprocess folder, wiped at start (default: "
+        "WORK_DIR/metrics)")
 
     # Absolute paths: the children run with the work dir as cwd.
     @property
@@ -576,64 +617,47 @@ def _true_false(value: str) -> bool:
     return value.strip().lower() == "true"
 
 
-_FLAGS: dict[str, tuple[Any, str]] = {
-    "superlink": (str, "the federation's entry host:port (the coordinator's proxy)"),
-    "ca_cert": (Path, "federation CA certificate (PEM)"),
-    "coordinator_pub": (Path, "coordinator's public key (default: coordinator.pub next to "
-                              "the CA certificate)"),
-    "site_key": (Path, "this site's OpenSSH EC private key"),
-    "site_name": (str, "site name (as registered)"),
-    "dataset_root": (str, "local LeRobotDataset folder"),
-    "dataset_repo_id": (str, "dataset repo id (when no local root)"),
-    "eval_episodes": (int, "episodes held out for evaluation"),
-    "device": (str, "auto | cpu | cuda | cuda:N | mps"),
-    "split_seed": (int, "seed of the train/eval episode split"),
-    "num_workers": (int, "DataLoader worker processes"),
-    "torch_threads": (int, "torch CPU threads (0 = default)"),
-    "share_trajectories": (
-        _true_false,
-        "true | false: send one held-out episode's actions to the SuperLink for the per-joint "
-        "plots (false: plot them here)",
-    ),
-    "runtime_host": (str, "host of this SuperNode's runtime API"),
-    "runtime_port": (int, "port of this SuperNode's runtime API (distinct per SuperNode)"),
-    "superexec_secret_file": (Path, "SuperExec secret file (created 0600 if missing)"),
-    "work_dir": (Path, "logs, runtime TLS, secret, FLWR_HOME, worker socket"),
-    "expect": (str, "what the federation expects of the data: so100 | none | features JSON"),
-    "superexec_poll": (float, "seconds between the SuperExec's task polls (Flower: 1.0)"),
-    "metrics_listen": (str, "host:port of this site's /metrics, or 'off' (default "
-                            f"127.0.0.1:{SITE_PORT})"),
-    "metrics_dir": (Path, "prometheus multiprocess folder (default WORK_DIR/metrics)"),
+# The settings given as ``--some-name`` flags, with the type argparse reads each as; the help
+# is the field's description (SiteSettings). ``deep_check`` and ``worker`` are switches below.
+_FLAGS: dict[str, Callable[[str], Any]] = {
+    "superlink": str, "ca_cert": Path, "coordinator_pub": Path, "site_key": Path,
+    "site_name": str, "dataset_root": str, "dataset_repo_id": str, "eval_episodes": int,
+    "device": str, "split_seed": int, "num_workers": int, "torch_threads": int,
+    "share_trajectories": _true_false, "runtime_host": str, "runtime_port": int,
+    "superexec_secret_file": Path, "work_dir": Path, "expect": str, "superexec_poll": float,
+    "metrics_listen": str, "metrics_dir": Path,
 }
 
 
-def add_setting_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) -> None:
-    """``--some-name`` for each settings field ``some_name`` (default None: not given, so the
-    ``ZK0_SOME_NAME`` variable or the env file decides), its help naming the variable."""
-    for name, (typ, help_text) in flags.items():
+def add_setting_flags(
+    p: argparse.ArgumentParser, model: type[BaseSettings], flags: dict[str, Callable[[str], Any]]
+) -> None:
+    """``--some-name`` for each settings field ``some_name`` of ``model`` (default None: not
+    given, so the ``ZK0_SOME_NAME`` variable or the env file decides), its help the field's
+    description naming the variable."""
+    for name, typ in flags.items():
         flag = "--" + name.replace("_", "-")
+        help_text = model.model_fields[name].description
         p.add_argument(flag, type=typ, default=None, help=f"{help_text} [ZK0_{name.upper()}]")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``zk0 supernode`` flags; each overrides its ``ZK0_*`` env variable and ``.env``."""
-    add_setting_flags(p, _FLAGS)
-    p.add_argument("--env-file", type=Path, default=None, help="read settings from this file")
-    p.add_argument(
-        "--deep-check", action="store_true", default=None,
-        help="decode every video frame before starting [ZK0_DEEP_CHECK]",
-    )
-    p.add_argument(
-        "--no-worker", dest="worker", action="store_false", default=None,
-        help="no site worker: every ClientApp process loads torch and the policy itself "
-        "[ZK0_WORKER=false]",
-    )
+    add_setting_flags(p, SiteSettings, _FLAGS)
+    p.add_argument("--env-file", type=Path, default=None,
+                   help="read ZK0_* settings from this file (default: .env in the current folder)")
+    p.add_argument("--deep-check", action="store_true", default=None,
+                   help=f"{SiteSettings.model_fields['deep_check'].description} "
+                   "[ZK0_DEEP_CHECK]")
+    p.add_argument("--no-worker", dest="worker", action="store_false", default=None,
+                   help="no site worker: every ClientApp process loads torch and the policy "
+                   "itself [ZK0_WORKER=false]")
     p.add_argument(
         "--check", action="store_true",
         help="run the checks (every video frame decoded), print the commands and exit",
     )
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="DEBUG logs from this site's ClientApps (sets ZK0_LOG_LEVEL)")
+                   help="DEBUG logs from this site's processes (sets ZK0_LOG_LEVEL)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SiteSettings:

@@ -23,8 +23,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 from prometheus_client import CollectorRegistry, start_http_server
@@ -39,6 +40,52 @@ COORDINATOR_PORT = 9400
 SITE_PORT = 9401
 
 _LIVE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A metric family an exporter builds afresh at each scrape (not a prometheus-client
+    metric object kept in a registry): its name, help, type and labels, defined once here so
+    the manual's metrics reference lists it (``docs/gen/``) with those of
+    :mod:`superlink.metrics` and :mod:`supernode.metrics`."""
+
+    name: str
+    documentation: str
+    type: Literal["counter", "gauge"]
+    labels: tuple[str, ...] = ()
+
+    def build(self) -> CounterMetricFamily | GaugeMetricFamily:
+        kind = CounterMetricFamily if self.type == "counter" else GaugeMetricFamily
+        return kind(self.name, self.documentation, labels=list(self.labels))
+
+
+PROCESS_CPU = Family(
+    "zk0_local_process_cpu_seconds",
+    "CPU time of the site's processes, by role (launcher, supernode, superexec, worker, "
+    "clientapp)", "counter", ("site", "role"))
+PROCESS_RSS = Family(
+    "zk0_local_process_resident_memory_bytes",
+    "Resident memory of the site's live processes, by role", "gauge", ("site", "role"))
+PROCESSES = Family(
+    "zk0_local_processes", "Live processes of the site, by role", "gauge", ("site", "role"))
+GPU_UTILIZATION = Family(
+    "zk0_local_gpu_utilization_ratio",
+    "GPU busy fraction over the driver's last sample (each NVIDIA GPU, through nvidia-ml-py; "
+    "no GPU, no GPU series)", "gauge", ("site", "gpu"))
+GPU_MEMORY_USED = Family(
+    "zk0_local_gpu_memory_used_bytes", "GPU memory in use", "gauge", ("site", "gpu"))
+GPU_MEMORY_TOTAL = Family(
+    "zk0_local_gpu_memory_total_bytes", "GPU memory", "gauge", ("site", "gpu"))
+SUPERLINK_UP = Family(
+    "zk0_superlink_up",
+    "1 if the SuperLink answered /health over TLS at the last probe (every 5 s by default, "
+    "zk0 coordinator-metrics --probe-interval)", "gauge")
+SUPERLINK_PROBE_SECONDS = Family(
+    "zk0_superlink_probe_duration_seconds", "Duration of the last /health probe", "gauge")
+
+SITE_FAMILIES = (PROCESS_CPU, PROCESS_RSS, PROCESSES, GPU_UTILIZATION, GPU_MEMORY_USED,
+                 GPU_MEMORY_TOTAL)
+COORDINATOR_FAMILIES = (SUPERLINK_UP, SUPERLINK_PROBE_SECONDS)
 
 
 def parse_listen(text: str, what: str = "listen address") -> tuple[str, int]:
@@ -168,14 +215,8 @@ class ProcessGroupCollector(Collector):
                 count[role] = count.get(role, 0) + 1
             self._seen = seen
             cpu_totals = dict(self._cpu)
-        cpu_family = CounterMetricFamily(
-            "zk0_local_process_cpu_seconds", "CPU time of the site's processes, by role",
-            labels=["site", "role"])
-        rss_family = GaugeMetricFamily(
-            "zk0_local_process_resident_memory_bytes",
-            "Resident memory of the site's live processes, by role", labels=["site", "role"])
-        n_family = GaugeMetricFamily(
-            "zk0_local_processes", "Live processes of the site, by role", labels=["site", "role"])
+        cpu_family, rss_family, n_family = (f.build() for f in (PROCESS_CPU, PROCESS_RSS,
+                                                                 PROCESSES))
         for role, value in sorted(cpu_totals.items()):
             cpu_family.add_metric([self.site, role], value)
         for role in sorted(rss):
@@ -219,13 +260,8 @@ class GpuCollector(Collector):
         if not self._handles:
             return
         nvml = self._nvml
-        util = GaugeMetricFamily(
-            "zk0_local_gpu_utilization_ratio", "GPU busy fraction over the driver's last sample",
-            labels=["site", "gpu"])
-        used = GaugeMetricFamily(
-            "zk0_local_gpu_memory_used_bytes", "GPU memory in use", labels=["site", "gpu"])
-        total = GaugeMetricFamily(
-            "zk0_local_gpu_memory_total_bytes", "GPU memory", labels=["site", "gpu"])
+        util, used, total = (f.build() for f in (GPU_UTILIZATION, GPU_MEMORY_USED,
+                                                   GPU_MEMORY_TOTAL))
         for index, handle in enumerate(self._handles):
             try:
                 rates = nvml.nvmlDeviceGetUtilizationRates(handle)
@@ -277,12 +313,10 @@ class SuperLinkProbe(Collector):
     def collect(self) -> Iterator[Metric]:
         if self._up is None:
             return
-        yield GaugeMetricFamily(
-            "zk0_superlink_up", "1 if the SuperLink answered /health over TLS at the last probe",
-            value=1.0 if self._up else 0.0)
-        yield GaugeMetricFamily(
-            "zk0_superlink_probe_duration_seconds", "Duration of the last /health probe",
-            value=self._seconds)
+        up, seconds = SUPERLINK_UP.build(), SUPERLINK_PROBE_SECONDS.build()
+        up.add_metric([], 1.0 if self._up else 0.0)
+        seconds.add_metric([], self._seconds)
+        yield from (up, seconds)
 
 
 class MetricsServer:
