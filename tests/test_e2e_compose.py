@@ -204,8 +204,8 @@ class Stack:
         assert len(out) == 1, f"{service}: containers {out}"
         return out[0]
 
-    def logs_tail(self, lines: int = 60) -> str:
-        out = subprocess.run(self.cmd("logs", "--no-color", "--tail", str(lines)),
+    def logs_tail(self, lines: int = 60, *services: str) -> str:
+        out = subprocess.run(self.cmd("logs", "--no-color", "--tail", str(lines), *services),
                              capture_output=True, text=True, timeout=120, env=clean_env(),
                              check=False)
         return out.stdout[-20000:] + out.stderr[-2000:]
@@ -300,6 +300,9 @@ def stack(tmp_path_factory, zk0_image: str) -> Iterator[Stack]:
         inspect = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", run],
                                  capture_output=True, text=True, timeout=60, check=True)
         s.run_exit = int(inspect.stdout.strip())  # type: ignore[attr-defined]
+        if s.run_exit != 0:  # the coordinator's side says why (the run's stream may not)
+            print(f"coordinator logs (tail):\n{s.logs_tail(200, 'superexec', 'superlink')}",
+                  file=sys.stderr)
         out = work / "out"
         out.mkdir()
         for src, dst in (("/app/runs", "runs"), ("/app/certs/ca.crt", "ca.crt")):
