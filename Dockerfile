@@ -54,9 +54,9 @@ RUN set -eux; \
     groupadd --system --gid 49999 app; \
     useradd --system --uid 49999 --gid 49999 --home-dir /app --shell /usr/sbin/nologin app; \
     mkdir -p /app/.flwr /app/.cache /app/certs /app/data /app/state /app/runs /app/site \
-             /app/metrics /app/proxy; \
+             /app/metrics /app/proxy /app/keys; \
     chown -R 49999:49999 /app; \
-    chmod 0700 /app/certs /app/state /app/site /app/proxy
+    chmod 0700 /app/certs /app/state /app/site /app/proxy /app/keys
 
 # Pinned dependencies first, in their own cached layer: a code change does not reinstall them.
 # pip's compiled .pyc files stay (~10% of the size): without them every process of every

@@ -13,6 +13,7 @@ from certs.federation import (
     DEFAULT_SANS,
     FederationCerts,
     ensure_federation_certs,
+    ensure_site_key,
 )
 from certs.keys import make_secret, make_site_key
 from certs.names import is_host_name
@@ -37,6 +38,7 @@ __all__ = [
     "check_ca",
     "check_site_key",
     "ensure_federation_certs",
+    "ensure_site_key",
     "is_host_name",
     "load_ca",
     "make_ca",

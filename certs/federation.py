@@ -112,6 +112,30 @@ def _check_sites(sites: Sequence[str]) -> None:
         raise CertError(f"duplicate site name(s): {', '.join(dupes)}")
 
 
+def ensure_site_key(
+    out_dir: Path | str, site: str, force: bool = False
+) -> tuple[Path, Path, dict[Path, str]]:
+    """Make ``<site>.key`` and ``<site>.pub`` in ``out_dir`` if the key is missing, keep a valid
+    one (rewriting its ``.pub`` when missing or not its public half). A key that exists but is
+    unusable is an error (:func:`check_site_key`), not replaced: the SuperLink knows it by its
+    public half. This is all a site needs to make its own key where it will be used (a lab's
+    box, a site's container volume). Returns (private, public, {path: what was done})."""
+    check_site_name(site)
+    out = private_dir(out_dir)
+    priv, pub = out / f"{site}.key", out / f"{site}.pub"
+    if force or not priv.exists():
+        existed = priv.exists() or pub.exists()
+        make_site_key(out, site)
+        action = ("regenerated: --force; register the new .pub with the SuperLink" if existed
+                  else "created")
+        return priv, pub, {priv: action, pub: action}
+    key = check_site_key(priv)
+    if pub_matches(pub, key):
+        return priv, pub, {priv: "kept", pub: "kept"}
+    write_public(pub, ssh_public_line(key.public_key(), site))
+    return priv, pub, {priv: "kept", pub: "regenerated: missing or did not match the private key"}
+
+
 def ensure_federation_certs(
     out_dir: Path | str,
     sans: Sequence[str] = DEFAULT_SANS,
@@ -217,25 +241,10 @@ def ensure_federation_certs(
         # Site keys
         site_keys: dict[str, tuple[Path, Path]] = {}
         for site in site_list:
-            priv, pub = out / f"{site}.key", out / f"{site}.pub"
+            priv, pub, done = ensure_site_key(out, site, force=force)
             site_keys[site] = (priv, pub)
-            if force or not priv.exists():
-                existed = priv.exists() or pub.exists()
-                make_site_key(out, site)
-                action = (
-                    "regenerated: --force; register the new .pub with the SuperLink"
-                    if existed
-                    else "created"
-                )
-                note(action, priv, pub)
-                continue
-            key = check_site_key(priv)
-            note("kept", priv)
-            if pub_matches(pub, key):
-                note("kept", pub)
-            else:
-                write_public(pub, ssh_public_line(key.public_key(), site))
-                note("regenerated: missing or did not match the private key", pub)
+            for path, action in done.items():
+                note(action, path)
 
     return FederationCerts(
         out_dir=out,

@@ -84,8 +84,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "stack",
         "deploy.containers.compose_stack",
-        help="a zk0 role of docker-compose.yml (init, demo-data, superlink, superexec, "
-             "register, run)",
+        help="a zk0 role of docker-compose.yml (init, site-key, demo-data, superlink, "
+             "superexec, register, run)",
     ),
     Command(
         "coordinator-metrics",

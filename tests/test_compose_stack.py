@@ -1,7 +1,9 @@
 """``zk0 stack``'s one-shot jobs, run here on folders instead of volumes (fast, no Docker).
 
 What the compose stack's containers find depends on them: the certificates kept across
-restarts, each site's bundle holding its own key and nothing else, an nginx.conf nginx accepts,
+restarts, each site's key made in the site's own folder and only its public half in the bundle
+the coordinator reads (no site private key anywhere on the coordinator's side), an nginx.conf
+nginx accepts,
 a Prometheus config promtool accepts with the stack's targets, Grafana's provisioning pointing
 at the stack's Prometheus, demo data only where a site has none.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from key_files import site_private_keys
 from prometheus_tools import promtool
 
 from common.settings import SettingsError
@@ -41,16 +44,25 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def _site_key(s: StackSettings, site: str, keys: Path) -> int:
+    """The ``site-key`` job of one site, with that site's own key folder."""
+    return compose_stack.site_key(s.model_copy(update={"site_name": site, "keys_dir": keys}))
+
+
+def _coordinator_side(s: StackSettings) -> list[Path]:
+    """Every folder the coordinator's containers mount (the bundles included)."""
+    return [s.certs_dir, s.bundles_dir, s.proxy_dir, s.config_dir]
+
+
 def test_init_makes_what_is_missing_and_keeps_what_exists(tmp_path, nginx) -> None:
     s = _settings(tmp_path)
     assert compose_stack.init(s) == 0
     ca = (s.certs_dir / "ca.crt").read_bytes()
-    for site in SITES:  # the site's own key, the public files, nothing else
+    for site in SITES:  # public files only: the site makes its own key
         bundle = s.site_bundle(site)
-        assert sorted(p.name for p in bundle.iterdir()) == sorted(
-            ["ca.crt", "coordinator.pub", f"{site}.key", f"{site}.pub"])
-        assert _mode(bundle) == 0o700 and _mode(bundle / f"{site}.key") == 0o600
-        assert (bundle / f"{site}.key").read_bytes() == (s.certs_dir / f"{site}.key").read_bytes()
+        assert sorted(p.name for p in bundle.iterdir()) == ["ca.crt", "coordinator.pub"]
+        assert _mode(bundle) == 0o700
+    assert not list(s.certs_dir.glob("site-*"))
     assert _mode(s.proxy_dir / "tls" / "superlink.key") == 0o600
     conf = s.proxy_dir / "nginx.conf"
     assert f"listen {s.entry_listen} ssl;" in conf.read_text()
@@ -61,6 +73,62 @@ def test_init_makes_what_is_missing_and_keeps_what_exists(tmp_path, nginx) -> No
     # a second init (a restarted stack) keeps the CA, hence every registered key stays valid
     assert compose_stack.init(s) == 0
     assert (s.certs_dir / "ca.crt").read_bytes() == ca
+
+
+def test_each_site_makes_its_key_in_its_own_folder_and_only_the_public_half_leaves(
+        tmp_path) -> None:
+    s = _settings(tmp_path)
+    assert compose_stack.init(s) == 0
+    keys = {site: tmp_path / f"{site}-keys" for site in SITES}  # each site's own volume
+    for site in SITES:
+        assert _site_key(s, site, keys[site]) == 0
+        key, pub = keys[site] / f"{site}.key", keys[site] / f"{site}.pub"
+        assert _mode(keys[site]) == 0o700 and _mode(key) == 0o600
+        bundle = s.site_bundle(site)
+        assert sorted(p.name for p in bundle.iterdir()) == sorted(
+            ["ca.crt", "coordinator.pub", f"{site}.pub"])
+        assert (bundle / f"{site}.pub").read_bytes() == pub.read_bytes()
+    pubs = {site: s.site_bundle(site) / f"{site}.pub" for site in SITES}
+    assert site_private_keys(_coordinator_side(s), pubs) == []
+    assert len(site_private_keys(keys.values(), pubs)) == len(SITES)  # where they belong
+    # a restart keeps every key (the SuperLink knows it), and init keeps its hands off them
+    before = {site: (keys[site] / f"{site}.key").read_bytes() for site in SITES}
+    assert compose_stack.init(s) == 0
+    for site in SITES:
+        assert _site_key(s, site, keys[site]) == 0
+        assert (keys[site] / f"{site}.key").read_bytes() == before[site]
+        assert (s.site_bundle(site) / f"{site}.pub").read_bytes() == \
+            (keys[site] / f"{site}.pub").read_bytes()
+    # a name not in the stack is refused before anything is made
+    assert _site_key(s, "site-9", tmp_path / "site-9-keys") == 2
+    assert not (tmp_path / "site-9-keys").exists()
+
+
+def test_the_key_scan_finds_a_site_key_on_the_coordinators_side(tmp_path) -> None:
+    """The check above can fail: a site key copied into the certs, or pasted into a log."""
+    s = _settings(tmp_path)
+    assert compose_stack.init(s) == 0
+    keys = tmp_path / "site-0-keys"
+    assert _site_key(s, "site-0", keys) == 0
+    pubs = {"site-0": s.site_bundle("site-0") / "site-0.pub"}
+    (s.certs_dir / "copy.key").write_bytes((keys / "site-0.key").read_bytes())
+    logs = s.proxy_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "error.log").write_bytes(b"x " + (keys / "site-0.key").read_bytes() + b" y\n")
+    found = site_private_keys(_coordinator_side(s), pubs)
+    assert found == [f"{s.certs_dir / 'copy.key'}: the private key of site-0",
+                     f"{logs / 'error.log'}: the private key of site-0"], found
+
+
+def test_init_removes_the_site_keys_an_earlier_stack_left_on_the_coordinator(tmp_path) -> None:
+    """Stacks before the sites made their own keys kept them in the certs volume."""
+    from certs import ensure_federation_certs
+
+    s = _settings(tmp_path)
+    ensure_federation_certs(s.certs_dir, sites=SITES)  # what the old init made
+    assert compose_stack.init(s) == 0
+    assert not list(s.certs_dir.glob("site-*"))
+    assert (s.certs_dir / "coordinator.key").is_file()  # the coordinator's own key stays
 
 
 def test_monitoring_config_has_the_stack_targets_and_passes_promtool(tmp_path) -> None:

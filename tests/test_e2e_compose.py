@@ -4,7 +4,8 @@ Fast (no engine needed, only the docker CLI with Compose v2): ``docker compose c
 for every combination of files, and the resolved stack has the layout the README promises (only
 the entry proxy publishes a federation port, the sites sit on the labs' network only, each with
 its own key, data and state volumes, healthchecks and restart policies, Grafana's password
-required, a GPU per site in the GPU override).
+required, a GPU per site in the GPU override, each site's key volume mounted by that site's own
+containers only).
 
 End to end (``e2e``): runs zk0's image from the session fixture ``zk0_image`` (built once per
 session on debian:trixie-slim, shared with the site container's tests), builds only the
@@ -13,8 +14,10 @@ stack up with the test
 override (``network_mode: host``, free ports on 127.0.0.1), runs 3 rounds of the offline tiny
 SmolVLA on demo data with 4 sites, stops one site container after round 2 and checks round 3
 completes with the other three; then reads the run report and a checkpoint from the ``runs``
-volume, checks Prometheus scraped every site and that the entry refuses the Control API, and
-always tears everything down with its volumes and the stand-ins' images.
+volume, checks Prometheus scraped every site and that the entry refuses the Control API, that
+each site's key was made in the site's own volume and that no coordinator-side volume (the
+sites' bundles included) holds a site's private key; and always tears everything down with its
+volumes and the stand-ins' images.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from docker_tools import (
     require_image,
     write_env_file,
 )
+from key_files import site_private_keys
 from prometheus_tools import query
 
 from deploy.cluster.local_cluster import free_port
@@ -74,8 +78,14 @@ LONG_LIVED = ["superlink", "coordinator-metrics", "superexec", "entry-proxy", *S
 # zk0_image).
 STAND_INS = ["entry-proxy", "prometheus"]
 # Grafana has no Debian package: the e2e stack runs everything else.
-E2E_SERVICES = ["init", "demo-data", "superlink", "coordinator-metrics", "superexec", "register",
-                "entry-proxy", *SITES, "run", "prometheus"]
+KEY_JOBS = [f"{site}-key" for site in SITES]
+E2E_SERVICES = ["init", *KEY_JOBS, "demo-data", "superlink", "coordinator-metrics", "superexec",
+                "register", "entry-proxy", *SITES, "run", "prometheus"]
+# Where the coordinator's containers mount their volumes (the sites' bundles included): copied
+# out after the run and scanned for site private keys.
+COORDINATOR_SIDE = {"init": ["/app/certs", "/app/proxy", "/app/config",
+                             *(f"/app/sites/{site}" for site in SITES)],
+                    "superlink": ["/app/state"], "superexec": ["/app/metrics", "/app/runs"]}
 TIMEOUT_S = 1500  # the whole e2e stack, the stand-ins' builds included
 
 
@@ -122,7 +132,7 @@ def test_the_resolved_stack_has_the_promised_layout(env_file) -> None:
         assert s.get("healthcheck", {}).get("test") or s["environment"].get("ZK0_HEALTH_URL") \
             or name == "superexec", name
         assert not s.get("healthcheck", {}).get("disable"), name
-    for name in ("init", "demo-data", "register", "run"):
+    for name in ("init", *KEY_JOBS, "demo-data", "register", "run"):
         assert services[name]["restart"] == "no", name
     assert set(services["superlink"]["networks"]) == {"core"}
     for site in SITES:
@@ -130,15 +140,30 @@ def test_the_resolved_stack_has_the_promised_layout(env_file) -> None:
         assert set(s["networks"]) == {"fleet"}, site  # the entry is their only way in
         assert s["environment"]["ZK0_SUPERLINK"] == "entry-proxy:8443"
         assert s["environment"]["ZK0_SITE_KEY"] == f"/app/keys/{site}.key"
+        assert s["environment"]["ZK0_CA_CERT"] == "/app/federation/ca.crt"
         sources = {v["target"]: (v["source"], v.get("read_only", False)) for v in s["volumes"]}
         assert sources == {"/app/keys": (f"{site}-keys", True),
+                           "/app/federation": (f"{site}-public", True),
                            "/app/data": (f"{site}-data", True),
                            "/app/site": (f"{site}-state", False)}, sources
+        # the site's key is born in its volume, by a job of its own without network or powers
+        job = services[f"{site}-key"]
+        assert job["network_mode"] == "none" and job["cap_drop"] == ["ALL"], job
+        assert job["user"] == "49999:49999" and job["environment"]["ZK0_SITE_NAME"] == site
+        assert {v["source"]: v["target"] for v in job["volumes"]} == {
+            f"{site}-keys": "/app/keys", f"{site}-public": f"/app/sites/{site}"}
+        # and no other container ever mounts the site's key volume
+        holders = {name for name, other in services.items()
+                   for v in other.get("volumes", []) if v["source"] == f"{site}-keys"}
+        assert holders == {site, f"{site}-key"}, holders
         conditions = {k: v["condition"] for k, v in s["depends_on"].items()}
         assert conditions == {"entry-proxy": "service_healthy",
                               "register": "service_completed_successfully",
                               "demo-data": "service_completed_successfully"}
         assert "deploy" not in s  # no GPU by default
+    register = {v["source"]: v.get("read_only", False) for v in services["register"]["volumes"]}
+    assert register == {"certs": True, **{f"{site}-public": True for site in SITES}}, register
+    assert {f"{site}-key" for site in SITES} <= set(services["register"]["depends_on"])
     assert services["superlink"]["volumes"][1]["source"] == "superlink-state"
     gpu = json.loads(_config((BASE, GPU), env_file, "--format", "json").stdout)["services"]
     for site in SITES:
@@ -146,8 +171,8 @@ def test_the_resolved_stack_has_the_promised_layout(env_file) -> None:
         assert device["capabilities"] == ["gpu"] and device["device_ids"] == ["0"]
         assert gpu[site]["environment"]["ZK0_DEVICE"] == "cuda"
     test = json.loads(_config((BASE, TEST_OVERRIDE), env_file, "--format", "json").stdout)
-    for name, s in test["services"].items():
-        assert s.get("network_mode") == "host", name
+    for name, s in test["services"].items():  # on 127.0.0.1, or no network at all
+        assert s.get("network_mode") == ("none" if name in KEY_JOBS else "host"), name
         assert not s.get("ports"), name
 
 
@@ -179,8 +204,8 @@ class Stack:
         assert len(out) == 1, f"{service}: containers {out}"
         return out[0]
 
-    def logs_tail(self, lines: int = 60) -> str:
-        out = subprocess.run(self.cmd("logs", "--no-color", "--tail", str(lines)),
+    def logs_tail(self, lines: int = 60, *services: str) -> str:
+        out = subprocess.run(self.cmd("logs", "--no-color", "--tail", str(lines), *services),
                              capture_output=True, text=True, timeout=120, env=clean_env(),
                              check=False)
         return out.stdout[-20000:] + out.stderr[-2000:]
@@ -275,11 +300,23 @@ def stack(tmp_path_factory, zk0_image: str) -> Iterator[Stack]:
         inspect = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", run],
                                  capture_output=True, text=True, timeout=60, check=True)
         s.run_exit = int(inspect.stdout.strip())  # type: ignore[attr-defined]
+        if s.run_exit != 0:  # the coordinator's side says why (the run's stream may not)
+            print(f"coordinator logs (tail):\n{s.logs_tail(200, 'superexec', 'superlink')}",
+                  file=sys.stderr)
         out = work / "out"
         out.mkdir()
         for src, dst in (("/app/runs", "runs"), ("/app/certs/ca.crt", "ca.crt")):
             subprocess.run(["docker", "cp", f"{run}:{src}", str(out / dst)], check=True,
                            capture_output=True, timeout=300)
+        copies = {"coordinator": [(s.container(service), path)
+                                  for service, paths in COORDINATOR_SIDE.items()
+                                  for path in paths],
+                  "sites": [(s.container(job), "/app/keys") for job in KEY_JOBS]}
+        for side, sources in copies.items():
+            for i, (container, path) in enumerate(sources):
+                (out / side / str(i)).mkdir(parents=True)
+                subprocess.run(["docker", "cp", f"{container}:{path}", str(out / side / str(i))],
+                               check=True, capture_output=True, timeout=300)
         s.out = out  # type: ignore[attr-defined]
         yield s
     except BaseException:
@@ -358,3 +395,18 @@ def test_the_entry_forwards_fleet_and_health_only(stack) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, context=ctx, timeout=10)
     assert refused.value.code == 403
+
+
+@pytest.mark.e2e
+def test_each_site_key_was_born_in_its_own_volume_and_never_reached_the_coordinator(
+        stack) -> None:
+    """The sites' keys were made by their own key jobs; the coordinator's volumes (certs,
+    proxy, monitoring config, SuperLink state, metrics, runs and the bundles it writes) hold no
+    site private key, only the public halves it registered (the run shows they were)."""
+    out = stack.out  # type: ignore[attr-defined]
+    pubs = {site: next((out / "coordinator").glob(f"*/{site}/{site}.pub"))
+            for site in SITES}
+    assert site_private_keys([out / "coordinator"], pubs) == []
+    in_sites = site_private_keys([out / "sites"], pubs)
+    for site in SITES:
+        assert any(line.endswith(f"the private key of {site}") for line in in_sites), in_sites

@@ -4,17 +4,22 @@ The compose stack runs the layout of ``zk0 cluster`` (:mod:`deploy.cluster.local
 container per process role instead of one process per role; every command line, certificate,
 proxy config and report comes from the same code:
 
-    init         one-shot: the federation's CA, SuperLink certificate, coordinator and site keys
+    init         one-shot: the federation's CA, SuperLink certificate and coordinator key
                  (``zk0 certs``' :func:`ensure_federation_certs`: kept when present), each site's
-                 bundle (CA, coordinator.pub, its own key only), the entry proxy's nginx.conf
+                 bundle (CA and coordinator.pub: public files only), the entry proxy's nginx.conf
                  (:func:`deploy.coordinator.entry_proxy.prepare_folder`), Prometheus' config and
                  rules (:func:`deploy.monitoring.prometheus_server.render_config`) and Grafana's
                  provisioning
+    site-key     one-shot, one per site, in that site's own containers: the site's key, made
+                 (or kept) inside the site's key volume; only its public half is copied into the
+                 site's bundle, where ``register`` reads it. No coordinator-side container ever
+                 holds a site's private key, as on a real lab's box.
     demo-data    one-shot: a demo dataset for each site whose volume holds none
     superlink    ``flower-superlink`` (:func:`superlink_cmd`): TLS, node auth, process isolation,
                  SQLite state on its volume
     superexec    the ServerApp executor (``flower-superexec`` signing with the coordinator key)
-    register     one-shot: binds each site's key to its name (``zk0 site register``), idempotent
+    register     one-shot: binds each site's public key (from its bundle) to its name
+                 (``zk0 site register``), idempotent
     run          one-shot: submits the federation, streams it, prints the per-site MSE report
 
 A site is ``zk0 supernode`` itself (SuperNode + SuperExec + site worker), as on a lab's box.
@@ -68,9 +73,13 @@ class StackSettings(BaseSettings):
     run_config: str = ""  # KEY=VALUE ... as for `flwr run -c`, e.g. "num-server-rounds=3"
     run_timeout: float = Field(0.0, ge=0.0)  # 0: no limit
     uid: int = 49999  # owner of what the root-run init jobs write (the image's user)
+    site_name: str = Field("", description="the site whose key the site-key job makes")
     # Where the volumes are mounted (the image's layout).
     certs_dir: Path = Path("/app/certs")
-    bundles_dir: Path = Path("/app/sites")  # site-N's bundle volume at <bundles_dir>/<site>
+    # site-N's bundle at <bundles_dir>/<site>: public files only, both ways (the CA and
+    # coordinator.pub from init, site-N.pub from the site's key job)
+    bundles_dir: Path = Path("/app/sites")
+    keys_dir: Path = Path("/app/keys")  # a site's own key volume (the site-key job, the site)
     data_dir: Path = Path("/app/data")  # site-N's data volume at <data_dir>/<site> (init)
     proxy_dir: Path = Path("/app/proxy")
     config_dir: Path = Path("/app/config")  # Prometheus and Grafana configuration
@@ -132,23 +141,27 @@ def _copy(src: Path, dst: Path, mode: int) -> None:
 
 
 def init(s: StackSettings) -> int:
-    """Certificates and keys (kept when present), site bundles, proxy and monitoring config."""
+    """The coordinator's certificates and key (kept when present), site bundles (public files
+    only), proxy and monitoring config. No site key: each site makes its own (``site-key``)."""
     from certs.federation import DEFAULT_SANS, ensure_federation_certs
     from certs.files import private_dir
     from deploy.coordinator.entry_proxy import ProxySettings, prepare_folder
 
     sans = list(dict.fromkeys([*DEFAULT_SANS, *s.extra_sans]))
-    made = ensure_federation_certs(s.certs_dir, sans=sans, sites=s.site_names)
+    made = ensure_federation_certs(s.certs_dir, sans=sans)
     for path, action in made.actions.items():
         _say(f"{action.split(':', 1)[0]:<8} {path}")
+    for site in s.site_names:  # what an earlier zk0 made here for the sites: not the coordinator's
+        for stale in (s.certs_dir / f"{site}.key", s.certs_dir / f"{site}.pub",
+                      s.site_bundle(site) / f"{site}.key"):
+            if stale.is_file():
+                stale.unlink()
+                _say(f"removed  {stale} (a site's key is made in the site's own volume)")
     _chown_tree(s.certs_dir, s.uid)
-    for site in s.site_names:  # each site gets the public files and its own key, nothing else
+    for site in s.site_names:  # each site gets the CA and the coordinator's public key
         bundle = private_dir(s.site_bundle(site), tighten=True)
-        priv, pub = made.site_keys[site]
         _copy(made.ca_cert, bundle / "ca.crt", 0o644)
         _copy(made.coordinator_pub, bundle / "coordinator.pub", 0o644)
-        _copy(priv, bundle / f"{site}.key", 0o600)
-        _copy(pub, bundle / f"{site}.pub", 0o644)
         _chown_tree(bundle, s.uid)
     tls = private_dir(s.proxy_dir / "tls", tighten=True)
     proxy = ProxySettings(
@@ -200,6 +213,33 @@ def write_monitoring_config(s: StackSettings) -> None:
     _say(f"Prometheus config {prom / 'prometheus.yml'}; Grafana provisioning {grafana}")
 
 
+def site_key(s: StackSettings) -> int:
+    """ZK0_SITE_NAME's key, made (or kept) in the site's own key volume; only its public half
+    goes into the site's bundle, for ``register``. Runs in the site's containers, never in the
+    coordinator's."""
+    from certs.errors import CertError
+    from certs.federation import ensure_site_key
+    from certs.files import private_dir
+
+    site = s.site_name
+    if site not in s.site_names:
+        _say(f"ZK0_SITE_NAME={site!r}: expected one of ZK0_SITES ({', '.join(s.site_names)})")
+        return 2
+    try:
+        priv, pub, done = ensure_site_key(s.keys_dir, site)
+    except CertError as err:
+        _say(f"{site}: {err}")
+        return 1
+    for path, action in done.items():
+        _say(f"{action.split(':', 1)[0]:<8} {path}")
+    bundle = private_dir(s.site_bundle(site))
+    _copy(pub, bundle / pub.name, 0o644)
+    _chown_tree(s.keys_dir, s.uid)  # no-op unless run as root
+    _say(f"{site}: private key {priv} stays in this site's volume; public key -> "
+         f"{bundle / pub.name}")
+    return 0
+
+
 def demo_data(s: StackSettings) -> int:
     """A demo dataset in each site's data volume that holds none (ZK0_DEMO_DATA=false: a
     missing dataset is an error instead)."""
@@ -228,7 +268,8 @@ def demo_data(s: StackSettings) -> int:
 
 
 def register(s: StackSettings) -> int:
-    """Bind each site's key to its name; a binding already there (a restart) is kept."""
+    """Bind each site's public key (from its bundle, put there by the site's own key job) to
+    its name; a binding already there (a restart) is kept."""
     from common import signing
     from deploy.coordinator.site_registry import SiteRegistryError, list_nodes, register_site
     from deploy.flower import flwr_cli
@@ -237,7 +278,10 @@ def register(s: StackSettings) -> int:
     flwr_cli.write_connection_config(s.flwr_home, CONNECTION, s.superlink, ca)
     known = {n.name: n for n in list_nodes(s.flwr_home, CONNECTION) if n.active}
     for site in s.site_names:
-        pub = s.certs_dir / f"{site}.pub"
+        pub = s.site_bundle(site) / f"{site}.pub"
+        if not pub.is_file():
+            _say(f"{site}: no public key at {pub}: the site's key job ({site}-key) has not run")
+            return 1
         if site in known and known[site].fingerprint == signing.fingerprint(
                 signing.load_public_key(pub, "site public key")):
             _say(f"{site}: already registered as node {known[site].node_id}, kept")
@@ -315,6 +359,7 @@ def superexec(s: StackSettings) -> int:
 
 ROLES: dict[str, Callable[[StackSettings], int]] = {
     "init": init,
+    "site-key": site_key,
     "demo-data": demo_data,
     "superlink": superlink,
     "superexec": superexec,
