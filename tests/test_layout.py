@@ -221,9 +221,8 @@ def module_graph(root: Path, package: str) -> dict[str, set[str]]:
     return graph
 
 
-# superlink.strategy (its __init__ and the strategies) and bench.quality still import in a circle
-@pytest.mark.parametrize("package", ["common", "supernode", "deploy", "certs", "demo_data",
-                                     "harness"])
+@pytest.mark.parametrize("package", ["common", "superlink", "supernode", "deploy", "certs",
+                                     "demo_data", "harness", "bench"])
 def test_no_import_cycle_between_modules(package):
     graphlib.TopologicalSorter(module_graph(REPO, package)).prepare()
 

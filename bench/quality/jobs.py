@@ -25,7 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench.quality import baselines
+import bench.quality.baselines as baselines
 from bench.quality.variants import Engine, Study, Variant, node_configs, run_config
 
 

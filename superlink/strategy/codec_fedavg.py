@@ -37,6 +37,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+import superlink.strategy.state as state
+import superlink.strategy.update_checks as update_checks
 from common import codec
 from common.logs import get_logger
 from common.protocol import (
@@ -51,7 +53,6 @@ from common.protocol import (
     SiteReport,
 )
 from common.trajectory import Trajectory, TrajectoryError
-from superlink.strategy import state, update_checks
 from superlink.strategy.node_selection import SampledNodes, sample_sites, wait_for_sites
 from superlink.strategy.replies import AcceptedReply, Failure, ReplyRejected, RoundReplies
 

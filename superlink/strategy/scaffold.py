@@ -36,10 +36,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr
 
+import superlink.strategy.state as state
 from common import codec
 from common.logs import get_logger
 from common.protocol import ARRAYS, CODEC, CONFIG, CONTROL, CONTROL_CODEC
-from superlink.strategy import state
 from superlink.strategy.codec_fedavg import TRAIN, CodecFedAvg
 from superlink.strategy.flower_strategies import WithExchangeSettings
 from superlink.strategy.replies import AcceptedReply, ReplyRejected
