@@ -24,6 +24,8 @@ StrategyName = Literal[
     "fedprox", "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
     # drift correction (superlink/strategy/{scaffold,fedexp,fedprox_decoupled}.py)
     "scaffold", "fedexp", "fedprox-decoupled",
+    # robust aggregation (superlink/strategy/{fedtrimmedavg,fedmedian,fedavg_clipped}.py)
+    "fedtrimmedavg", "fedmedian", "fedavg-clipped",
 ]
 LocalOptimizer = Literal["adamw", "sgd", "sgdm"]
 WireDtype = Literal["float32", "float16", "bfloat16"]
@@ -131,6 +133,18 @@ class RunConfig(_Strict):
     min_replies: int = Field(1, ge=1)  # usable train replies a round needs to move the model
     max_failed_rounds: int = Field(3, ge=1)  # failed rounds in a row that end the run
     max_update_norm_ratio: float = Field(10.0, ge=0.0)  # x the round's median norm; 0 = off
+    max_weight_ratio: float = Field(2.0, ge=0.0, description=(
+        "The most a site's update may weigh in an average, as a multiple of the median weight "
+        "(num-examples) of the round's other accepted updates; the cap is logged "
+        "(weight_capped) and in the round report when it bites. 0 = weights as declared "
+        "(bounded only by the frames declared at stage 0); values in (0, 1) are refused."))
+    trim_beta: float = Field(0.2, ge=0.0, lt=0.5, description=(
+        "strategy fedtrimmedavg: the share of the sites' values cut from each side of every "
+        "coordinate before averaging (Flower's FedTrimmedAvg beta; int(beta x sites) each "
+        "side, so 0.2 trims nothing below 5 sites)."))
+    clip_norm_ratio: float = Field(1.0, gt=0.0, description=(
+        "strategy fedavg-clipped: every update longer than this many times the median norm of "
+        "the round's accepted updates is scaled down to that length before averaging."))
     resume_from: str = ""  # a run folder: continue it from its last completed round
 
     @model_validator(mode="after")
@@ -161,6 +175,11 @@ class RunConfig(_Strict):
                 f"min-replies {self.min_replies} exceeds the {asked} site(s) a round asks when "
                 f"min-sites={self.min_sites} are connected (fraction-train "
                 f"{self.fraction_train}): rounds would fail with every site healthy"
+            )
+        if 0.0 < self.max_weight_ratio < 1.0:
+            raise ValueError(
+                f"max-weight-ratio {self.max_weight_ratio} would weigh every site below the "
+                "others' median; use 1 or more (e.g. 2) or 0 to weigh as declared"
             )
         if 0.0 < self.max_update_norm_ratio <= 1.0:
             raise ValueError(

@@ -34,7 +34,8 @@ def _spec(joints=JOINTS, dims=6, cameras=("top",)) -> dict:
 
 
 def _sites(*specs) -> dict[int, SiteInfo]:
-    return {100 + i: SiteInfo(name, spec, 4, 2, 100, 50, "cpu")
+    return {100 + i: SiteInfo(site_name=name, features=spec, train_episodes=4, eval_episodes=2,
+                              train_frames=100, eval_frames=50, fps=30.0, device="cpu")
             for i, (name, spec) in enumerate(specs)}
 
 
@@ -57,7 +58,7 @@ def test_the_majority_sets_the_features_whatever_the_reply_order():
     specs = [("a-lab", swapped), ("b-lab", _spec()), ("c-lab", _spec()), ("d-lab", _spec(dims=7,
              joints=[*JOINTS, "extra.pos"]))]
     for order in (specs, specs[::-1], specs[1:] + specs[:1]):
-        features, excluded = agree_features(_sites(*order))
+        features, _, excluded = agree_features(_sites(*order))
         assert features == _spec()
         names = {info.site_name for node, info in _sites(*order).items() if node in excluded}
         assert names == {"a-lab", "d-lab"}
@@ -66,14 +67,14 @@ def test_the_majority_sets_the_features_whatever_the_reply_order():
 def test_a_tie_goes_to_the_group_of_the_alphabetically_first_site():
     swapped = _spec([JOINTS[1], JOINTS[0], *JOINTS[2:]])
     for order in ([("zeta", _spec()), ("alpha", swapped)], [("alpha", swapped), ("zeta", _spec())]):
-        features, excluded = agree_features(_sites(*order))
+        features, _, excluded = agree_features(_sites(*order))
         assert features == swapped
         assert [s.site_name for n, s in _sites(*order).items() if n in excluded] == ["zeta"]
 
 
 def test_a_resumed_run_keeps_its_features_even_against_a_new_majority():
     swapped = _spec([JOINTS[1], JOINTS[0], *JOINTS[2:]])
-    features, excluded = agree_features(
+    features, _, excluded = agree_features(
         _sites(("a", swapped), ("b", swapped), ("c", _spec())), federation=_spec())
     assert features == _spec() and len(excluded) == 2
 

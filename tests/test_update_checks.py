@@ -104,18 +104,22 @@ def test_an_update_far_larger_than_the_others_is_dropped_under_every_strategy(na
     assert "max-update-norm-ratio=10" in failure.reason and "over 3 updates" in failure.reason
 
 
-def test_norm_rule_needs_three_updates_and_can_be_turned_off():
+def test_norm_rule_works_from_two_updates_and_can_be_turned_off():
     base = _global()
     huge = {k: base[k] + 50 * (v - base[k]) for k, v in _local(base, 303, 1).items()}
     two = _zk0({"strategy": "fedavg"})
     _, replies = _round(two, 1, base, bad={"s2": huge}, only={"s0", "s2"})
     two.aggregate_train(1, replies)
-    assert sorted(two.replies(TRAIN, 1).reports) == ["s0", "s2"]  # no majority: kept
+    judged = two.replies(TRAIN, 1)
+    assert sorted(judged.reports) == ["s0"]  # against the other update, not their median
+    [failure] = judged.failures
+    assert (failure.site, failure.kind) == ("s2", "norm") and "1 other update" in failure.reason
     off = _zk0({"strategy": "fedavg", "max-update-norm-ratio": 0.0})
     _, replies = _round(off, 1, base, bad={"s2": huge})
     off.aggregate_train(1, replies)
     assert off.replies(TRAIN, 1).failures == []
     assert update_checks.norm_outliers({"a": 0.0, "b": 0.0, "c": 5.0}, 10.0) == {}
+    assert update_checks.norm_outliers({"a": 5.0}, 10.0) == {}  # nothing to compare with
 
 
 def test_ratio_at_or_below_one_is_refused_by_the_run_config():
