@@ -67,7 +67,7 @@ class SiteInfo(RecordModel):
     train_frames: Positive
     eval_frames: Positive
     fps: float = Field(gt=0.0, le=1000.0)  # the dataset's frame rate (part of the agreement)
-    device: str = Field(max_length=64)
+    device: str = Field(min_length=1, max_length=64)
 
     def to_record(self) -> ConfigRecord:
         values = self.model_dump(by_alias=True)

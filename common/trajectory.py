@@ -23,7 +23,15 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from pydantic import BeforeValidator, Field
 
-from common.records import RecordError, RecordModel, check_record_type, parse_json, read_array
+from common.records import (
+    MAX_COUNT,
+    MAX_MAGNITUDE,
+    RecordError,
+    RecordModel,
+    check_record_type,
+    parse_json,
+    read_array,
+)
 
 DEGREES = "deg"
 GRIPPER_RANGE = "% of range"
@@ -160,12 +168,14 @@ class Trajectory:
                 problems.append(f"{key} has shape {value.shape}, expected ({t}, {dims})")
             elif not np.isfinite(value).all():
                 problems.append(f"{key} has non-finite values")
+            elif value.size and np.abs(value).max() > MAX_MAGNITUDE:
+                problems.append(f"{key} has values beyond +-{MAX_MAGNITUDE:g}")
         if len(self.names) != dims or len(self.units) != dims:
             problems.append(f"{len(self.names)} names / {len(self.units)} units for {dims} dims")
         frames = self.frame_index
         if frames.shape != (t,) or (t > 1 and np.any(np.diff(frames) <= 0)) or (
-                t and frames[0] < 0):
-            problems.append("frame-index is not increasing from 0 or later")
+                t and (frames[0] < 0 or frames[-1] > MAX_COUNT)):
+            problems.append(f"frame-index is not increasing within 0..{MAX_COUNT}")
         if not (np.isfinite(self.fps) and self.fps > 0):
             problems.append(f"fps {self.fps}")
         starts = self.chunk_starts

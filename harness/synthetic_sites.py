@@ -91,7 +91,8 @@ class SyntheticSites:
         # distinct per site, within any demo site's training frames (the server bounds it)
         report = {"num_examples": 20 + zlib.crc32(site.encode()) % 50}
         if instructions.evaluate:
-            report |= {"eval_action_mse": _mse(weights), "eval_samples": 8, "eval_seconds": 0.0}
+            report |= {"eval_action_mse": _mse(weights), "eval_seconds": 0.0,
+                       "eval_samples": min(8, int(context.run_config.get("eval-samples", 8)))}
         content = RecordDict({SITE: ConfigRecord({"site-name": site}),
                               NOTES: SiteNotes().to_record()})
         if instructions.evaluate and instructions.trajectory:
