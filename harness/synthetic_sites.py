@@ -88,8 +88,10 @@ class SyntheticSites:
             raise RuntimeError(f"{site}: injected failure in round {instructions.server_round}")
         payload = codec.from_content(msg.content, ARRAYS, CODEC)
         weights = codec.decode(payload)
-        # distinct per site, within any demo site's training frames (the server bounds it)
-        report = {"num_examples": 20 + zlib.crc32(site.encode()) % 50}
+        # distinct per site, within any demo site's training (120) and held-out (60) frames
+        # (the server bounds each by what the site declared)
+        spread = zlib.crc32(site.encode())
+        report = {"num_examples": 20 + spread % 50 if kind == "train" else 10 + spread % 30}
         if instructions.evaluate:
             report |= {"eval_action_mse": _mse(weights), "eval_seconds": 0.0,
                        "eval_samples": min(8, int(context.run_config.get("eval-samples", 8)))}

@@ -53,10 +53,11 @@ def _update(site: int, server_round: int, scale: float = 1.0) -> dict[str, np.nd
     return {k: (scale * rng.normal(0, 0.01, s)).astype(np.float32) for k, s in SHAPES.items()}
 
 
-def _round(strategy, server_round, base, sites, examples=None, scale=None, control=False,
+def _round(strategy, server_round, base, sites, examples=None, scale=None, control=None,
            only=None):
     """Configure a round and answer it: each site its own update, ``examples`` and ``scale``
-    per site name overriding the honest defaults."""
+    per site name overriding the honest defaults; ``control`` (SCAFFOLD): each site's control
+    delta as a multiple of its update."""
     messages = strategy.configure_train(
         server_round, ArrayRecord({k: Array(v) for k, v in base.items()}), ConfigRecord(),
         Nodes(sites))
@@ -74,8 +75,9 @@ def _round(strategy, server_round, base, sites, examples=None, scale=None, contr
                             train_loss=1.0)
         content = RecordDict({ARRAYS: payload.arrays, CODEC: payload.meta,
                               METRICS: report.to_record()})
-        if control:
-            delta = codec.encode({k: v * 3 for k, v in update.items()}, "float32", base=zero)
+        if control is not None:
+            factor = np.float32(control.get(name, 3.0))
+            delta = codec.encode({k: v * factor for k, v in update.items()}, "float32", base=zero)
             content[CONTROL], content[CONTROL_CODEC] = delta.arrays, delta.meta
         replies.append(Message(content, reply_to=msg))
     return replies, updates
@@ -183,15 +185,11 @@ def test_a_50x_scaffold_control_delta_fails_the_reply():
     """The control-variate delta passes the same norm rule as the update (its own history)."""
     sites, base = _sites(4), _weights()
     strategy = _strategy(4, strategy="scaffold", **{"server-lr": 1.0})
-    replies, _ = _round(strategy, 1, base, sites, control=True)
-    delta = replies[2].content[CONTROL]
-    huge = {k: 50 * codec.wire_view(a) for k, a in delta.items()}
-    payload = codec.encode(huge, "float32", base={k: np.zeros_like(v) for k, v in huge.items()})
-    replies[2].content[CONTROL], replies[2].content[CONTROL_CODEC] = (payload.arrays,
-                                                                      payload.meta)
+    replies, _ = _round(strategy, 1, base, sites, control={"s2": 150.0})
     strategy.aggregate_train(1, replies)
     [failure] = strategy.replies(TRAIN, 1).failures
-    assert failure.kind == "norm" and failure.reason.startswith("control-variate delta norm")
+    assert (failure.site, failure.kind) == ("s2", "norm")
+    assert failure.reason.startswith("control-variate delta norm")
     assert sorted(strategy.control_rounds) == ["s0", "s1", "s3"]
 
 
@@ -275,7 +273,7 @@ def test_a_round_short_of_min_replies_moves_no_state(name):
     sites, base = _sites(3), _weights()
     strategy = _strategy(3, strategy=name, **{"min-replies": 2, "min-sites": 2},
                          **STRATEGY_OVERRIDES.get(name, {}))
-    control = name == "scaffold"
+    control = {} if name == "scaffold" else None
     replies, _ = _round(strategy, 1, base, sites, control=control)
     base = {k: v.numpy() for k, v in strategy.aggregate_train(1, replies)[0].items()}
     saved, layout = strategy.export_state()
