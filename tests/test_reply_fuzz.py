@@ -41,7 +41,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from common import codec
+from common import codec, norm_stats
 from common.norm_stats import global_stats, merge_all, stats_to_record
 from common.policy_factory import build_policy, frozen_fingerprint, trainable_state
 from common.protocol import (
@@ -60,12 +60,16 @@ from common.protocol import (
     TRAJECTORY,
     TRAJECTORY_INFO,
     SiteInfo,
+    SiteNotes,
+    SiteReport,
 )
 from common.settings import RunConfig
+from common.trajectory import Trajectory
 from harness.inprocess_grid import InProcessGrid, server_context
 from superlink import federated_stats
 from superlink.authenticity import FederationGuard
 from superlink.federation import Rounds
+from superlink.reply_model import Expected
 from superlink.reports import RunReport
 from superlink.run_status import RoundLedger
 from superlink.strategy import EVALUATE, TRAIN, make_strategy
@@ -585,3 +589,106 @@ def test_the_reference_is_what_two_sites_make(world):
     merged = merge_all([world.good.moments])
     assert global_stats(merged, [])["action"]["count"][0] == sum(
         i.train_frames for i in world.good.sites.values())
+
+
+# -- what the fuzzing found, kept as plain regressions ----------------------------------------
+
+
+def _instruction(kind: str) -> Message:
+    server_context({}, RUN_ID)  # Message() needs a ServerApp's task identity
+    msg = Message(RecordDict(), dst_node_id=1001, message_type=kind)
+    msg.metadata.__dict__["_message_id"] = "m1"
+    return msg
+
+
+def _train_reply(**changes: dict) -> Message:
+    """A valid train reply (SCAFFOLD: with a control delta) with ``changes`` per record."""
+    zero = {"w": np.zeros(3, np.float32)}
+    update = codec.encode({"w": np.ones(3, np.float32)}, "float32", base=zero)
+    content = RecordDict({
+        ARRAYS: update.arrays, CODEC: update.meta, CONTROL: update.arrays,
+        CONTROL_CODEC: update.meta,
+        METRICS: MetricRecord({**SiteReport(num_examples=5).to_record(), **changes.get(
+            METRICS, {})}),
+        NOTES: ConfigRecord({**SiteNotes().to_record(), **changes.get(NOTES, {})}),
+    })
+    if TRAJECTORY_INFO in changes:
+        arrays, info = Trajectory(0, 30.0, ("a",), ("deg",), np.arange(2),
+                                  np.zeros((2, 1), np.float32), np.zeros((2, 1), np.float32),
+                                  np.arange(1)).to_records()
+        content[TRAJECTORY] = arrays
+        content[TRAJECTORY_INFO] = ConfigRecord({**info, **changes[TRAJECTORY_INFO]})
+    return Message(content, reply_to=_instruction(TRAIN))
+
+
+def _stats_reply(site: dict | None = None, count: list | None = None) -> Message:
+    spec = {"action": {"dtype": "float32", "shape": [2], "names": ["a", "b"]}}
+    info = SiteInfo(site_name="lab", features=spec, train_episodes=1, eval_episodes=1,
+                    train_frames=3, eval_frames=3, fps=30.0, device="cpu")
+    moments = norm_stats.to_record({"action": norm_stats.Moments.of(np.ones((3, 2)))})
+    if count is not None:
+        moments["action/count"] = Array(np.array(count, np.float64))
+    return Message(RecordDict({SITE: ConfigRecord({**info.to_record(), **(site or {})}),
+                               MOMENTS: moments}), reply_to=_instruction(STATS_QUERY))
+
+
+EXPECTED = Expected(TRAIN, server_round=2, control=True, trajectory_frames=10, action_dims=1)
+
+
+@pytest.mark.parametrize(("case", "reply"), [
+    # int(inf) raised OverflowError in the progress callback and the weight check
+    ("num-examples inf", lambda: _train_reply(metrics={"num-examples": math.inf})),
+    # the failure kind was whatever the site wrote (a label of the failure metrics)
+    ("train-error-kind of its choosing", lambda: _train_reply(notes={
+        "train-error": "x", "train-error-kind": "norm"})),
+    # a base round from the future reset SCAFFOLD's c for every site
+    ("control-base-round from the future", lambda: _train_reply(metrics={
+        "control-base-round": 7})),
+    # OverflowError / RecursionError out of the trajectory's catch list
+    ("trajectory episode inf", lambda: _train_reply(**{TRAJECTORY_INFO: {"episode": math.inf}})),
+    ("trajectory names nested 10,000 deep", lambda: _train_reply(**{
+        TRAJECTORY_INFO: {"names": "[" * 10_000}})),
+])
+def test_what_the_fuzzing_found_in_replies_stays_refused(case, reply):
+    from superlink.federation import _progress
+    from superlink.reply_model import ReplyRejected, parse_reply
+
+    parse_reply(_train_reply(), EXPECTED)  # the unchanged reply is fine
+    msg = reply()
+    with pytest.raises(ReplyRejected) as refused:
+        parse_reply(msg, EXPECTED)
+    assert refused.value.kind == "malformed" and str(refused.value).startswith("train reply:")
+    _progress({1001: "lab"}, "train")(msg, 1001)  # logs "unreadable", never raises
+
+
+@pytest.mark.parametrize(("case", "reply"), [
+    # RecursionError escaped stage 0's catch list
+    ("features nested 10,000 deep", lambda: _stats_reply({"features": "[" * 10_000})),
+    # untyped: a string bound then raised TypeError in every round's weight check
+    ("train-frames a string", lambda: _stats_reply({"train-frames": "lots"})),
+    ("no action feature", lambda: _stats_reply({"features": json.dumps(
+        {"observation.state": {"dtype": "float32", "shape": [2], "names": None}})})),
+    # IndexError / OverflowError from the moments' count
+    ("moments count empty", lambda: _stats_reply(count=[])),
+    ("moments count inf", lambda: _stats_reply(count=[math.inf])),
+    ("moments count not the declared frames", lambda: _stats_reply(count=[4.0])),
+])
+def test_what_the_fuzzing_found_at_stage_0_stays_refused(case, reply):
+    from superlink.reply_model import ReplyRejected, parse_stats
+
+    parse_stats(_stats_reply())
+    with pytest.raises(ReplyRejected) as refused:
+        parse_stats(reply())
+    assert refused.value.kind == "malformed" and str(refused.value).startswith("stats reply:")
+
+
+def test_a_signature_record_with_inf_is_refused_not_raised():
+    """``int(inf)`` in common.signing.verify raised OverflowError, not SignatureRejected."""
+    from superlink.reply_model import ReplyRejected, check_signature_record
+
+    content = RecordDict({SIGNATURE: ConfigRecord({
+        "scheme": "x", "run-id": 1, "round": math.inf, "node-id": 1, "site": "lab",
+        "signature": b"x"})})
+    with pytest.raises(ReplyRejected, match=r"malformed signature record.*'round'") as refused:
+        check_signature_record(content)
+    assert refused.value.kind == "signature"
