@@ -75,7 +75,8 @@ class RunReport:
             meta.get("run_id", "unknown"), meta.get("run_config", {}).get("num-server-rounds")
         )
         self.metrics.started(
-            meta.get("sites", {}), meta.get("stats_failures", {}), meta.get("started")
+            meta.get("sites", {}), meta.get("stats_failures", {}), meta.get("started"),
+            excluded=meta.get("excluded_sites", {}),
         )
 
     def _write_meta(self) -> None:
