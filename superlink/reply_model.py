@@ -121,13 +121,11 @@ class SiteReply(_Reply):
     @model_validator(mode="after")
     def _fits_the_instruction(self, info: ValidationInfo) -> Self:
         expected: Expected = info.context["expected"]
-        pairs = {"arrays": self.codec, "codec": self.arrays, "control": self.control_codec,
-                 "control-codec": self.control}
-        for name, partner in pairs.items():
-            present = getattr(self, name.replace("-", "_")) is not None
-            if present != (partner is not None):
-                raise ValueError(f"record '{name}' {'without' if present else 'missing next to'}"
-                                 " its partner record")
+        for names in (("arrays", "codec"), ("control", "control-codec")):
+            there = [n for n in names if getattr(self, n.replace("-", "_")) is not None]
+            if len(there) == 1:
+                raise ValueError(f"records {names[0]!r} and {names[1]!r} come together; only "
+                                 f"{there[0]!r} is there")
         failed = bool(self.notes.train_error)
         update = expected.kind == TRAIN and not failed
         if update and self.arrays is None:
