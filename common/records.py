@@ -16,14 +16,13 @@ types below say what a count, a duration or a measurement may be.
 
 from __future__ import annotations
 
-import math
 import reprlib
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
 import pydantic_core
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ConfigRecord
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,7 +42,7 @@ MAX_MAGNITUDE = 1e15
 MAX_SECONDS = 1e7
 #: The longest free text a record value may hold (a note, an error message).
 MAX_TEXT = 20_000
-#: How a record name and a record key are spelled inside a message (the value's path).
+#: How a refused value is quoted in a reason (a 1 MB string is not repeated).
 _SHORT = reprlib.Repr(maxstring=60, maxother=60, maxlist=4)
 
 
@@ -167,35 +166,3 @@ def read_array(array: Array, where: str, dtype: str, ndim: int) -> np.ndarray:
             f"{where}: {view.dtype} array of shape {view.shape}, expected {ndim}-D {dtype}"
         )
     return view
-
-
-def all_finite(values: np.ndarray) -> bool:
-    return bool(np.isfinite(values).all()) if values.size else True
-
-
-def finite_number(value: float) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-__all__ = [
-    "MAX_COUNT",
-    "MAX_MAGNITUDE",
-    "MAX_SECONDS",
-    "MAX_TEXT",
-    "ArrayRecord",
-    "ConfigRecord",
-    "Count",
-    "Finite",
-    "Measured",
-    "MetricRecord",
-    "Name",
-    "Positive",
-    "RecordError",
-    "RecordModel",
-    "Seconds",
-    "Text",
-    "check_record_type",
-    "describe",
-    "parse_json",
-    "read_array",
-]
