@@ -209,8 +209,10 @@ def run_aggregation(ctx: BenchContext) -> list[Section]:
     sites = {node: f"site-{i}" for i, node in enumerate(_Grid(ctx.sites).node_ids)}
 
     def strategy(name: str, server_lr: float):
+        # weights as declared (no cap): compared with Flower's own, unbounded weighted mean
         config = ctx.run_config(**{"strategy": name, "min-sites": ctx.sites,
-                                   "server-lr": server_lr, "server-momentum": 0.0})
+                                   "server-lr": server_lr, "server-momentum": 0.0,
+                                   "max-weight-ratio": 0.0})
         return make_strategy(config, ArrayRecord(), sites)
 
     strategies = {name: strategy(name, 1.0) for name in STRATEGIES}

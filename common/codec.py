@@ -21,12 +21,15 @@ import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.common.constant import SType
+from pydantic import Field
+
+from common.records import RecordModel
 
 WireDtype = Literal["float32", "float16", "bfloat16"]
 Encoding = Literal["weights", "update"]
@@ -37,6 +40,19 @@ _HASH_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zk0-digest")
 
 class PayloadIntegrityError(ValueError):
     """A payload's bytes do not match the digest its sender computed."""
+
+
+_Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class CodecMeta(RecordModel):
+    """The codec's record next to a payload's arrays (what :func:`encode` writes): the
+    payload's dtype on the wire, what it holds, and the SHA-256 of each array."""
+
+    wire_dtype: WireDtype
+    encoding: Encoding
+    digests: list[_Sha256] = Field(max_length=100_000)
+    digest: _Sha256
 
 
 @dataclass(frozen=True)

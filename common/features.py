@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 # The SO-100 / SO-101 arm as LeRobot records it (lerobot's so100_follower): five joints and the
 # gripper, in this order, for observation.state and action, at 30 fps.
@@ -29,6 +31,37 @@ CAMERA_DTYPES = ("image", "video")
 
 class FeatureMismatchError(ValueError):
     """A site's dataset features differ from the federation's (names, dtypes, shapes)."""
+
+
+class FeatureSpec(BaseModel):
+    """One feature as :func:`feature_spec` describes it (what a site sends at stage 0)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    dtype: str = Field(min_length=1, max_length=32)
+    shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(min_length=1, max_length=4)
+    names: list[str] | dict[str, list[str]] | None = None
+
+
+_SPEC = TypeAdapter(dict[Annotated[str, Field(min_length=1, max_length=200)], FeatureSpec])
+
+
+def checked_spec(spec: Any) -> dict[str, dict[str, Any]]:
+    """``spec`` as :func:`feature_spec` makes it, or ValueError: every feature a dtype, a shape
+    of 1-4 positive sizes and optional element names, and an ``action`` of one dimension
+    (the policy's output; every federation has one)."""
+    try:
+        parsed = _SPEC.validate_python(spec, strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"feature {where!r}: {first['msg']}") from None
+    if len(parsed) > 64:
+        raise ValueError(f"{len(parsed)} features (at most 64)")
+    action = parsed.get("action")
+    if action is None or len(action.shape) != 1 or action.dtype in (*CAMERA_DTYPES, "string"):
+        raise ValueError("no 'action' feature of one numeric dimension")
+    return {key: f.model_dump() for key, f in parsed.items()}
 
 
 def feature_spec(features: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -62,6 +95,8 @@ def names_problem(key: str, local: Any, expected: Any) -> str | None:
     if local == expected:
         return None
     a, b = _name_list(local), _name_list(expected)
+    if a is not None and a == b:  # the same names, wrapped differently ({"motors": [...]})
+        return None
     if a is not None and b is not None and sorted(a) == sorted(b):
         at = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
         return (f"feature {key!r}: same names in another order (position {at}: {a[at]!r}, "
@@ -77,12 +112,18 @@ def _name_list(names: Any) -> list[str] | None:
     return None
 
 
+def _canonical_names(names: Any) -> Any:
+    """Element names as a plain list where they are one ({"motors": [...]} and [...] agree)."""
+    flat = _name_list(names)
+    return flat if flat is not None else names
+
+
 def signature(spec: Mapping[str, Mapping[str, Any]]) -> str:
     """What must be equal for two sites to train one policy, as a canonical string: every
     feature's dtype, shape and names, except a camera's resolution (and names)."""
     canonical = {
         key: ("camera" if f["dtype"] in CAMERA_DTYPES
-              else [f["dtype"], list(f["shape"]), f.get("names")])
+              else [f["dtype"], list(f["shape"]), _canonical_names(f.get("names"))])
         for key, f in spec.items()
     }
     return json.dumps(canonical, sort_keys=True)

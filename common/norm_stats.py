@@ -10,13 +10,24 @@ the global checkpoint's processor files. Cameras use LeRobot's ImageNet statisti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from common import features as feat
+from common.records import MAX_COUNT, MAX_MAGNITUDE, RecordError, check_record_type, read_array
+
 _FIELDS = ("count", "sum", "sumsq", "min", "max")
+#: Relative slack of the consistency checks (float64 sums over up to MAX_COUNT frames).
+_SLACK = 1e-6
+
+
+class StatsError(ValueError):
+    """A site's statistics that cannot be what it says they are (named feature and why)."""
 
 
 @dataclass(frozen=True)
@@ -84,18 +95,78 @@ def to_record(moments: Mapping[str, Moments]) -> ArrayRecord:
     return record
 
 
-def from_record(record: ArrayRecord) -> dict[str, Moments]:
+def from_record(record: Any, name: str = "moments") -> dict[str, Moments]:
+    """A site's moments (:func:`to_record`), or :class:`RecordError`: keys
+    ``<feature>/<field>`` with exactly the five fields per feature, each a 1-D float64 array,
+    ``count`` one whole number of frames, the other four of one length."""
+    check_record_type(record, ArrayRecord, name)
     grouped: dict[str, dict[str, np.ndarray]] = {}
-    for name, array in record.items():
-        key, field = name.rsplit("/", 1)
-        grouped.setdefault(key, {})[field] = array.numpy()
+    for key in record:
+        feature, _, field = key.rpartition("/")
+        if not feature or field not in _FIELDS:
+            raise RecordError(f"record '{name}': key {key!r}: expected '<feature>/<field>' with "
+                              f"field one of {list(_FIELDS)}")
+        grouped.setdefault(feature, {})[field] = read_array(
+            record[key], f"record '{name}' key {key!r}", "float64", 1)
     out = {}
-    for key, f in grouped.items():
-        missing = set(_FIELDS) - set(f)
+    for feature, f in grouped.items():
+        missing = sorted(set(_FIELDS) - set(f))
         if missing:
-            raise ValueError(f"stats for {key!r} lack {sorted(missing)}")
-        out[key] = Moments(int(f["count"][0]), f["sum"], f["sumsq"], f["min"], f["max"])
+            raise RecordError(f"record '{name}': feature {feature!r} lacks {missing}")
+        count = f["count"]
+        if count.shape != (1,) or not (1 <= count[0] <= MAX_COUNT) or count[0] != int(count[0]):
+            raise RecordError(f"record '{name}': feature {feature!r}: count {count.tolist()} is "
+                              f"not one whole number of frames in 1..{MAX_COUNT}")
+        dims = {f[k].shape for k in ("sum", "sumsq", "min", "max")}
+        if len(dims) != 1 or f["sum"].size == 0:
+            raise RecordError(f"record '{name}': feature {feature!r}: sum, sumsq, min and max "
+                              f"have shapes {sorted(dims)}, expected one non-empty length")
+        out[feature] = Moments(int(count[0]), *(np.array(f[k]) for k in _FIELDS[1:]))
     return out
+
+
+def check(moments: Mapping[str, Moments], spec: Mapping[str, Any], frames: int) -> None:
+    """Raise :class:`StatsError` unless ``moments`` can be statistics of ``frames`` frames of
+    data with the features ``spec``: one entry per numeric feature with its size, every
+    count equal to ``frames``, finite values, ``min <= mean <= max``, and a variance between 0
+    and ``((max - min) / 2)^2`` (no spread wider than the range allows) in every dimension."""
+    expected = feat.numeric_keys(spec)
+    if sorted(moments) != expected:
+        raise StatsError(f"statistics of {sorted(moments)}, the features' numeric ones are "
+                         f"{expected}")
+    for key, m in moments.items():
+        dims = math.prod(spec[key]["shape"])
+        problem = _problem(m, dims, frames)
+        if problem:
+            raise StatsError(f"statistics of {key!r}: {problem}")
+
+
+def _problem(m: Moments, dims: int, frames: int) -> str:
+    if m.sum.shape != (dims,):
+        return f"{m.sum.shape[0]} dimensions, the feature has {dims}"
+    if m.count != frames:
+        return f"count {m.count}, but the site declared {frames} training frames"
+    values = np.stack([m.sum, m.sumsq, m.min, m.max])
+    if not np.isfinite(values).all():
+        return "NaN or Inf values"
+    if np.abs(m.min).max() > MAX_MAGNITUDE or np.abs(m.max).max() > MAX_MAGNITUDE:
+        return f"values beyond +-{MAX_MAGNITUDE:g}"
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge sum: refused just below
+        mean = m.sum / m.count
+        var = m.sumsq / m.count - np.square(mean)
+    scale = np.maximum(1.0, np.maximum(np.abs(m.min), np.abs(m.max)))
+    checks = {
+        "min > max": m.min > m.max,
+        "mean outside [min, max]": (mean < m.min - _SLACK * scale)
+        | (mean > m.max + _SLACK * scale),
+        "negative variance": var < -_SLACK * np.square(scale),
+        "variance wider than the range allows": var
+        > np.square((m.max - m.min) / 2) + _SLACK * np.square(scale),
+    }
+    for what, bad in checks.items():
+        if bad.any():
+            return f"{what} in dimension {int(np.argmax(bad))}"
+    return ""
 
 
 def global_stats(

@@ -1,16 +1,32 @@
 """The messages zk0's ServerApp and ClientApp exchange, and the record keys inside them.
 
 One module for both sides so the two ends of every key are the same constant. Flower carries
-the records; these dataclasses give their contents types and one place to (de)serialize them.
+the records; these classes give their contents types and one place to (de)serialize them. What
+a site sends is a :class:`~common.records.RecordModel` (strict: every key typed and bounded,
+refused by name otherwise); what the coordinator sends is built by the coordinator itself.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
 from flwr.app import ConfigRecord, MetricRecord
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from common import features as feat
+from common.records import (
+    Count,
+    Finite,
+    Measured,
+    Name,
+    Positive,
+    RecordModel,
+    Seconds,
+    Text,
+    parse_json,
+)
 
 # Message types (Flower routes "<category>.<action>" to @app.<category>("<action>")).
 STATS_QUERY = "query.stats"
@@ -36,28 +52,36 @@ CONTROL = "control"  # ArrayRecord
 CONTROL_CODEC = "control-codec"  # ConfigRecord: the codec's metadata of CONTROL
 
 
-@dataclass(frozen=True)
-class SiteInfo:
-    """A site's self-description: who it is and what data shape it offers (never the data)."""
+class SiteInfo(RecordModel):
+    """A site's self-description (its stage-0 reply): who it is and what data shape it offers
+    (never the data). ``train_frames`` are the frames of the training episodes it can read: its
+    statistics count exactly those, and they bound its aggregation weight."""
 
-    site_name: str
-    features: dict[str, Any]  # common.datasets.feature_spec of its dataset
-    train_episodes: int
-    eval_episodes: int
-    train_frames: int
-    eval_frames: int
-    device: str
+    record_name: ClassVar[str] = "site"
+
+    site_name: Name
+    features: Annotated[dict[str, Any], BeforeValidator(parse_json),
+                        AfterValidator(feat.checked_spec)]  # common.features.feature_spec
+    train_episodes: Positive
+    eval_episodes: Positive
+    train_frames: Positive
+    eval_frames: Positive
+    fps: float = Field(gt=0.0, le=1000.0)  # the dataset's frame rate (part of the agreement)
+    device: str = Field(min_length=1, max_length=64)
 
     def to_record(self) -> ConfigRecord:
-        values = asdict(self)
+        values = self.model_dump(by_alias=True)
         values["features"] = json.dumps(self.features, sort_keys=True)
         return ConfigRecord(values)
 
-    @classmethod
-    def from_record(cls, record: ConfigRecord) -> SiteInfo:
-        values = {f.name: record[f.name] for f in fields(cls)}
-        values["features"] = json.loads(str(values["features"]))
-        return cls(**values)
+
+class SiteClaim(RecordModel):
+    """The name a site writes into its train/evaluate replies (checked against the name the
+    coordinator registered for its key, :mod:`superlink.authenticity`)."""
+
+    record_name: ClassVar[str] = "site"
+
+    site_name: Name
 
 
 @dataclass(frozen=True)
@@ -133,47 +157,42 @@ class ExclusionNotice:
         return cls(site_name=str(record["site-name"]), reason=str(record["reason"]))
 
 
-@dataclass(frozen=True)
-class SiteReport:
-    """What a site reports for one message (MetricRecord: numbers only; -1 = not measured)."""
+class SiteReport(RecordModel):
+    """What a site reports for one message (a MetricRecord: numbers only; -1 = not measured).
 
-    num_examples: int  # train frames: FedAvg's weight
-    train_loss: float = -1.0
-    train_loss_last: float = -1.0
-    proximal: float = -1.0
-    steps: int = 0
-    samples: int = 0
-    train_seconds: float = 0.0
-    eval_action_mse: float = -1.0
-    eval_samples: int = 0
-    eval_seconds: float = 0.0
-    trajectory_seconds: float = 0.0  # predicting the plotted episode (part of the eval cost)
-    setup_seconds: float = 0.0
-    payload_bytes: int = 0
-    skipped_samples: int = 0  # training samples left out this round: unreadable (SiteNotes)
-    skipped_eval_samples: int = 0  # held-out samples left out: unreadable (SiteNotes)
-    control_bytes: int = 0  # SCAFFOLD: the control-variate delta sent with the update
-    control_base_round: int = 0  # SCAFFOLD: the round of the control variate the delta is from
+    One field per key, its bounds in its type (:mod:`common.records`); a new key is one line.
+    """
+
+    record_type: ClassVar[type] = MetricRecord
+    record_name: ClassVar[str] = "metrics"
+
+    num_examples: Count  # train frames: FedAvg's weight (bounded by the declared frames)
+    train_loss: Finite = -1.0
+    train_loss_last: Finite = -1.0
+    proximal: Measured = -1.0
+    steps: Count = 0
+    samples: Count = 0
+    train_seconds: Seconds = 0.0
+    eval_action_mse: Measured = -1.0
+    eval_samples: Count = 0
+    eval_seconds: Seconds = 0.0
+    trajectory_seconds: Seconds = 0.0  # predicting the plotted episode (part of the eval cost)
+    setup_seconds: Seconds = 0.0
+    payload_bytes: Count = 0
+    skipped_samples: Count = 0  # training samples left out this round: unreadable (SiteNotes)
+    skipped_eval_samples: Count = 0  # held-out samples left out: unreadable (SiteNotes)
+    control_bytes: Count = 0  # SCAFFOLD: the control-variate delta sent with the update
+    control_base_round: Count = 0  # SCAFFOLD: the round of the control variate the delta is from
     # Personalization (final evaluate message): the site's fine-tuned copy of the global model
-    personal_action_mse: float = -1.0  # its held-out MSE, same frames as eval_action_mse
-    personal_steps: int = 0  # fine-tuning steps on the site's own training episodes
-    personal_seconds: float = 0.0
+    personal_action_mse: Measured = -1.0  # its held-out MSE, same frames as eval_action_mse
+    personal_steps: Count = 0  # fine-tuning steps on the site's own training episodes
+    personal_seconds: Seconds = 0.0
 
-    def to_record(self) -> MetricRecord:
-        return MetricRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)})
-
-    @classmethod
-    def from_record(cls, record: MetricRecord) -> SiteReport:
-        values = {}
-        for f in fields(cls):
-            key = f.name.replace("_", "-")
-            if key in record:
-                values[f.name] = int(record[key]) if f.type == "int" else float(record[key])
-        return cls(**values)
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump()
 
 
-@dataclass(frozen=True)
-class SiteNotes:
+class SiteNotes(RecordModel):
     """What a site skipped or could not do for one message, in words (the counts are in
     :class:`SiteReport`, which a MetricRecord limits to numbers).
 
@@ -182,21 +201,16 @@ class SiteNotes:
     training afterwards, so it is reported instead of being lost with the failure.
     """
 
-    skipped: str = ""  # training samples left out: file, episode, frame, key and why
-    eval_skipped: str = ""  # held-out samples left out
-    train_error: str = ""  # why training failed (then the reply has no update)
-    train_error_kind: str = ""  # "bad-data" (too many unreadable samples) | "error"
-    eval_error: str = ""  # why evaluation failed (training still ran)
+    record_name: ClassVar[str] = "notes"
+
+    skipped: Text = ""  # training samples left out: file, episode, frame, key and why
+    eval_skipped: Text = ""  # held-out samples left out
+    train_error: Text = ""  # why training failed (then the reply has no update)
+    train_error_kind: Literal["", "bad-data", "error"] = ""  # a failure kind (superlink)
+    eval_error: Text = ""  # why evaluation failed (training still ran)
 
     def __bool__(self) -> bool:
-        return any(getattr(self, f.name) for f in fields(self))
+        return any(getattr(self, name) for name in type(self).model_fields)
 
-    def to_record(self) -> ConfigRecord:
-        return ConfigRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)})
-
-    @classmethod
-    def from_record(cls, record: ConfigRecord | None) -> SiteNotes:
-        """The notes in ``record`` (missing record or keys: nothing to note)."""
-        if record is None:
-            return cls()
-        return cls(**{f.name: str(record.get(f.name.replace("_", "-"), "")) for f in fields(cls)})
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump()

@@ -26,6 +26,8 @@ StrategyName = Literal[
     "scaffold", "fedexp", "fedprox-decoupled",
     # outer Nesterov momentum on the sites' mean update (superlink/strategy/diloco.py)
     "diloco",
+    # robust aggregation (superlink/strategy/{fedtrimmedavg,fedmedian,fedavg_clipped}.py)
+    "fedtrimmedavg", "fedmedian", "fedavg-clipped",
 ]
 LocalOptimizer = Literal["adamw", "sgd", "sgdm"]
 WireDtype = Literal["float32", "float16", "bfloat16"]
@@ -118,7 +120,9 @@ class RunConfig(_Strict):
         "fedyogi, fedadagrad over zk0's codec and update checks; zk0's drift corrections "
         "scaffold (control variates), fedexp (extrapolated server step), fedprox-decoupled "
         "(proximal pull outside AdamW); diloco (outer Nesterov momentum on the sites' mean "
-        "update, needs server-momentum > 0). See How it learns for which one when",
+        "update, needs server-momentum > 0). Robust aggregation: Flower's fedtrimmedavg and "
+        "fedmedian (coordinate-wise, unweighted), fedavg-clipped (norm clipping). See How it "
+        "learns for which one when",
     )
     proximal_mu: float = Field(
         0.0, ge=0.0,
@@ -272,9 +276,22 @@ class RunConfig(_Strict):
     max_update_norm_ratio: float = Field(
         10.0, ge=0.0,
         description="Drop an update whose L2 norm exceeds this many times the round's median "
-        "(applied with at least 3 updates; 0 = off; values in (0, 1] are refused). NaN/Inf "
-        "updates are always dropped",
+        "(SCAFFOLD's control deltas too); with 1 or 2 updates, the median of the others' and of "
+        "those accepted in the last 5 aggregated rounds (0 = off; values in (0, 1] are "
+        "refused). NaN/Inf updates are always dropped",
     )
+    max_weight_ratio: float = Field(2.0, ge=0.0, description=(
+        "The most a site's update may weigh in an average, as a multiple of the median weight "
+        "(num-examples) of the round's other accepted updates; the cap is logged "
+        "(weight_capped) and in the round report when it bites. 0 = weights as declared "
+        "(bounded only by the frames declared at stage 0); values in (0, 1) are refused."))
+    trim_beta: float = Field(0.2, ge=0.0, lt=0.5, description=(
+        "strategy fedtrimmedavg: the share of the sites' values cut from each side of every "
+        "coordinate before averaging (Flower's FedTrimmedAvg beta; int(beta x sites) each "
+        "side, so 0.2 trims nothing below 5 sites)."))
+    clip_norm_ratio: float = Field(1.0, gt=0.0, description=(
+        "strategy fedavg-clipped: every update longer than this many times the median norm of "
+        "the round's accepted updates is scaled down to that length before averaging."))
     resume_from: str = Field(
         "",
         description="A run folder (e.g. \"runs/run-123\") to continue from its last completed "
@@ -320,6 +337,11 @@ class RunConfig(_Strict):
                 f"min-replies {self.min_replies} exceeds the {asked} site(s) a round asks when "
                 f"min-sites={self.min_sites} are connected (fraction-train "
                 f"{self.fraction_train}): rounds would fail with every site healthy"
+            )
+        if 0.0 < self.max_weight_ratio < 1.0:
+            raise ValueError(
+                f"max-weight-ratio {self.max_weight_ratio} would weigh every site below the "
+                "others' median; use 1 or more (e.g. 2) or 0 to weigh as declared"
             )
         if 0.0 < self.max_update_norm_ratio <= 1.0:
             raise ValueError(

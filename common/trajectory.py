@@ -17,10 +17,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
+from pydantic import BeforeValidator, Field
+
+from common.records import (
+    MAX_COUNT,
+    MAX_MAGNITUDE,
+    RecordError,
+    RecordModel,
+    check_record_type,
+    parse_json,
+    read_array,
+)
 
 DEGREES = "deg"
 GRIPPER_RANGE = "% of range"
@@ -28,6 +39,30 @@ GRIPPER_RANGE = "% of range"
 
 class TrajectoryError(ValueError):
     """A trajectory record that does not describe a plottable trajectory."""
+
+
+_Labels = Annotated[list[Annotated[str, Field(max_length=200)]], BeforeValidator(parse_json),
+                    Field(max_length=64)]
+
+
+class TrajectoryInfo(RecordModel):
+    """The ``TRAJECTORY_INFO`` record next to the trajectory's arrays."""
+
+    episode: int = Field(ge=0, le=2**40)
+    fps: float = Field(gt=0.0, le=1000.0)
+    names: _Labels  # JSON list of the action's element names
+    units: _Labels  # JSON list, one unit per name
+
+
+class KeptAtSite(RecordModel):
+    """The ``TRAJECTORY_INFO`` record of a site that plotted its trajectory itself."""
+
+    kept_at_site: Literal[True]
+
+
+#: The trajectory's arrays: (dtype, dimensions) of each.
+TRAJECTORY_ARRAYS = {"predicted": ("float32", 2), "recorded": ("float32", 2),
+                     "frame-index": ("int64", 1), "chunk-starts": ("int64", 1)}
 
 
 def joint_names(names: Any, dims: int) -> tuple[str, ...]:
@@ -106,15 +141,19 @@ class Trajectory:
         action feature has: a reply cannot make the SuperLink plot (or store) more than that.
         """
         try:
-            values = {k: np.asarray(arrays[k].numpy()) for k in
-                      ("predicted", "recorded", "frame-index", "chunk-starts")}
-            names = tuple(str(n) for n in json.loads(str(info["names"])))
-            units = tuple(str(u) for u in json.loads(str(info["units"])))
-            episode, fps = int(info["episode"]), float(info["fps"])
-        except (KeyError, TypeError, ValueError) as err:
+            meta = info if isinstance(info, TrajectoryInfo) else TrajectoryInfo.from_record(
+                info, "trajectory-info")
+            check_record_type(arrays, ArrayRecord, "trajectory")
+            if sorted(arrays.keys()) != sorted(TRAJECTORY_ARRAYS):
+                raise RecordError(f"record 'trajectory': arrays {sorted(arrays.keys())}, "
+                                  f"expected {sorted(TRAJECTORY_ARRAYS)}")
+            values = {k: np.array(read_array(arrays[k], f"record 'trajectory' array {k!r}", *spec))
+                      for k, spec in TRAJECTORY_ARRAYS.items()}
+        except RecordError as err:
             raise TrajectoryError(f"unreadable trajectory record: {err}") from None
-        traj = cls(episode, fps, names, units, values["frame-index"], values["recorded"],
-                   values["predicted"], values["chunk-starts"])
+        traj = cls(meta.episode, meta.fps, tuple(meta.names), tuple(meta.units),
+                   values["frame-index"], values["recorded"], values["predicted"],
+                   values["chunk-starts"])
         traj.check(max_frames, dims)
         return traj
 
@@ -129,14 +168,21 @@ class Trajectory:
                 problems.append(f"{key} has shape {value.shape}, expected ({t}, {dims})")
             elif not np.isfinite(value).all():
                 problems.append(f"{key} has non-finite values")
+            elif value.size and np.abs(value).max() > MAX_MAGNITUDE:
+                problems.append(f"{key} has values beyond +-{MAX_MAGNITUDE:g}")
         if len(self.names) != dims or len(self.units) != dims:
             problems.append(f"{len(self.names)} names / {len(self.units)} units for {dims} dims")
-        if self.frame_index.shape != (t,) or (t > 1 and np.any(np.diff(self.frame_index) <= 0)):
-            problems.append("frame-index is not increasing")
+        frames = self.frame_index
+        if frames.shape != (t,) or (t > 1 and np.any(np.diff(frames) <= 0)) or (
+                t and (frames[0] < 0 or frames[-1] > MAX_COUNT)):
+            problems.append(f"frame-index is not increasing within 0..{MAX_COUNT}")
         if not (np.isfinite(self.fps) and self.fps > 0):
             problems.append(f"fps {self.fps}")
-        if self.chunk_starts.ndim != 1 or len(self.chunk_starts) > t:
-            problems.append("chunk-starts malformed")
+        starts = self.chunk_starts
+        if starts.ndim != 1 or len(starts) > t or (
+                len(starts) and frames.shape == (t,) and t
+                and (starts.min() < frames[0] or starts.max() > frames[-1])):
+            problems.append("chunk-starts malformed (more than the frames, or outside them)")
         if problems:
             raise TrajectoryError("; ".join(problems))
 

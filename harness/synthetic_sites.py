@@ -3,11 +3,14 @@
 Stage 0 (``query.stats``) and the exclusion notice go to zk0's real ClientApp (real datasets on
 disk, real features and moments). ``train`` decodes the global weights it received (digests
 verified, as a site does) and sends back a small deterministic update (seeded by site and
-round) through zk0's codec; ``evaluate`` and the train message's evaluation report an "action
-MSE" computed from the weights received, so the eval history follows the model. What a real
-site costs (building SmolVLA, a DataLoader, optimizer steps) is left out, so a federation of
-several rounds runs in seconds: tests of round accounting, faults and resume run on this, and
-the equivalence of resumed and uninterrupted runs is checked with the real ClientApp.
+round) through zk0's codec, with SCAFFOLD's control-variate delta when the message carries
+``c``; ``evaluate`` and the train message's evaluation report an "action MSE" computed from
+the weights received, so the eval history follows the model, and a trajectory when asked.
+Replies hold exactly the records the real ClientApp's hold (report, name, notes, update,
+control delta, trajectory). What a real site costs (building SmolVLA, a DataLoader, optimizer
+steps) is left out, so a federation of several rounds runs in seconds: tests of round
+accounting, faults and resume run on this, and the equivalence of resumed and uninterrupted
+runs is checked with the real ClientApp.
 
 Instructions are verified and replies signed as zk0's ClientApp does
 (:mod:`supernode.authenticity`). Faults are per site name (:class:`Fault`): an update with
@@ -25,7 +28,22 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from common import codec
-from common.protocol import ARRAYS, CODEC, CONFIG, METRICS, SITE, RoundInstructions, SiteReport
+from common.protocol import (
+    ARRAYS,
+    CODEC,
+    CONFIG,
+    CONTROL,
+    CONTROL_CODEC,
+    METRICS,
+    NOTES,
+    SITE,
+    TRAJECTORY,
+    TRAJECTORY_INFO,
+    RoundInstructions,
+    SiteNotes,
+    SiteReport,
+)
+from common.trajectory import Trajectory, joint_names, joint_unit
 
 UPDATE_STD = 1e-3
 
@@ -70,14 +88,22 @@ class SyntheticSites:
             raise RuntimeError(f"{site}: injected failure in round {instructions.server_round}")
         payload = codec.from_content(msg.content, ARRAYS, CODEC)
         weights = codec.decode(payload)
-        # distinct per site, within any demo site's training frames (the server bounds it)
-        report = {"num_examples": 20 + zlib.crc32(site.encode()) % 50}
+        # distinct per site, within any demo site's training (120) and held-out (60) frames
+        # (the server bounds each by what the site declared)
+        spread = zlib.crc32(site.encode())
+        report = {"num_examples": 20 + spread % 50 if kind == "train" else 10 + spread % 30}
         if instructions.evaluate:
-            report |= {"eval_action_mse": _mse(weights), "eval_samples": 8, "eval_seconds": 0.0}
-        content = RecordDict({SITE: ConfigRecord({"site-name": site})})
+            report |= {"eval_action_mse": _mse(weights), "eval_seconds": 0.0,
+                       "eval_samples": min(8, int(context.run_config.get("eval-samples", 8)))}
+        content = RecordDict({SITE: ConfigRecord({"site-name": site}),
+                              NOTES: SiteNotes().to_record()})
+        if instructions.evaluate and instructions.trajectory:
+            arrays, info = _trajectory(instructions.features, weights).to_records()
+            content[TRAJECTORY], content[TRAJECTORY_INFO] = arrays, info
         if kind == "train":
             self.trained.append((site, instructions.server_round))
             rng = np.random.default_rng([zlib.crc32(site.encode()), instructions.server_round])
+            wire = str(payload.meta["wire-dtype"])
             local = {}
             for name, w in weights.items():
                 step = rng.normal(0.0, UPDATE_STD, w.shape).astype(np.float32) * fault.scale
@@ -85,10 +111,29 @@ class SyntheticSites:
             if fault.nonfinite:
                 name = next(iter(local))
                 local[name].reshape(-1)[:2] = [np.nan, np.inf]
-            update = codec.encode(local, str(payload.meta["wire-dtype"]), base=weights)
+            update = codec.encode(local, wire, base=weights)
             content[ARRAYS] = update.arrays
             content[CODEC] = update.meta
             report |= {"train_loss": 1.0, "steps": 1, "samples": 1,
                        "payload_bytes": update.nbytes}
+            if CONTROL in msg.content.array_records:  # SCAFFOLD: a delta of the same layout
+                zeros = {k: np.zeros_like(w) for k, w in weights.items()}
+                delta = codec.encode({k: rng.normal(0.0, UPDATE_STD, w.shape).astype(np.float32)
+                                      for k, w in weights.items()}, wire, base=zeros)
+                content[CONTROL], content[CONTROL_CODEC] = delta.arrays, delta.meta
+                report |= {"control_bytes": delta.nbytes,
+                           "control_base_round": instructions.control_round}
         content[METRICS] = SiteReport(**report).to_record()
         return Message(content, reply_to=msg)
+
+
+def _trajectory(features: Mapping, weights: Mapping[str, np.ndarray]) -> Trajectory:
+    """A few frames of "predicted" and "recorded" actions in the federation's action shape."""
+    dims = int(features["action"]["shape"][0])
+    names = joint_names(features["action"].get("names"), dims)
+    frames = 8
+    recorded = np.linspace(0.0, 1.0, frames * dims, dtype=np.float32).reshape(frames, dims)
+    return Trajectory(episode=0, fps=30.0, names=names, units=tuple(map(joint_unit, names)),
+                      frame_index=np.arange(frames), recorded=recorded,
+                      predicted=recorded + np.float32(_mse(weights) % 1.0),
+                      chunk_starts=np.arange(0, frames, 4))

@@ -33,8 +33,8 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid
 
 from common import signing
-from common.protocol import METRICS, SITE, SiteInfo, SiteReport
-from superlink.strategy.replies import ReplyRejected
+from common.protocol import SITE, SiteInfo, SiteReport
+from superlink.reply_model import ReplyRejected, check_signature_record
 
 COORDINATOR_KEY_ENV = "ZK0_COORDINATOR_KEY"
 COORDINATOR_KEY_CONFIG = "coordinator-key"
@@ -172,6 +172,7 @@ class FederationGuard:
         """Identity and signature of one reply from ``node`` to a ``kind`` instruction of
         ``server_round``; raises :class:`ReplyRejected` naming what failed."""
         ident = self.identity(node)
+        check_signature_record(msg.content)  # typed before common.signing reads it
         claimed = _claimed_site(msg)
         if claimed is not None and claimed != ident.name:
             raise ReplyRejected(
@@ -198,15 +199,12 @@ class FederationGuard:
         """What the site declared at stage 0 (signed): the bound of its aggregation weights."""
         self._declared[node] = info
 
-    def check_weight(self, kind: str, node: int, msg: Message) -> None:
-        """Refuse a ``num-examples`` above the frames the site declared before round 1."""
+    def check_weight(self, kind: str, node: int, report: SiteReport) -> None:
+        """Refuse a ``num-examples`` (of a parsed report, :mod:`superlink.reply_model`) above
+        the frames the site declared before round 1."""
         info = self._declared.get(node)
         if info is None:
             raise ReplyRejected("weight", f"node {node} declared no data before round 1")
-        try:
-            report = SiteReport.from_record(msg.content.metric_records[METRICS])
-        except (KeyError, TypeError, ValueError):
-            return  # no usable report: the strategy's own check refuses it ("integrity")
         bound, what = ((info.train_frames, "training") if kind == TRAIN
                        else (info.eval_frames, "evaluation"))
         if not 0 < report.num_examples <= bound:
@@ -215,8 +213,3 @@ class FederationGuard:
                 f"num-examples {report.num_examples} outside 1..{bound}, the {what} frames "
                 f"site {info.site_name!r} declared before round 1",
             )
-
-    def check_reply(self, msg: Message, node: int, kind: str, server_round: int) -> None:
-        """Every check of a train/evaluate reply, before its payload is decoded."""
-        self.check_signed(msg, node, kind, server_round)
-        self.check_weight(kind, node, msg)

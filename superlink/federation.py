@@ -44,6 +44,7 @@ from common.policy_factory import (
     trainable_state,
 )
 from common.protocol import METRICS, RoundInstructions, SiteReport
+from common.records import RecordError
 from common.settings import RunConfig
 from superlink import disk, federated_stats, resume
 from superlink.authenticity import FederationGuard
@@ -71,9 +72,9 @@ def _progress(sites: Mapping[int, str], label: str):
         if msg.has_error():
             log.warning(f"{label}_failed", site=site, reason=(msg.error.reason or "")[:300])
             return
-        try:
-            report = SiteReport.from_record(msg.content.metric_records[METRICS])
-        except (KeyError, TypeError, ValueError):
+        try:  # the reply model's own parse of the report (unverified: a progress line only)
+            report = SiteReport.from_record(msg.content.get(METRICS), METRICS)
+        except RecordError:
             log.warning(f"{label}_reply_unreadable", site=site)  # the strategy says why
             return
         log.info(
@@ -142,7 +143,8 @@ def _federate(
     )
 
     guard = FederationGuard.for_run(context)  # no coordinator key: fail before any work
-    data = federated_stats.collect(grid, run, guard, point.features if point else None)
+    data = federated_stats.collect(grid, run, guard, point.features if point else None,
+                                   point.fps if point else None)
     stats = point.state.stats if point and point.state else data.stats
     bundle = build_policy(run, data.features, stats, "cpu")
     initial = {k: v.numpy() for k, v in trainable_state(bundle.policy).items()}
@@ -171,6 +173,7 @@ def _federate(
         "stats_failures": {str(k): v for k, v in data.failures.items()},
         "excluded_sites": data.excluded,
         "features": data.features,
+        "fps": data.fps,
         "parameters": {"total": n_total, "trainable": n_trainable},
         "started": started,
         "failed_rounds": [],

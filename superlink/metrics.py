@@ -7,9 +7,9 @@ the scrape target and the counters outlive each run.
 Labels: ``site`` is the name the strategy resolves from the node a message was sent to (never
 what a reply says about itself; ``node-<id>`` for a node that never told its name), ``kind`` a
 :class:`~superlink.strategy.replies.Failure` kind (whatever kinds the strategy produces: today
-``error``, ``integrity``, ``timeout``, plus ``stats`` for a failed stage-0 query), ``run``
-Flower's run id. Nothing is labelled by round or sample, and no reason text, path or secret
-becomes a label.
+``error``, ``malformed``, ``integrity``, ``timeout``, ...; plus ``stats`` for a failed stage-0
+query and ``excluded`` for a site left out at stage 0), ``run`` Flower's run id. Nothing is
+labelled by round or sample, and no reason text, path or secret becomes a label.
 
 Counters have no ``run`` label: they count for the coordinator's lifetime and never reset
 between runs, so ``rate()``/``increase()`` work across runs. Gauges that belong to one run
@@ -136,9 +136,10 @@ class RunMetrics:
     @guarded
     def started(
         self, sites: Iterable[str], stats_failures: Mapping[Any, str],
-        started: float | None = None,
+        started: float | None = None, excluded: Mapping[str, str] | None = None,
     ) -> None:
-        """The sites that joined (their series start at 0) and those whose stage 0 failed;
+        """The sites that joined (their series start at 0), those whose stage 0 failed and
+        those it left out (``excluded``: site name -> why);
         ``started``: when the run began (Unix time; default now)."""
         now = time.time()
         self._state("running")
@@ -159,6 +160,8 @@ class RunMetrics:
             self._streaks[site] = 0
         for node, _reason in stats_failures.items():
             SITE_FAILURES.labels(node_label(node), "stats").inc()
+        for site in excluded or {}:  # left out at stage 0: features, statistics, reply
+            SITE_FAILURES.labels(site, "excluded").inc()
 
     def completed(self) -> None:
         self._finish("completed")

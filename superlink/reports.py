@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,8 @@ class RunReport:
             meta.get("run_id", "unknown"), meta.get("run_config", {}).get("num-server-rounds")
         )
         self.metrics.started(
-            meta.get("sites", {}), meta.get("stats_failures", {}), meta.get("started")
+            meta.get("sites", {}), meta.get("stats_failures", {}), meta.get("started"),
+            excluded=meta.get("excluded_sites", {}),
         )
 
     def _write_meta(self) -> None:
@@ -100,13 +100,13 @@ class RunReport:
         losses = {s: r.train_loss for s, r in reports.items()}
         entry = {
             "round": server_round,
-            "sites": {s: asdict(r) for s, r in reports.items()},
+            "sites": {s: r.to_json() for s, r in reports.items()},
             "train_loss": weighted_mean(losses, weights),
             "train_loss_mean": sum(losses.values()) / len(losses) if losses else None,
             "samples": sum(r.samples for r in reports.values()),
             "steps": sum(r.steps for r in reports.values()),
             "uplink_bytes": sum(r.payload_bytes + r.control_bytes for r in reports.values()),
-            "failures": [asdict(f) for f in failures],
+            "failures": [f.to_json() for f in failures],
             "failure_counts": failure_counts(failures),
             "eval": self.evals.get(server_round),
             **extra,
@@ -154,7 +154,7 @@ class RunReport:
             # held-out frames a site could not read and left out (names: round notes / logs)
             "skipped": {s: r.skipped_eval_samples for s, r in measured.items()
                         if r.skipped_eval_samples},
-            "failures": [asdict(f) for f in failures if f.site not in measured],
+            "failures": [f.to_json() for f in failures if f.site not in measured],
             "trajectories": plots.trajectory_plots(self.run_dir, after_round, trajectories or {}),
             "trajectory_notes": dict(trajectory_notes or {}),
         }

@@ -38,7 +38,8 @@ from superlink.run_status import RoundLedger
 #: keep checkpoints. Every other key shapes the training and must stay as it was.
 MAY_CHANGE = frozenset({
     "resume-from", "round-timeout", "join-timeout", "min-sites", "min-replies",
-    "max-failed-rounds", "max-update-norm-ratio", "keep-checkpoints", "output-dir",
+    "max-failed-rounds", "max-update-norm-ratio", "max-weight-ratio", "keep-checkpoints",
+    "output-dir",
 })
 
 
@@ -59,6 +60,11 @@ class ResumePoint:
     @property
     def features(self) -> dict[str, Any]:
         return self.meta["features"]
+
+    @property
+    def fps(self) -> float | None:
+        """The fps the federation agreed on (None: a run from before fps was compared)."""
+        return self.meta.get("fps")
 
 
 def run_folder(run: RunConfig, run_id: int) -> Path:

@@ -81,19 +81,24 @@ class Site:
         return feat.feature_spec(self.meta.features)
 
     def info(self) -> SiteInfo:
+        """What this site declares at stage 0 (and reports as its weight): its training frames
+        are those of the training episodes whose files are all there, the frames its
+        statistics count and its training reads."""
         frames = self.meta.episodes["length"] if self.meta.episodes is not None else None
         lengths = list(frames) if frames is not None else []
 
         def count(eps):
             return int(sum(lengths[i] for i in eps)) if lengths else 0
 
+        gone = ds.missing_files(self.meta, ds.dataset_root(self.node), self.split.train)
         return SiteInfo(
             site_name=self.node.site_name,
             features=self.spec,
             train_episodes=len(self.split.train),
             eval_episodes=len(self.split.eval),
-            train_frames=count(self.split.train),
+            train_frames=count([ep for ep in self.split.train if ep not in gone]),
             eval_frames=count(self.split.eval),
+            fps=float(self.meta.fps),
             device=self.device,
         )
 

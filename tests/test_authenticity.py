@@ -59,7 +59,7 @@ def attackers():
             return reply
         is_train = msg.metadata.message_type == "train"
         if name == "site-6" and msg.metadata.message_type == "query.stats":
-            reply.content[SITE] = ConfigRecord({**reply.content[SITE], "site_name": "site-1"})
+            reply.content[SITE] = ConfigRecord({**reply.content[SITE], "site-name": "site-1"})
             return _resign(reply, msg, context, site="site-1")
         if name == "site-2" and is_train:
             reply.content[SITE] = ConfigRecord({"site-name": "site-0"})

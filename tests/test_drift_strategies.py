@@ -145,7 +145,7 @@ def test_option_two_control_variate_by_hand():
 
 
 def test_scaffold_control_variate_update_by_hand(tmp_path: Path):
-    strategy = _strategy({"strategy": "scaffold", "server-lr": 1.0})
+    strategy = _strategy({"strategy": "scaffold", "server-lr": 1.0, "max-weight-ratio": 0.0})
     messages = _configure(strategy, ZERO, 1)
     model = codec.encode(ZERO, "float32").nbytes
     assert strategy.downlink_bytes == 2 * model  # the weights and c
@@ -215,7 +215,7 @@ def test_scaffold_control_delta_passes_the_update_checks():
     reasons = {f.site: (f.kind, f.reason) for f in judged.failures}
     assert reasons["s1"][0] == "integrity" and "SHA-256" in reasons["s1"][1]
     assert reasons["s2"][0] == "integrity" and "update" in reasons["s2"][1]
-    assert reasons["s3"][0] == "integrity" and "control" in reasons["s3"][1]
+    assert reasons["s3"][0] == "malformed" and "control" in reasons["s3"][1]
     assert judged.uplink_bytes["s0"] == 2 * codec.encode(good, "float16").nbytes
     assert strategy.control_rounds == {"s0": 1}
 

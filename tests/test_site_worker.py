@@ -165,7 +165,7 @@ def test_a_failed_task_is_an_error_naming_the_cause_and_the_worker_goes_on(
         relay(thread_worker, "train.x", RecordDict(), {"site-name": "a"}, run, 1)
     reply = relay(thread_worker, "query.stats", RecordDict(),
                   {"site-name": "site-0", "dataset-root": str(demo_root / "site-0")}, run, 1)
-    assert reply.config_records["site"]["site_name"] == "site-0"
+    assert reply.config_records["site"]["site-name"] == "site-0"
     assert ping(thread_worker)["tasks"] == 3
 
 

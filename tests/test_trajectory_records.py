@@ -87,8 +87,10 @@ def test_records_round_trip_and_bounds():
         Trajectory.from_records(ArrayRecord(), info, max_frames=12, dims=6)
 
 
-def test_a_bad_trajectory_costs_the_plot_not_the_update():
-    """The update passed its own checks; only the trajectory is dropped, with the reason."""
+def test_a_trajectory_out_of_bounds_refuses_the_reply():
+    """A site that sends more than the server asked for (here 40 frames, trajectory-frames is
+    12) is misbehaving: its reply is refused with the reason, as any malformed record is; the
+    others' updates and plots go on."""
     run = RunConfig.with_overrides({"wire-dtype": "float32", "min-sites": 1,
                                     "trajectory-frames": 12})
     server_context({}, run_id=3)  # Message() needs a ServerApp's task identity
@@ -117,10 +119,11 @@ def test_a_bad_trajectory_costs_the_plot_not_the_update():
     aggregated, _ = strategy.aggregate_train(1, [reply(by_node[101], good),
                                                  reply(by_node[202], broken)])
     judged = strategy.replies(TRAIN, 1)
-    assert aggregated is not None and sorted(judged.reports) == ["lab-a", "lab-b"]
-    assert judged.failures == []
-    assert list(judged.trajectories) == ["lab-a"]
-    assert judged.trajectory_notes["lab-b"].startswith("refused: 40 frames")
+    assert aggregated is not None and sorted(judged.reports) == ["lab-a"]
+    [failure] = judged.failures
+    assert (failure.site, failure.kind) == ("lab-b", "malformed")
+    assert "40 frames (expected 1..12)" in failure.reason
+    assert list(judged.trajectories) == ["lab-a"] and judged.trajectory_notes == {}
 
 
 def _instructions():

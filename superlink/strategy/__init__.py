@@ -7,9 +7,12 @@
 - drift correction, a module each: :mod:`.scaffold` (control variates), :mod:`.fedexp`
   (extrapolated server step), :mod:`.fedprox_decoupled` (proximal pull outside AdamW);
 - :mod:`.diloco`: DiLoCo's outer optimizer, Nesterov momentum on the sites' mean update;
+- robust aggregation, a module each: :mod:`.fedtrimmedavg` and :mod:`.fedmedian` (Flower's,
+  coordinate-wise over the codec, :mod:`.coordinate_wise`), :mod:`.fedavg_clipped` (norm
+  clipping);
 - :mod:`.node_selection`: which sites take part in a round (seeded);
 - :mod:`.replies`: accepted replies and failures of one exchange;
-- :mod:`.update_checks`: finite values and the norm rule for every update;
+- :mod:`.update_checks`: finite values, the norm rule and the weight cap for every update;
 - :mod:`.state`: a strategy's server state (momentum, moments) as arrays, for resume.
 """
 
@@ -23,8 +26,11 @@ from flwr.app import ArrayRecord
 from common.settings import RunConfig
 from superlink.strategy.codec_fedavg import EVALUATE, TRAIN, CodecFedAvg, ExchangeSettings
 from superlink.strategy.diloco import DiLoCo
+from superlink.strategy.fedavg_clipped import FedAvgClipped
 from superlink.strategy.fedexp import FedExP
+from superlink.strategy.fedmedian import FedMedian
 from superlink.strategy.fedprox_decoupled import FedProxDecoupled
+from superlink.strategy.fedtrimmedavg import FedTrimmedAvg
 from superlink.strategy.flower_strategies import (
     FedAdagrad,
     FedAdam,
@@ -75,6 +81,9 @@ def make_strategy(
         action_dims=action_dims,
         min_replies=run.min_replies,
         max_update_norm_ratio=run.max_update_norm_ratio,
+        max_weight_ratio=run.max_weight_ratio,
+        report_limits={"steps": run.local_steps, "samples": run.local_steps * run.batch_size,
+                       "eval_samples": run.eval_samples},
         round_timeout=run.round_timeout or None,
         guard=guard,
     )
@@ -101,4 +110,10 @@ def make_strategy(
             return FedProxDecoupled(settings, proximal_mu=run.proximal_mu)
         case "fedexp":
             return FedExP(settings, epsilon=run.fedexp_epsilon)
+        case "fedtrimmedavg":
+            return FedTrimmedAvg(settings, beta=run.trim_beta)
+        case "fedmedian":
+            return FedMedian(settings)
+        case "fedavg-clipped":
+            return FedAvgClipped(settings, clip_ratio=run.clip_norm_ratio)
     raise ValueError(f"unknown strategy {run.strategy!r}")  # RunConfig allows no other

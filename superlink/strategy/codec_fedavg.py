@@ -11,13 +11,17 @@ trainable parameters in ``wire-dtype`` with a digest per array, and sites send b
   global weights are encoded once for the wire and the federation's normalization stats are
   attached;
 - ``aggregate_train``: every reply goes through :meth:`CodecFedAvg.check_reply` (error,
-  report, digest, encoding, names/shapes/dtypes against the global model, finite values) and
-  the accepted updates through :meth:`CodecFedAvg.check_norms` (norm against the round's
-  median, :mod:`superlink.strategy.update_checks`); what fails is recorded as a
-  :class:`~superlink.strategy.replies.Failure` and left out. With fewer than ``min_replies``
-  accepted updates the round does not move the model (``None``, so Flower's server step is
-  skipped and its state left as it was); otherwise the weighted mean of the accepted updates
-  is added to the float32 global straight from the wire bytes.
+  identity and signature, then every record parsed through one validating model,
+  :mod:`superlink.reply_model`; weight, digest, encoding, names/shapes/dtypes against the
+  global model, finite values) and the accepted updates through
+  :meth:`CodecFedAvg.check_norms` (norm against the round's median or, with fewer than three
+  updates, the others' and earlier rounds', :mod:`superlink.strategy.update_checks`); what
+  fails is recorded as a :class:`~superlink.strategy.replies.Failure` and left out. With fewer
+  than ``min_replies`` accepted updates the round does not move the model nor any state
+  (``None``, so Flower's server step is skipped); otherwise the mean of the accepted updates,
+  each weighing at most ``max_weight_ratio`` x the median of the others
+  (:meth:`CodecFedAvg.aggregation_weights`), is added to the float32 global straight from the
+  wire bytes.
 
 Flower's server optimizers derive from ``FedAvg`` and call ``super().aggregate_train`` for the
 weighted mean, then take their own step. So a zk0 strategy is Flower's class with
@@ -27,9 +31,8 @@ FedAdam, ... steps run unchanged on a mean that every strategy computes the same
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,15 +47,11 @@ from common.logs import get_logger
 from common.protocol import (
     ARRAYS,
     CODEC,
-    METRICS,
     NORM_STATS,
-    NOTES,
-    TRAJECTORY,
-    TRAJECTORY_INFO,
     SiteNotes,
     SiteReport,
 )
-from common.trajectory import Trajectory, TrajectoryError
+from superlink.reply_model import Expected, SiteReply, parse_reply
 from superlink.strategy.node_selection import SampledNodes, sample_sites, wait_for_sites
 from superlink.strategy.replies import AcceptedReply, Failure, ReplyRejected, RoundReplies
 
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
     from superlink.authenticity import FederationGuard
 
 TRAIN, EVALUATE = "train", "evaluate"
-KEPT_AT_SITE = "kept at the site (share-trajectories = false)"
 
 log = get_logger("zk0.superlink")
 
@@ -89,6 +87,9 @@ class ExchangeSettings:
     action_dims: int = 0  # the federation's action feature size
     min_replies: int = 1  # accepted train updates a round needs to move the global model
     max_update_norm_ratio: float = 0.0  # see update_checks.norm_outliers; 0 = off
+    max_weight_ratio: float = 0.0  # see update_checks.capped_weights; 0 = off
+    # SiteReport field -> the largest value a reply may report (e.g. steps <= local-steps)
+    report_limits: Mapping[str, int] = field(default_factory=dict)
     round_timeout: float | None = None  # for the reason of an expired message
     # Signs instructions and checks identity/signature/weight of replies (a run always has one;
     # None only for tests and benchmarks of the aggregation itself).
@@ -104,7 +105,9 @@ class CodecFedAvg(FedAvg):
 
     settings: ExchangeSettings
     #: Attributes carrying server state from round to round (saved with every checkpoint).
-    state_attributes: tuple[str, ...] = state.FLOWER_STATE_ATTRIBUTES
+    state_attributes: tuple[str, ...] = (*state.FLOWER_STATE_ATTRIBUTES, "accepted_norms")
+    #: Whether a train reply carries a control-variate delta next to its update (SCAFFOLD).
+    control_delta: bool = False
 
     def __init__(self, **flower_params: Any) -> None:
         super().__init__(**flower_params)
@@ -113,7 +116,10 @@ class CodecFedAvg(FedAvg):
         self._sent: dict[tuple[str, int], list[Message]] = {}
         self._replies: dict[tuple[str, int], RoundReplies] = {}
         self.offline: list[int] = []  # the federation's sites not connected at the last selection
-        self._said_norm_skipped = False
+        # "update"/"control" -> rows (round, norm) accepted in the last aggregated rounds
+        self.accepted_norms: dict[str, np.ndarray] = {}
+        self._weights: dict[str, float] = {}  # the aggregation weight of each accepted site
+        self._capped: dict[int, dict[str, str]] = {}  # round -> site -> why its weight was capped
 
     # -- configure ---------------------------------------------------------------------------
 
@@ -202,10 +208,6 @@ class CodecFedAvg(FedAvg):
                 judged.accepted.append(self.check_reply(kind, server_round, msg, node, site))
             except ReplyRejected as err:
                 judged.failures.append(Failure(node, site, err.kind, str(err), err.report))
-                if err.report is None:
-                    with contextlib.suppress(KeyError, TypeError, ValueError):
-                        judged.refused_reports[site] = SiteReport.from_record(
-                            msg.content.metric_records[METRICS])
         if kind == TRAIN:
             self.check_norms(judged)
         # Arrival order varies from run to run; float sums depend on order.
@@ -227,40 +229,33 @@ class CodecFedAvg(FedAvg):
     def check_reply(
         self, kind: str, server_round: int, msg: Message, node: int, site: str
     ) -> AcceptedReply:
-        """Accept a reply or raise :class:`ReplyRejected` (an overridable step)."""
+        """Accept a reply or raise :class:`ReplyRejected`: identity and signature first, then
+        every record through the reply model, then the weight, then the content
+        (:meth:`accept`). A refusal after the parse keeps the site's report: what it measured
+        of the global model stands even when its update is dropped."""
         self.check_authenticity(kind, server_round, msg, node)
+        reply = parse_reply(msg, self.expected(kind, server_round))
+        self.check_weight(kind, node, reply.metrics)
         try:
-            report = SiteReport.from_record(msg.content.metric_records[METRICS])
-        except (KeyError, TypeError, ValueError) as err:
-            raise ReplyRejected("integrity", f"no usable '{METRICS}' record: {err}") from None
-        notes = SiteNotes.from_record(msg.content.config_records.get(NOTES))
-        self.check_site_outcome(kind, report, notes)
-        payload = self.check_update(msg) if kind == TRAIN else None
+            return self.accept(kind, reply, node, site)
+        except ReplyRejected as err:
+            raise ReplyRejected(err.kind, str(err), err.report or reply.metrics) from None
+
+    def expected(self, kind: str, server_round: int) -> Expected:
+        """What a ``kind`` reply of ``server_round`` may hold (an overridable step)."""
+        s = self.settings
+        return Expected(kind, server_round, control=kind == TRAIN and self.control_delta,
+                        trajectory_frames=s.trajectory_frames, action_dims=s.action_dims,
+                        limits=s.report_limits)
+
+    def accept(self, kind: str, reply: SiteReply, node: int, site: str) -> AcceptedReply:
+        """The parsed reply as an accepted one, once its content checks out (overridable)."""
+        self.check_site_outcome(kind, reply.metrics, reply.notes)
+        payload = self.check_update(reply.update) if reply.update is not None else None
         norm = self.check_values(payload) if payload is not None else None
-        trajectory, note = self.read_trajectory(msg, site)
-        return AcceptedReply(node, site, report, payload, trajectory=trajectory,
-                             trajectory_note=note, update_norm=norm, notes=notes)
-
-    def read_trajectory(self, msg: Message, site: str) -> tuple[Trajectory | None, str]:
-        """The reply's trajectory, if it has one that checks out.
-
-        A malformed trajectory costs the site its plot, not its update: the plot is for
-        people, the update passed its own checks.
-        """
-        content = msg.content
-        info = content.config_records.get(TRAJECTORY_INFO)
-        if info is None:
-            return None, ""
-        if TRAJECTORY not in content.array_records:
-            return None, KEPT_AT_SITE if info.get("kept-at-site") else "no trajectory arrays"
-        try:
-            return Trajectory.from_records(
-                content.array_records[TRAJECTORY], info,
-                self.settings.trajectory_frames, self.settings.action_dims,
-            ), ""
-        except TrajectoryError as err:
-            log.warning("trajectory_refused", site=site, reason=str(err)[:300])
-            return None, f"refused: {err}"
+        trajectory, note = reply.plotted
+        return AcceptedReply(node, site, reply.metrics, payload, trajectory=trajectory,
+                             trajectory_note=note, update_norm=norm, notes=reply.notes)
 
     def check_values(self, payload: codec.Payload) -> float:
         """The update's L2 norm, once every value is finite (else :class:`ReplyRejected`)."""
@@ -270,20 +265,20 @@ class CodecFedAvg(FedAvg):
         return scan.norm
 
     def check_norms(self, judged: RoundReplies) -> None:
-        """Move accepted updates whose norm is an outlier of this round's to the failures."""
-        norms = {r.site: r.update_norm for r in judged.accepted if r.update_norm is not None}
+        """Move accepted replies whose update (or control-variate delta) norm is an outlier to
+        the failures: against this round's median, or with fewer than three updates against
+        the others' and the norms accepted in earlier rounds."""
         ratio = self.settings.max_update_norm_ratio
-        few = 0 < len(norms) < update_checks.MIN_UPDATES_FOR_NORM_RULE
-        if ratio > 0 and few and not self._said_norm_skipped:  # once, not every round
-            log.info("norm_check_skipped", updates=len(norms),
-                     needed=update_checks.MIN_UPDATES_FOR_NORM_RULE)
-            self._said_norm_skipped = True
-        outliers = update_checks.norm_outliers(norms, ratio)
-        for reply in [r for r in judged.accepted if r.site in outliers]:
-            judged.accepted.remove(reply)
-            judged.refused_reports[reply.site] = reply.report
-            judged.failures.append(Failure(reply.node_id, reply.site, "norm",
-                                           outliers[reply.site]))
+        for what, attr in (("update", "update_norm"), ("control", "control_norm")):
+            norms = {r.site: getattr(r, attr) for r in judged.accepted
+                     if getattr(r, attr) is not None}
+            history = self.accepted_norms.get(what, np.empty((0, 2)))[:, 1].tolist()
+            label = "control-variate delta" if what == "control" else what
+            outliers = update_checks.norm_outliers(norms, ratio, history, label)
+            for reply in [r for r in judged.accepted if r.site in outliers]:
+                judged.accepted.remove(reply)
+                judged.failures.append(Failure(reply.node_id, reply.site, "norm",
+                                               outliers[reply.site], reply.report))
 
     def check_site_outcome(self, kind: str, report: SiteReport, notes: SiteNotes) -> None:
         """Refuse a train reply whose training failed at the site (its data, or an error after
@@ -293,26 +288,33 @@ class CodecFedAvg(FedAvg):
             raise ReplyRejected(notes.train_error_kind or "error", notes.train_error, report)
 
     def check_authenticity(self, kind: str, server_round: int, msg: Message, node: int) -> None:
-        """The guard's identity, signature, replay and weight checks, before anything in the
-        reply is decoded (:mod:`superlink.authenticity`). :meth:`_judge` has already matched
-        the reply to one of round ``server_round``'s ``kind`` messages (else it is stale)."""
+        """The guard's identity, signature and replay checks, before anything in the reply is
+        parsed (:mod:`superlink.authenticity`). :meth:`_judge` has already matched the reply
+        to one of round ``server_round``'s ``kind`` messages (else it is stale)."""
         if self.settings.guard is not None:
-            self.settings.guard.check_reply(msg, node, kind, server_round)
+            self.settings.guard.check_signed(msg, node, kind, server_round)
 
-    def check_update(self, msg: Message) -> codec.Payload:
-        """The reply's update, once its digests, encoding, names, shapes and dtypes check out."""
+    def check_weight(self, kind: str, node: int, report: SiteReport) -> None:
+        """The guard's bound on ``num-examples``: the frames the site declared at stage 0."""
+        if self.settings.guard is not None:
+            self.settings.guard.check_weight(kind, node, report)
+
+    def check_update(self, payload: codec.Payload) -> codec.Payload:
+        """``payload`` (an update or a control delta), once its digests, encoding, names,
+        shapes and dtypes check out against the global model (:class:`ReplyRejected`,
+        ``integrity``, otherwise)."""
+        meta = payload.meta
         try:
-            payload = codec.from_content(msg.content, ARRAYS, CODEC)
             codec.verify(payload)
-            if payload.meta.get("encoding") != "update":
-                raise ValueError("expected an update payload (local weights minus the global)")
-            if payload.meta.get("wire-dtype") != self.settings.wire_dtype:
-                raise ValueError(
-                    f"wire dtype {payload.meta.get('wire-dtype')!r}, the run uses "
-                    f"{self.settings.wire_dtype!r}"
-                )
+            if meta["encoding"] != "update":
+                raise codec.PayloadIntegrityError(
+                    "expected an update payload (local weights minus the global)")
+            if meta["wire-dtype"] != self.settings.wire_dtype:
+                raise codec.PayloadIntegrityError(
+                    f"wire dtype {meta['wire-dtype']!r}, the run uses "
+                    f"{self.settings.wire_dtype!r}")
             codec.check_layout(payload, {k: v.shape for k, v in self._global.items()})
-        except (ValueError, KeyError) as err:
+        except codec.PayloadIntegrityError as err:
             raise ReplyRejected("integrity", str(err)) from None
         return payload
 
@@ -325,10 +327,36 @@ class CodecFedAvg(FedAvg):
         judged = self._judge(TRAIN, server_round, replies)
         if not judged.accepted or len(judged.accepted) < self.settings.min_replies:
             return None, None
-        return self.weighted_mean(judged.accepted), self._train_metrics(judged.accepted)
+        self._weights = self.aggregation_weights(server_round, judged.accepted)
+        arrays = self.weighted_mean(judged.accepted)
+        self.remember_norms(server_round, judged.accepted)  # state moves with the aggregate only
+        return arrays, self._train_metrics(judged.accepted)
+
+    def aggregation_weights(
+        self, server_round: int, accepted: list[AcceptedReply]
+    ) -> dict[str, float]:
+        """Each accepted site's weight: its ``num-examples``, capped at ``max_weight_ratio``
+        x the median of the others' (:func:`update_checks.capped_weights`; logged and in the
+        round's report when the cap bites)."""
+        weights, capped = update_checks.capped_weights(
+            {r.site: float(r.report.num_examples) for r in accepted},
+            self.settings.max_weight_ratio)
+        for site, reason in capped.items():
+            log.warning("weight_capped", round=server_round, site=site, reason=reason)
+        self._capped[server_round] = capped
+        return weights
+
+    def remember_norms(self, server_round: int, accepted: list[AcceptedReply]) -> None:
+        """Keep the round's accepted norms: the norm rule's reference when a later round has
+        fewer than three updates."""
+        for what, attr in (("update", "update_norm"), ("control", "control_norm")):
+            norms = [getattr(r, attr) for r in accepted if getattr(r, attr) is not None]
+            if norms:
+                self.accepted_norms[what] = update_checks.remember(
+                    self.accepted_norms.get(what, np.empty((0, 2))), server_round, norms)
 
     def weighted_mean(self, accepted: list[AcceptedReply]) -> ArrayRecord:
-        """``global + sum_i w_i * update_i`` with ``w_i`` the sites' example shares.
+        """``global + sum_i w_i * update_i`` with ``w_i`` the sites' (capped) weight shares.
 
         Read straight from each reply's wire bytes into one float32 accumulator: the same
         result (to float32 rounding) as decoding every reply and calling Flower's
@@ -336,14 +364,26 @@ class CodecFedAvg(FedAvg):
         """
         return self.global_plus(self.mean_update(accepted))
 
+    def shares(self, accepted: list[AcceptedReply]) -> dict[str, float]:
+        """Each accepted site's share of the round's weighted mean (they sum to 1)."""
+        weights = {r.site: self._weights.get(r.site, float(r.report.num_examples))
+                   for r in accepted}
+        total = sum(weights.values())
+        return {site: w / total for site, w in weights.items()}
+
     def mean_update(self, accepted: list[AcceptedReply]) -> dict[str, np.ndarray]:
-        """``sum_i w_i * update_i`` (float32) with ``w_i`` the sites' example shares."""
-        total = sum(r.report.num_examples for r in accepted)
+        """``sum_i w_i * update_i`` (float32) with ``w_i`` the sites' shares."""
+        shares = self.shares(accepted)
         mean = {k: np.zeros_like(v) for k, v in self._global.items()}
         for reply in accepted:
             assert reply.payload is not None
-            codec.accumulate(mean, reply.payload, reply.report.num_examples / total)
+            codec.accumulate(mean, reply.payload, self.scale(reply) * shares[reply.site])
         return mean
+
+    def scale(self, reply: AcceptedReply) -> float:
+        """What a reply's update is multiplied by before it is averaged (1; norm clipping
+        shrinks it)."""
+        return 1.0
 
     def global_plus(self, update: Mapping[str, np.ndarray], step: float = 1.0) -> ArrayRecord:
         """``global + step * update`` as the new global model (float32)."""
@@ -352,13 +392,16 @@ class CodecFedAvg(FedAvg):
         )
 
     def round_summary(self, server_round: int) -> dict[str, Any]:
-        """Numbers about the server step of ``server_round`` for the round's report."""
-        return {}
+        """Numbers about the server step of ``server_round`` for the round's report
+        (subclasses add theirs to this)."""
+        capped = self._capped.get(server_round)
+        return {"weight_capped": capped} if capped else {}
 
     def _train_metrics(self, accepted: list[AcceptedReply]) -> MetricRecord:
+        shares = self.shares(accepted)
         records = [
-            RecordDict({METRICS: MetricRecord({"num-examples": r.report.num_examples,
-                                               "train-loss": r.report.train_loss})})
+            RecordDict({"metrics": MetricRecord({"num-examples": shares[r.site],
+                                                 "train-loss": r.report.train_loss})})
             for r in accepted
         ]
         return self.train_metrics_aggr_fn(records, self.weighted_by_key)

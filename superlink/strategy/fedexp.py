@@ -8,7 +8,8 @@ updates themselves and FedAvg crawls. FedExP takes a server step
 
 and moves the global by ``eta * d``: eta is 1 when the sites agree (identical updates give
 exactly 1/2 before the max) and up to M/2 for M orthogonal updates. ``w_i`` are the sites'
-example shares; with equal shares (1/M) this is the paper's formula. Server-side only: no extra
+example shares; with equal shares (1/M) this is the paper's formula; the shares are capped as every
+strategy's are (``max-weight-ratio``). Server-side only: no extra
 bytes, no site state. ``epsilon`` (``fedexp-epsilon``) keeps eta bounded when ``d`` nearly
 vanishes. The step of every round is in its report (``server_step``) and the log.
 """
@@ -51,9 +52,9 @@ class FedExP(WithExchangeSettings, CodecFedAvg):
         return super().aggregate_train(server_round, replies)
 
     def weighted_mean(self, accepted: list[AcceptedReply]) -> ArrayRecord:
-        total = sum(r.report.num_examples for r in accepted)
+        shares = self.shares(accepted)
         spread = sum(
-            r.report.num_examples / total * codec.squared_norm(r.payload)  # type: ignore[arg-type]
+            shares[r.site] * codec.squared_norm(r.payload)  # type: ignore[arg-type]
             for r in accepted
         )
         mean = self.mean_update(accepted)
@@ -65,4 +66,5 @@ class FedExP(WithExchangeSettings, CodecFedAvg):
 
     def round_summary(self, server_round: int) -> dict[str, Any]:
         step = self.server_steps.get(server_round)
-        return {} if step is None else {"server_step": step}
+        summary = super().round_summary(server_round)
+        return summary if step is None else {**summary, "server_step": step}

@@ -7,12 +7,15 @@ from the node the message was sent to, never from what the reply claims about it
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.codec import Payload
 from common.protocol import SiteNotes, SiteReport
 from common.trajectory import Trajectory
+from superlink.reply_model import ReplyRejected
+
+__all__ = ["FAILURE_KINDS", "AcceptedReply", "Failure", "ReplyRejected", "RoundReplies"]
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,13 @@ class Failure:
     kind: str  # one of FAILURE_KINDS
     reason: str
     # What the site still measured (its evaluation of the global model) when only its training
-    # failed; None when nothing usable came back.
+    # or its update failed; None when nothing usable came back.
     report: SiteReport | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "site": self.site, "kind": self.kind,
+                "reason": self.reason,
+                "report": None if self.report is None else self.report.to_json()}
 
 
 #: Why a site did not contribute (``Failure.kind``), counted per site in the run's reports.
@@ -34,21 +42,15 @@ FAILURE_KINDS = {
     "timeout": "no reply within round-timeout (or the message expired with the round)",
     "offline": "not connected when the round started (after waiting up to join-timeout)",
     "integrity": "digest, encoding, names, shapes or dtype do not match the global model",
+    "malformed": "a record or value the protocol does not have, of the wrong type, non-finite "
+                 "or out of range (superlink.reply_model)",
     "nonfinite": "the update holds NaN or Inf values",
-    "norm": "the update's L2 norm exceeds max-update-norm-ratio x the round's median",
+    "norm": "the update's (or control delta's) L2 norm exceeds max-update-norm-ratio x the "
+            "round's median (with fewer than 3 updates: the others' and earlier rounds')",
     "stale": "the reply answers a message of an earlier round",
-    "excluded": "left out at stage 0 (features differ from the federation's)",
+    "excluded": "left out at stage 0 (features or statistics refused)",
     "bad-data": "the site's own data failed it (past max-bad-sample-share unreadable samples)",
 }
-
-
-class ReplyRejected(ValueError):
-    """A reply that arrived but cannot be used; ``kind`` says which check refused it."""
-
-    def __init__(self, kind: str, reason: str, report: SiteReport | None = None) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.report = report
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class AcceptedReply:
     trajectory: Trajectory | None = None  # the held-out episode the site shared, if asked
     trajectory_note: str = ""  # why there is none although the site computed one
     update_norm: float | None = None  # L2 norm of the update (train replies)
+    control_norm: float | None = None  # SCAFFOLD: L2 norm of the control-variate delta
     notes: SiteNotes = field(default_factory=SiteNotes)  # what the site skipped, in words
     control: Payload | None = None  # SCAFFOLD: the site's control-variate delta, checked alike
 
@@ -72,17 +75,15 @@ class RoundReplies:
 
     accepted: list[AcceptedReply] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
-    # Reports of refused updates that still carry a readable report: a site whose update is
-    # dropped (say, not finite) has still measured the global model it received.
-    refused_reports: dict[str, SiteReport] = field(default_factory=dict)
 
     @property
     def measured(self) -> dict[str, SiteReport]:
         """Every readable report, accepted or not (the eval numbers of the round): also sites
-        whose update was refused or whose training failed after they had evaluated the global
-        model (the measurement stands)."""
+        whose update was refused (say, not finite) or whose training failed after they had
+        evaluated the global model (the measurement stands). Never a report that did not parse
+        or whose signature or weight was refused."""
         kept = {f.site: f.report for f in self.failures if f.report is not None}
-        return {**kept, **self.refused_reports, **self.reports}
+        return {**kept, **self.reports}
 
     @property
     def reports(self) -> dict[str, SiteReport]:
@@ -105,7 +106,7 @@ class RoundReplies:
     @property
     def notes(self) -> dict[str, dict[str, Any]]:
         """What each accepted site skipped or could not do, in words (non-empty notes only)."""
-        return {r.site: asdict(r.notes) for r in self.accepted if r.notes}
+        return {r.site: r.notes.to_json() for r in self.accepted if r.notes}
 
     @property
     def uplink_bytes(self) -> dict[str, int]:

@@ -11,9 +11,12 @@ its update and ``c_i+ - c_i`` (option II; see :mod:`supernode.control_variates`)
   federation (stage 0), the paper's update: ``c`` stays the plain mean of all the ``c_i``.
 
 The control delta travels through the same codec as the update (``wire-dtype``, digests) in the
-``control``/``control-codec`` records and passes the update's checks (integrity, finite
-values; not the norm rule). Bytes: ``c`` doubles the downlink and the delta the uplink; both
-are in the round reports (``downlink_bytes``, ``uplink_bytes``, the sites' ``control_bytes``).
+``control``/``control-codec`` records and passes the update's checks: integrity, finite values
+and the norm rule (against the round's other deltas and the deltas accepted in earlier rounds);
+a reply whose delta fails is refused as a whole. ``c`` moves only with an accepted aggregate:
+a round short of ``min-replies`` leaves ``c`` and every count as they were. Bytes: ``c``
+doubles the downlink and the delta the uplink; both are in the round reports
+(``downlink_bytes``, ``uplink_bytes``, the sites' ``control_bytes``).
 
 Keeping ``c`` and the ``c_i`` consistent when a reply is lost or refused: every train message
 says which round's delta from that site the server last counted (``control-round``); the site
@@ -39,35 +42,21 @@ from flwr.serverapp import strategy as flwr
 import superlink.strategy.state as state
 from common import codec
 from common.logs import get_logger
-from common.protocol import ARRAYS, CODEC, CONFIG, CONTROL, CONTROL_CODEC
+from common.protocol import CONFIG, CONTROL, CONTROL_CODEC
+from superlink.reply_model import SiteReply
 from superlink.strategy.codec_fedavg import TRAIN, CodecFedAvg
 from superlink.strategy.flower_strategies import WithExchangeSettings
-from superlink.strategy.replies import AcceptedReply, ReplyRejected
+from superlink.strategy.replies import AcceptedReply
 
 log = get_logger("zk0.superlink")
 
-
-
-class _ControlDelta:
-    """A reply's control-variate delta where :meth:`CodecFedAvg.check_update` reads an update
-    (``msg.content[ARRAYS]``/``[CODEC]``), so it passes exactly the same checks."""
-
-    def __init__(self, msg: Message) -> None:
-        content = msg.content
-        if CONTROL not in content.array_records or CONTROL_CODEC not in content.config_records:
-            raise ReplyRejected(
-                "integrity",
-                f"SCAFFOLD reply without its control-variate delta ('{CONTROL}' records)",
-            )
-        self.metadata = msg.metadata
-        self.content = RecordDict({ARRAYS: content.array_records[CONTROL],
-                                   CODEC: content.config_records[CONTROL_CODEC]})
 
 
 class Scaffold(WithExchangeSettings, flwr.FedAvgM, CodecFedAvg):
     """FedAvgM's server step plus SCAFFOLD's control variates (see the module docstring)."""
 
     state_attributes = (*CodecFedAvg.state_attributes, "control", "control_rounds")
+    control_delta = True  # every train update comes with its control-variate delta
 
     def __init__(self, *args: Any, **params: Any) -> None:
         super().__init__(*args, **params)
@@ -95,15 +84,13 @@ class Scaffold(WithExchangeSettings, flwr.FedAvgM, CodecFedAvg):
 
     # -- checks ------------------------------------------------------------------------------
 
-    def check_reply(
-        self, kind: str, server_round: int, msg: Message, node: int, site: str
-    ) -> AcceptedReply:
-        accepted = super().check_reply(kind, server_round, msg, node, site)
-        if kind != TRAIN:
+    def accept(self, kind: str, reply: SiteReply, node: int, site: str) -> AcceptedReply:
+        accepted = super().accept(kind, reply, node, site)
+        delta = reply.control_delta  # the reply model has checked it is there with an update
+        if delta is None:
             return accepted
-        control = self.check_update(_ControlDelta(msg))  # type: ignore[arg-type]
-        self.check_values(control)  # finite, as the update must be
-        return replace(accepted, control=control)
+        control = self.check_update(delta)  # the update's checks, exactly
+        return replace(accepted, control=control, control_norm=self.check_values(control))
 
     # -- aggregate ---------------------------------------------------------------------------
 
@@ -111,7 +98,8 @@ class Scaffold(WithExchangeSettings, flwr.FedAvgM, CodecFedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = super().aggregate_train(server_round, replies)
-        self.update_control(server_round, self.replies(TRAIN, server_round).accepted)
+        if arrays is not None:  # c moves with an accepted aggregate only
+            self.update_control(server_round, self.replies(TRAIN, server_round).accepted)
         return arrays, metrics
 
     def update_control(self, server_round: int, accepted: list[AcceptedReply]) -> None:
@@ -134,8 +122,9 @@ class Scaffold(WithExchangeSettings, flwr.FedAvgM, CodecFedAvg):
     def round_summary(self, server_round: int) -> dict[str, Any]:
         norm = float(np.sqrt(sum(float(np.dot(v.ravel(), v.ravel()))
                                  for v in self.control.values())))
-        return {"control_norm": norm, "control_downlink_bytes_per_site":
-                self.control_downlink_bytes, "control_reset": server_round in self.control_resets}
+        return {**super().round_summary(server_round), "control_norm": norm,
+                "control_downlink_bytes_per_site": self.control_downlink_bytes,
+                "control_reset": server_round in self.control_resets}
 
     # -- state -------------------------------------------------------------------------------
 
