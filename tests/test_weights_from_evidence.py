@@ -262,6 +262,7 @@ STRATEGY_OVERRIDES = {
     "fedadam": {"server-lr": 0.01}, "fedyogi": {"server-lr": 0.01},
     "fedadagrad": {"server-lr": 0.01}, "scaffold": {"server-momentum": 0.9, "server-lr": 1.0},
     "fedprox": {"proximal-mu": 0.1}, "fedprox-decoupled": {"proximal-mu": 10.0},
+    "diloco": {"server-momentum": 0.9, "server-lr": 0.7},
 }
 
 
