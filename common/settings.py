@@ -153,6 +153,13 @@ class RunConfig(_Strict):
     min_replies: int = Field(1, ge=1)  # usable train replies a round needs to move the model
     max_failed_rounds: int = Field(3, ge=1)  # failed rounds in a row that end the run
     max_update_norm_ratio: float = Field(10.0, ge=0.0)  # x the round's median norm; 0 = off
+    upload_stall_timeout: float = Field(
+        120.0, gt=0.0, le=86400.0,
+        description="Seconds a reply's upload may go without a new part (Flower moves a reply "
+        "in objects of at most 5 MiB) before that site's round fails as 'upload': a site "
+        "revoked, crashed or cut off mid-upload never holds the round; round-timeout bounds "
+        "every upload too (superlink.reply_uploads)",
+    )
     resume_from: str = ""  # a run folder: continue it from its last completed round
 
     @model_validator(mode="after")
@@ -313,6 +320,16 @@ class NodeConfig(_Strict):
         if not self.dataset_root and not self.dataset_repo_id:
             raise ValueError("set dataset-root (a local LeRobotDataset) or dataset-repo-id")
         return self
+
+    @property
+    def state_root(self) -> Path:
+        """This site's own folder: ``state-dir``, else ``$ZK0_CACHE/sites/<site>``."""
+        from common.local_vlm import default_cache_dir
+
+        root = Path(self.state_dir) if self.state_dir else (
+            default_cache_dir() / "sites" / self.site_name
+        )
+        return root.expanduser()
 
     @property
     def repo_id(self) -> str:
