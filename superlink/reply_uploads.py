@@ -11,15 +11,22 @@ ServerApp: ``round-timeout`` never fired, and the replies of the other sites pul
 call were never processed.
 
 Here the ServerApp pulls messages and objects itself, never blocking: each poll takes the new
-reply messages and then, for every reply still uploading, the objects that have arrived since
-the last poll (in the order the site pushes them; it stops at the first that has not arrived).
-A reply is handed on when its last object is in. It fails that site's round, and nothing else,
-when no new object of it arrives for ``upload-stall-timeout`` seconds (the site was revoked,
-crashed or cut off: a live upload moves at least one 5 MiB chunk in that time), when the
-SuperLink no longer has one of its objects, when its objects do not form a message, or when the
-exchange's deadline (``round-timeout``) passes first. A stall is judged only right after a probe
-found the next object missing, so a poll that spends long pulling another site's large reply
-never fails a site that kept uploading. A reply given up on is confirmed to the SuperLink as
+reply messages and then, for every reply still uploading, pulls each of its objects that has
+arrived. A reply is handed on when its last object is in. It fails that site's round, and
+nothing else, when no new object of it arrives for ``upload-stall-timeout`` seconds (the site
+was revoked, crashed or cut off: a live upload moves at least one 5 MiB chunk in that time),
+when the SuperLink no longer has one of its objects, when its objects do not form a message, or
+when the exchange's deadline (``round-timeout``) passes first.
+
+Which objects to ask for: the SuperLink lists a message's objects in its own order (its SQL
+index), not in the order the site pushes them, so the next object in the list may be the last
+to arrive. So the polls sweep over the missing objects: each poll asks for the next ones not
+yet asked for in this sweep, pulls all that are there and stops after :data:`MISSES_PER_POLL`
+missing ones; a new sweep starts when every missing object was asked for. A stall is judged
+only when every missing object was found missing after the last new one arrived, so neither the
+listing order nor a poll spent pulling another site's large reply can fail a site that kept
+uploading, objects are pulled while the site still uploads, and a stalled reply costs at most
+that many small requests per poll. A reply given up on is confirmed to the SuperLink as
 received, which deletes what it holds of it.
 
 Flower has no public API for this (``Grid`` offers only whole-message pulls), so
@@ -56,6 +63,8 @@ from common.logs import get_logger
 log = get_logger("zk0.superlink")
 
 DEFAULT_STALL_TIMEOUT = 120.0
+#: Objects found missing after which one poll stops probing an upload (module doc).
+MISSES_PER_POLL = 32
 
 
 class ObjectGone(Exception):
@@ -151,6 +160,7 @@ class Upload:
     started: float  # monotonic time the message arrived
     progressed: float  # monotonic time of the last new object
     contents: dict[str, bytes] = field(default_factory=dict)
+    absent: dict[str, float] = field(default_factory=dict)  # missing -> when, in this sweep
 
     @property
     def missing(self) -> list[str]:
@@ -216,27 +226,39 @@ class BoundedUploads:
         return pulled
 
     def _advance(self, upload: Upload, pulled: Pulled) -> None:
+        misses = 0
         try:
-            for object_id in upload.missing:
+            for object_id in [o for o in upload.missing if o not in upload.absent]:
                 content = self.source.pull_object(object_id)
                 if content is None:
-                    break
+                    upload.absent[object_id] = self.clock()
+                    misses += 1
+                    if misses >= MISSES_PER_POLL:
+                        break
+                    continue
                 upload.contents[object_id] = content
                 upload.progressed = self.clock()
                 pulled.progressed = True
-            else:  # every object is in
-                self._complete(upload, pulled)
-                return
         except ObjectGone as err:
             pulled.failed.append(self._give_up(
                 upload, f"the SuperLink does not have part of the reply ({err})"))
             return
+        missing = upload.missing
+        if not missing:
+            self._complete(upload, pulled)
+            return
+        if any(o not in upload.absent for o in missing):
+            return  # this sweep goes on at the next poll
         idle = self.clock() - upload.progressed
-        if idle >= self.stall_timeout:
+        if idle >= self.stall_timeout and all(
+            upload.absent[o] >= upload.progressed for o in missing
+        ):
             pulled.failed.append(self._give_up(
                 upload, f"no new part for {idle:.0f} s (upload-stall-timeout="
                         f"{self.stall_timeout:g}s): the site was revoked, stopped or cut off "
                         "mid-upload"))
+        else:
+            upload.absent.clear()  # the next sweep
 
     def _complete(self, upload: Upload, pulled: Pulled) -> None:
         message_id = upload.arrived.message_id

@@ -25,7 +25,13 @@ from flwr.superlink.grid.http_grid import HttpGrid
 
 from harness.inprocess_grid import _act_as_serverapp
 from superlink import reply_uploads
-from superlink.reply_uploads import ArrivedReply, BoundedUploads, ObjectGone, inflate_message
+from superlink.reply_uploads import (
+    MISSES_PER_POLL,
+    ArrivedReply,
+    BoundedUploads,
+    ObjectGone,
+    inflate_message,
+)
 
 STALL = 30.0
 
@@ -106,8 +112,9 @@ def test_a_stalled_upload_fails_its_site_alone_and_the_others_arrive_on_time():
     _same(got, whole)
     assert first.failed == [] and set(puller.uploads) == {"m-stalled", "m-slow"}
 
-    # the slow site delivers one part every 0.9 x the stall timeout: never given up
-    for oid in slow_order:
+    # the slow site delivers one part every 0.9 x the stall timeout, in another order than the
+    # SuperLink lists them (as a real SuperLink does): never given up
+    for oid in reversed(slow_order):
         clock.now += 0.9 * STALL
         store.delivered.add(oid)
         step = puller.pull(["m-stalled", "m-slow"])
@@ -150,18 +157,25 @@ def test_a_missing_object_an_unformed_message_and_the_deadline_each_fail_one_sit
     assert set(store.confirmed) == {gone.object_id, late.object_id, garbage.object_id}
 
 
-def test_probing_a_stalled_upload_costs_one_request_per_poll():
+def test_a_stalled_upload_costs_a_bounded_number_of_requests_and_needs_a_full_sweep():
     store, clock = Store(), Clock()
     puller = BoundedUploads(store, STALL, clock)
-    _, reply = _reply(0, arrays=20)
+    _, reply = _reply(0, arrays=40)
     order = store.add("m", reply)
-    store.delivered.update(order[:5])
-    puller.pull(["m"])
-    assert store.pulls == 6  # five parts, then the first missing one
-    for _ in range(3):
-        clock.now += 1.0
-        puller.pull(["m"])
-    assert store.pulls == 9
+    assert len(order) > 2 * MISSES_PER_POLL + 5
+    store.delivered.update(order[-5:])  # the site pushed a few parts, listed last
+    polls = []
+    while not polls or "m" in puller.uploads:
+        before = store.pulls
+        step = puller.pull(["m"])
+        polls.append(store.pulls - before)
+        clock.now += STALL  # each poll far apart: only a complete sweep may fail the upload
+    assert max(polls) <= MISSES_PER_POLL + 5
+    [failure] = step.failed
+    assert f"5/{len(order)} parts" in failure.reason
+    # the upload was given up only after every missing part was found missing after the last
+    # new part came: two sweeps (the first found the five parts)
+    assert sum(polls) == len(order) + (len(order) - 5)
 
 
 def test_the_stall_timeout_must_be_positive():
