@@ -18,9 +18,9 @@ node, or altered in any record fails verification. An instruction is signed for 
 (its node id) and carries the federation id and the coordinator's instruction sequence number
 (:class:`superlink.authenticity.InstructionSequence`), so a site can tell a new instruction from
 a replayed one (:mod:`supernode.instruction_ledger`); an instruction moved to another site fails
-verification there. Array payloads encoded by :mod:`common.codec`
-are covered through their per-array SHA-256 digest list (which the receiver checks against the
-bytes before decoding), so the large arrays are not hashed twice.
+verification there. Array payloads encoded by :mod:`common.codec` are covered through their
+per-array SHA-256 digest list (which the receiver checks against the bytes before decoding), so
+the large arrays are not hashed twice.
 
 The record that carries a signature (:data:`common.protocol.SIGNATURE`) repeats the claimed
 round, run id, node and site, so that a refusal can say *why* (replayed, other node, other

@@ -5,7 +5,7 @@ passes. A lab coordinator watching a round that takes an hour wants to see which
 answered; this loop uses the same ``push_messages``/``pull_messages`` primitives and reports
 every reply and every site that never answered.
 
-Three rules keep a round's work inside the round:
+Four rules keep a round's work inside the round:
 
 - **Messages expire with the round.** Flower gives a message a 12-hour TTL by default; a site
   that picks it up late then trains a round nobody waits for. Just before pushing, each

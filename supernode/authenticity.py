@@ -4,10 +4,10 @@ Every message the site gets must carry the coordinator's signature over its cont
 its round and this node (checked against ``coordinator-pubkey``, the public key shipped with
 the CA), and a sequence number above every instruction the site handled before
 (:mod:`supernode.instruction_ledger`), before any of it is used; every reply the site sends is
-signed with the node's own EC key
-(``site-key``, the key its SuperNode authenticates with, so the server verifies it against the
-key registered for this node). Both are node-config paths set by the site's launcher; the key
-material is read here, in the ClientApp process, and never logged.
+signed with the node's own EC key (``site-key``, the key its SuperNode authenticates with, so
+the server verifies it against the key registered for this node). Both are node-config paths
+set by the site's launcher; the key material is read here, in the ClientApp process, and never
+logged.
 
 As a mod (``ClientApp(mods=[authenticity_mod])``) it wraps every handler, so no reply leaves
 the site unsigned and no handler sees an unverified instruction.
@@ -96,7 +96,7 @@ def admit_once(msg: Message, context: Context, node: NodeConfig,
     handled = Handled(claims.sequence, context.run_id,
                       signing.instruction_round(msg.content), msg.metadata.message_type)
     try:
-        InstructionLedger(node.state_root).admit(claims.federation, handled)
+        InstructionLedger(node.state_root).admit(claims.federation, context.node_id, handled)
     except InstructionReplayed as err:
         raise _refused(msg, context, "replay", str(err)) from None
     except LedgerUnreadable as err:

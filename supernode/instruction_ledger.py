@@ -6,7 +6,8 @@ instruction and deliver it again, and the site would retrain an old round (and, 
 drop the control variate it keeps pending for the server). So each instruction carries, signed,
 the federation it belongs to and the coordinator's sequence number
 (:class:`superlink.authenticity.InstructionSequence`), and this ledger remembers per federation
-the highest number the site has handled, with the run, round and kind it came with. An
+(and per node id: a state folder shared by two nodes keeps their numbers apart) the highest
+number the site has handled, with the run, round and kind it came with. An
 instruction whose number is not above it is refused before anything acts on it, with a log line
 and an error reply naming both instructions.
 
@@ -22,8 +23,9 @@ number and is refused. An instruction captured on its way to another site fails 
 the signature: it is signed for that site's node id.
 
 The ledger is ``<state root>/instructions.json`` (``state-dir``, else
-``$ZK0_CACHE/sites/<site>``), mode 0600, written atomically (:mod:`common.atomic`) under an
-exclusive lock, so concurrent ClientApps of one site cannot both accept the same instruction.
+``$ZK0_CACHE/sites/<site>``): ``{federation: {node id: last instruction}}``, mode 0600, written
+atomically (:mod:`common.atomic`) under an exclusive lock, so concurrent ClientApps of one site
+cannot both accept the same instruction.
 """
 
 from __future__ import annotations
@@ -72,17 +74,18 @@ class InstructionLedger:
         self.root = Path(root)
         self.path = self.root / LEDGER_FILE
 
-    def _read(self) -> dict[str, dict]:
+    def _read(self) -> dict[str, dict[str, dict]]:
         if not self.path.exists():
             return {}
         try:
             entries = json.loads(self.path.read_text())
             if not isinstance(entries, dict):
                 raise ValueError("not a JSON object")
-            for value in entries.values():
-                Handled.from_entry(value)
+            for nodes in entries.values():
+                for value in nodes.values():
+                    Handled.from_entry(value)
             return entries
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise LedgerUnreadable(
                 f"{self.path}: unreadable instruction ledger ({type(err).__name__}: {err}); it "
                 "is written atomically, so it was changed by hand or the disk is damaged. The "
@@ -90,23 +93,25 @@ class InstructionLedger:
                 "this site already handled be replayed once more"
             ) from None
 
-    def last(self, federation: str) -> Handled | None:
-        entry = self._read().get(federation)
+    def last(self, federation: str, node_id: int) -> Handled | None:
+        entry = self._read().get(federation, {}).get(str(node_id))
         return None if entry is None else Handled.from_entry(entry)
 
-    def admit(self, federation: str, instruction: Handled) -> None:
-        """Record ``instruction`` as handled, or raise :class:`InstructionReplayed` if its
-        number is not above the last one handled for ``federation``."""
+    def admit(self, federation: str, node_id: int, instruction: Handled) -> None:
+        """Record ``instruction`` as handled by ``node_id``, or raise
+        :class:`InstructionReplayed` if its number is not above the last one that node handled
+        for ``federation``."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         with atomic.locked(self.root / LOCK_FILE):
             entries = self._read()
-            if federation in entries:
-                last = Handled.from_entry(entries[federation])
+            nodes = entries.setdefault(federation, {})
+            if str(node_id) in nodes:
+                last = Handled.from_entry(nodes[str(node_id)])
                 if instruction.sequence <= last.sequence:
                     raise InstructionReplayed(
                         f"instruction {instruction.describe()} of federation {federation!r} is "
                         f"not newer than {last.describe()}, the last one this site handled: a "
                         "replayed or out-of-date instruction; nothing was done"
                     )
-            entries[federation] = {**asdict(instruction), "handled_at": time.time()}
+            nodes[str(node_id)] = {**asdict(instruction), "handled_at": time.time()}
             atomic.write_bytes(self.path, (json.dumps(entries, indent=1) + "\n").encode(), 0o600)

@@ -128,7 +128,7 @@ def test_a_replayed_instruction_is_refused_by_its_site_and_by_every_other(
 
     ledger = tmp_path / "state" / "lab-a" / LEDGER_FILE
     assert stat.S_IMODE(ledger.stat().st_mode) == 0o600
-    entry = json.loads(ledger.read_text())["7"]
+    entry = json.loads(ledger.read_text())["7"]["11"]
     assert (entry["run_id"], entry["round"], entry["kind"]) == (7, 3, "train")
     assert entry["sequence"] == third[11].content[SIGNATURE]["sequence"]
 
@@ -157,6 +157,18 @@ def test_a_resumed_federation_resends_its_round_but_a_captured_copy_stays_refuse
     other = _round(_guard(fed, tmp_path / "other", run_id=9, federation="9"), 1)
     site_side.authenticity_mod(other[11], _site(fed, tmp_path, 11, run_id=9), handler)
     assert handler.seen[-1] == (11, 1)
+
+
+def test_two_nodes_sharing_a_state_folder_keep_their_own_numbers(fed, tmp_path):
+    handler = Handler()
+    messages = _round(_guard(fed, tmp_path / "run"), 1)
+    shared = {n: _site(fed, tmp_path, n) for n in SITES}
+    for ctx in shared.values():
+        ctx.node_config["state-dir"] = str(tmp_path / "one-box")
+    for node, ctx in shared.items():
+        site_side.authenticity_mod(messages[node], ctx, handler)
+        _refused(messages[node], ctx, handler, r"\(replay\)")
+    assert handler.seen == [(11, 1), (12, 1)]
 
 
 def test_an_unreadable_ledger_or_sequence_refuses_with_the_file_named(fed, tmp_path):

@@ -186,7 +186,7 @@ def test_resumed_real_sites_end_with_the_same_held_out_mse(demo_root, tmp_path, 
         assert files == [f"optimizer-r{r:06d}.pt" for r in (ROUNDS - 1, ROUNDS)], files
         # the sites had handled round 3 of run 71 when it was killed; run 72's resend of round
         # 3 was taken (a newer instruction of the same federation), up to its final evaluation
-        last = _json(state / "instructions.json")["71"]
+        [last] = _json(state / "instructions.json")["71"].values()
         assert (last["run_id"], last["round"], last["kind"]) == (72, ROUNDS, "evaluate")
 
 
