@@ -21,8 +21,9 @@ when the exchange's deadline (``round-timeout``) passes first.
 Which objects to ask for: the SuperLink lists a message's objects in its own order (its SQL
 index), not in the order the site pushes them, so the next object in the list may be the last
 to arrive. So the polls sweep over the missing objects: each poll asks for the next ones not
-yet asked for in this sweep, pulls all that are there and stops after :data:`MISSES_PER_POLL`
-missing ones; a new sweep starts when every missing object was asked for. A stall is judged
+yet asked for in this sweep (:data:`BATCH` at a time, two at once), pulls all that are there and
+stops after :data:`MISSES_PER_POLL` missing ones; a new sweep starts when every missing object
+was asked for. A stall is judged
 only when every missing object was found missing after the last new one arrived, so neither the
 listing order nor a poll spent pulling another site's large reply can fail a site that kept
 uploading, objects are pulled while the site still uploads, and a stalled reply costs at most
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,6 +67,9 @@ log = get_logger("zk0.superlink")
 DEFAULT_STALL_TIMEOUT = 120.0
 #: Objects found missing after which one poll stops probing an upload (module doc).
 MISSES_PER_POLL = 32
+#: Objects asked for at once, by :data:`_PULLS` (Flower's ``pull_objects`` also pulls 2 at once).
+BATCH = 8
+_PULLS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zk0-reply-pull")
 
 
 class ObjectGone(Exception):
@@ -227,18 +232,21 @@ class BoundedUploads:
 
     def _advance(self, upload: Upload, pulled: Pulled) -> None:
         misses = 0
+        asking = [o for o in upload.missing if o not in upload.absent]
         try:
-            for object_id in [o for o in upload.missing if o not in upload.absent]:
-                content = self.source.pull_object(object_id)
-                if content is None:
-                    upload.absent[object_id] = self.clock()
-                    misses += 1
-                    if misses >= MISSES_PER_POLL:
-                        break
-                    continue
-                upload.contents[object_id] = content
-                upload.progressed = self.clock()
-                pulled.progressed = True
+            for start in range(0, len(asking), BATCH):
+                batch = asking[start:start + BATCH]
+                for object_id, content in zip(batch, _PULLS.map(self.source.pull_object, batch),
+                                              strict=True):
+                    if content is None:
+                        upload.absent[object_id] = self.clock()
+                        misses += 1
+                        continue
+                    upload.contents[object_id] = content
+                    upload.progressed = self.clock()
+                    pulled.progressed = True
+                if misses >= MISSES_PER_POLL:
+                    break
         except ObjectGone as err:
             pulled.failed.append(self._give_up(
                 upload, f"the SuperLink does not have part of the reply ({err})"))
