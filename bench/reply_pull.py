@@ -146,7 +146,7 @@ def write_app(root: Path) -> Path:
 
 
 def run(ctx: BenchContext) -> list[Section]:
-    from deploy.local_cluster import LocalCluster
+    from deploy.cluster.local_cluster import LocalCluster
 
     # the ServerApp imports this checkout's superlink (the app's own FAB holds only its code)
     os.environ["PYTHONPATH"] = os.pathsep.join(

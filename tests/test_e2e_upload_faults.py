@@ -26,8 +26,8 @@ import pytest
 from net_valve import Valve
 
 from common.settings import NodeConfig
-from deploy.local_cluster import LocalCluster
-from deploy.site_registry import revoke_site
+from deploy.cluster.local_cluster import LocalCluster
+from deploy.coordinator.site_registry import revoke_site
 
 REPO = Path(__file__).resolve().parent.parent
 SITES = 4
