@@ -86,8 +86,7 @@ def zk0(grid, mid):
             return pulled.replies[0]
         if pulled.failed:
             raise RuntimeError(pulled.failed[0].reason)
-        if not pulled.progressed:
-            time.sleep(0.2)
+        time.sleep(0.2)
 
 
 @app.main()

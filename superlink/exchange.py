@@ -161,8 +161,8 @@ def exchange(
                 on_reply(msg, routes[answered])
         for upload in pulled.failed:
             failed(upload)
-        if pending and not pulled.replies and not pulled.progressed:
-            time.sleep(idle.next())
+        if pending and not pulled.replies:  # an upload's progress alone does not hurry the
+            time.sleep(idle.next())  # polls: each is a write in the SuperLink's SQLite state
     for upload in puller.abandon(f"not complete when the exchange's deadline passed ({timeout} s "
                                  "after sending: round-timeout)"):
         failed(upload)

@@ -27,7 +27,10 @@ was asked for. A stall is judged
 only when every missing object was found missing after the last new one arrived, so neither the
 listing order nor a poll spent pulling another site's large reply can fail a site that kept
 uploading, objects are pulled while the site still uploads, and a stalled reply costs at most
-that many small requests per poll. A reply given up on is confirmed to the SuperLink as
+that many small requests per poll. Polls keep the exchange's pace (:mod:`superlink.polling`)
+while uploads run: a burst of requests would compete with the sites' uploads for the
+SuperLink's SQLite lock and its CPU, and a site whose upload waits out that lock loses its
+reply. A reply given up on is confirmed to the SuperLink as
 received, which deletes what it holds of it.
 
 Flower has no public API for this (``Grid`` offers only whole-message pulls), so
@@ -65,8 +68,9 @@ from common.logs import get_logger
 log = get_logger("zk0.superlink")
 
 DEFAULT_STALL_TIMEOUT = 120.0
-#: Objects found missing after which one poll stops probing an upload (module doc).
-MISSES_PER_POLL = 32
+#: Objects found missing after which one poll stops probing an upload (module doc): a sweep of
+#: a SmolVLA-size reply (~700 objects) then takes ~90 polls, inside the default stall timeout.
+MISSES_PER_POLL = 8
 #: Objects asked for at once, by :data:`_PULLS` (Flower's ``pull_objects`` also pulls 2 at once).
 BATCH = 8
 _PULLS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zk0-reply-pull")
@@ -182,7 +186,6 @@ class Pulled:
 
     replies: list[Message] = field(default_factory=list)
     failed: list[FailedUpload] = field(default_factory=list)
-    progressed: bool = False  # an upload moved: poll again at once
 
 
 class ReplyPuller(Protocol):
@@ -244,7 +247,6 @@ class BoundedUploads:
                         continue
                     upload.contents[object_id] = content
                     upload.progressed = self.clock()
-                    pulled.progressed = True
                 if misses >= MISSES_PER_POLL:
                     break
         except ObjectGone as err:
