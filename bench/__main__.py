@@ -75,6 +75,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         "bench.overhead:run", "federation overhead through the real cluster", default=False
     ),
     "quality": Benchmark("bench.quality:run", "learning quality", default=False),
+    "reply-pull": Benchmark(
+        "bench.reply_pull:run", "taking in a reply: zk0's bounded pull vs Flower's (real TLS)",
+        default=False,
+    ),
     "memory": Benchmark("bench.memory:run", "memory per node", default=False),
     "image": Benchmark("bench.image:run", "container image size and build time (Docker)",
                        default=False),

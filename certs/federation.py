@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from certs.x509 import (
     parse_san,
     san_key,
 )
+from common import atomic
 from common.signing import public_pem
 
 log = logging.getLogger(__name__)
@@ -75,15 +74,9 @@ class FederationCerts:
     actions: dict[Path, str] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def _locked(out_dir: Path) -> Iterator[None]:
+def _locked(out_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Serialise runs on one folder (e.g. several compose services starting at once)."""
-    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return atomic.locked(out_dir / ".lock")
 
 
 def _server_problem(

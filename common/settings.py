@@ -292,6 +292,13 @@ class RunConfig(_Strict):
     clip_norm_ratio: float = Field(1.0, gt=0.0, description=(
         "strategy fedavg-clipped: every update longer than this many times the median norm of "
         "the round's accepted updates is scaled down to that length before averaging."))
+    upload_stall_timeout: float = Field(
+        120.0, gt=0.0, le=86400.0,
+        description="Seconds a reply's upload may go without a new part (Flower moves a reply "
+        "in objects of at most 5 MiB) before that site's round fails as 'upload': a site "
+        "revoked, crashed or cut off mid-upload never holds the round; round-timeout bounds "
+        "every upload too (superlink.reply_uploads)",
+    )
     resume_from: str = Field(
         "",
         description="A run folder (e.g. \"runs/run-123\") to continue from its last completed "
@@ -501,6 +508,16 @@ class NodeConfig(_Strict):
         if not self.dataset_root and not self.dataset_repo_id:
             raise ValueError("set dataset-root (a local LeRobotDataset) or dataset-repo-id")
         return self
+
+    @property
+    def state_root(self) -> Path:
+        """This site's own folder: ``state-dir``, else ``$ZK0_CACHE/sites/<site>``."""
+        from common.local_vlm import default_cache_dir
+
+        root = Path(self.state_dir) if self.state_dir else (
+            default_cache_dir() / "sites" / self.site_name
+        )
+        return root.expanduser()
 
     @property
     def repo_id(self) -> str:

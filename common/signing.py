@@ -14,9 +14,13 @@ context:
 The statement (:class:`Statement`) holds the run id, the round, the message type, the node id,
 the site name the sender claims, the id of the instruction a reply answers, and a digest of the
 content (:func:`content_digest`). A reply replayed from another round or run, moved to another
-node, or altered in any record fails verification. Array payloads encoded by :mod:`common.codec`
-are covered through their per-array SHA-256 digest list (which the receiver checks against the
-bytes before decoding), so the large arrays are not hashed twice.
+node, or altered in any record fails verification. An instruction is signed for one recipient
+(its node id) and carries the federation id and the coordinator's instruction sequence number
+(:class:`superlink.authenticity.InstructionSequence`), so a site can tell a new instruction from
+a replayed one (:mod:`supernode.instruction_ledger`); an instruction moved to another site fails
+verification there. Array payloads encoded by :mod:`common.codec` are covered through their
+per-array SHA-256 digest list (which the receiver checks against the bytes before decoding), so
+the large arrays are not hashed twice.
 
 The record that carries a signature (:data:`common.protocol.SIGNATURE`) repeats the claimed
 round, run id, node and site, so that a refusal can say *why* (replayed, other node, other
@@ -40,7 +44,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from common.protocol import ARRAYS, CODEC, CONFIG, SIGNATURE
 
-SCHEME = "zk0-ecdsa-p384-sha384-v1"
+# v2: instructions are bound to their recipient node and carry a federation and sequence number
+SCHEME = "zk0-ecdsa-p384-sha384-v2"
 REPLY, INSTRUCTION = "reply", "instruction"
 _HASH = hashes.SHA384
 _NIST = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
@@ -51,7 +56,7 @@ class SignatureRejected(ValueError):
 
     ``kind`` says which: ``"signature"`` (missing, malformed, other key, altered content),
     ``"replay"`` (signed for another round or run), ``"identity"`` (signed as another node or
-    site name).
+    site name; an instruction addressed to another node).
     """
 
     def __init__(self, kind: str, reason: str) -> None:
@@ -134,24 +139,34 @@ class Statement:
     kind: str  # Flower message type: "train", "evaluate", "query.stats"
     run_id: int
     server_round: int
-    node_id: int  # the replying node; 0 for an instruction (the same for every site)
+    node_id: int  # the replying node; for an instruction, the node it is addressed to
     site: str  # the site name the replying node claims; "" for an instruction
     reply_to: str  # id of the instruction a reply answers; "" for an instruction
     content: str  # content_digest of the message
+    # Instructions only ("" and 0 in a reply): the federation (the first run's id, kept when a
+    # run is resumed) and the coordinator's sequence number, increasing across the federation's
+    # runs, by which a site refuses an instruction it has already handled or an older one.
+    federation: str = ""
+    sequence: int = 0
 
     @classmethod
-    def instruction(cls, msg: Message, run_id: int) -> Statement:
-        """What the coordinator signs for an instruction, and a site expects: the same for
-        every site (no node, no name), bound to the run, the round and the content."""
+    def instruction(
+        cls, msg: Message, run_id: int, *, node_id: int, federation: str, sequence: int
+    ) -> Statement:
+        """What the coordinator signs for an instruction to ``node_id``, and that node expects:
+        bound to the run, the round, the content, the recipient, the federation and the
+        instruction's sequence number."""
         return cls(
             direction=INSTRUCTION,
             kind=msg.metadata.message_type,
             run_id=run_id,
             server_round=instruction_round(msg.content),
-            node_id=0,
+            node_id=node_id,
             site="",
             reply_to="",
             content=content_digest(msg.content),
+            federation=federation,
+            sequence=sequence,
         )
 
     def to_bytes(self) -> bytes:
@@ -171,9 +186,31 @@ def sign(statement: Statement, key: ec.EllipticCurvePrivateKey) -> ConfigRecord:
             "round": statement.server_round,
             "node-id": statement.node_id,
             "site": statement.site,
+            "federation": statement.federation,
+            "sequence": statement.sequence,
             "signature": key.sign(statement.to_bytes(), ec.ECDSA(_HASH())),
         }
     )
+
+
+@dataclass(frozen=True)
+class InstructionClaims:
+    """The federation and sequence number an instruction's signature record claims: what the
+    recipient builds its expected :class:`Statement` from (so :func:`verify` binds them)."""
+
+    federation: str
+    sequence: int
+
+
+def instruction_claims(content: RecordDict) -> InstructionClaims:
+    """Read (not yet verify) an instruction's claimed federation and sequence number."""
+    record = content.config_records.get(SIGNATURE)
+    if record is None:
+        raise SignatureRejected("signature", "unsigned message (no signature record)")
+    try:
+        return InstructionClaims(str(record["federation"]), int(record["sequence"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise SignatureRejected("signature", f"malformed signature record: {err}") from None
 
 
 def attach(content: RecordDict, statement: Statement, key: ec.EllipticCurvePrivateKey) -> None:
@@ -202,6 +239,12 @@ def verify(content: RecordDict, expected: Statement, key: ec.EllipticCurvePublic
             "replay",
             f"signed for run {run_id} round {server_round}, this is run {expected.run_id} "
             f"round {expected.server_round} (a replayed message)",
+        )
+    if expected.direction == INSTRUCTION and node_id != expected.node_id:
+        raise SignatureRejected(
+            "identity",
+            f"instruction addressed to node {node_id}, this is node {expected.node_id} (an "
+            "instruction captured on its way to another site)",
         )
     if node_id != expected.node_id or site != expected.site:
         raise SignatureRejected(

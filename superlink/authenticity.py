@@ -8,7 +8,10 @@ never the name a site writes into its own messages. :class:`FederationGuard` hol
 registry for one run and:
 
 * signs every instruction (stats query, global model) with the coordinator's key, which sites
-  verify with the public key shipped next to ``ca.crt`` (:mod:`supernode.authenticity`);
+  verify with the public key shipped next to ``ca.crt`` (:mod:`supernode.authenticity`), each
+  for its one recipient node and with the federation id and the next number of
+  :class:`InstructionSequence`, so that sites can refuse a replayed instruction
+  (:mod:`supernode.instruction_ledger`);
 * checks every reply before anything in it is decoded: the name it claims is the registered
   one ("identity"), it is signed by the key registered for the node, for this run, this round
   and the instruction it answers ("signature", "replay"), and its aggregation weight
@@ -23,26 +26,64 @@ of the SuperLink's SuperExec (a deployment; ``zk0 cluster`` sets it). Only the p
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
-from common import signing
-from common.protocol import SITE, SiteInfo, SiteReport
+from common import atomic, signing
+from common.protocol import SIGNATURE, SITE, SiteInfo, SiteReport
 from superlink.reply_model import ReplyRejected, check_signature_record
 
 COORDINATOR_KEY_ENV = "ZK0_COORDINATOR_KEY"
 COORDINATOR_KEY_CONFIG = "coordinator-key"
 TRAIN, EVALUATE = "train", "evaluate"
+#: In the run folder: the highest instruction sequence number handed out (written ahead).
+SEQUENCE_FILE = "instruction_sequence.json"
 
 
 class GuardSetupError(RuntimeError):
     """The ServerApp cannot sign: no coordinator key, or one that cannot be used."""
+
+
+class InstructionSequence:
+    """The numbers the coordinator gives its instructions: increasing for the federation's life.
+
+    A site refuses an instruction whose number is not above the highest it has handled for
+    the federation (:mod:`supernode.instruction_ledger`), so the numbers must grow across the
+    federation's runs, also when a run is resumed in a new Flower run. Each number is
+    ``max(wall clock in ns, last + 1)``, and with a ``path`` (the run folder's
+    :data:`SEQUENCE_FILE`, which a resumed run continues in) it is written there before any
+    instruction carrying it is sent: a resumed run starts above everything the interrupted one
+    may have sent, even if the host's clock was set back in between.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.last = 0
+        if path is not None and path.exists():
+            try:
+                self.last = int(json.loads(path.read_text())["last"])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise GuardSetupError(
+                    f"{path}: unreadable instruction sequence ({type(err).__name__}: {err}); it "
+                    "is written atomically, so it was changed by hand: restore it from a backup "
+                    'or write {"last": <a number above every instruction sent so far>}'
+                ) from None
+
+    def next(self) -> int:
+        self.last = max(time.time_ns(), self.last + 1)
+        if self.path is not None:
+            atomic.write_bytes(self.path, json.dumps({"last": self.last}).encode(), 0o600)
+        return self.last
 
 
 @dataclass(frozen=True)
@@ -86,21 +127,31 @@ def _claimed_site(msg: Message) -> str | None:
 class FederationGuard:
     """One run's registry of node identities, its signer and its reply checks (module doc)."""
 
-    def __init__(self, run_id: int, coordinator_key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(
+        self, run_id: int, coordinator_key: ec.EllipticCurvePrivateKey,
+        federation_id: str | None = None, sequence: InstructionSequence | None = None,
+    ) -> None:
         self.run_id = run_id
+        self.federation_id = federation_id or str(run_id)
+        self.sequence = sequence or InstructionSequence()
         self._key = coordinator_key
         self._identities: dict[int, NodeIdentity] = {}
         self._problems: dict[int, str] = {}  # node id -> why it has no usable identity
         self._declared: dict[int, SiteInfo] = {}
 
     @classmethod
-    def for_run(cls, context: Context) -> FederationGuard:
+    def for_run(
+        cls, context: Context, *, federation_id: str | None = None, run_dir: Path | None = None
+    ) -> FederationGuard:
+        """The run's guard; ``federation_id`` defaults to the run id (a new federation),
+        ``run_dir`` keeps the instruction sequence (:class:`InstructionSequence`)."""
         path = coordinator_key_path(context)
         try:
             key = signing.load_private_key(path, "coordinator key")
         except signing.KeyFileError as err:
             raise GuardSetupError(str(err)) from None
-        return cls(context.run_id, key)
+        sequence = InstructionSequence(run_dir / SEQUENCE_FILE if run_dir is not None else None)
+        return cls(context.run_id, key, federation_id, sequence)
 
     # -- identities ---------------------------------------------------------------------------
 
@@ -156,14 +207,27 @@ class FederationGuard:
     # -- sign ---------------------------------------------------------------------------------
 
     def sign_instructions(self, messages: Iterable[Message]) -> None:
-        """Sign each distinct content once (Flower's strategies share one RecordDict between
-        the messages of a round): the statement names no node, it is the same for every site."""
-        done: set[int] = set()
+        """Sign every message for its own recipient, under one new sequence number.
+
+        Flower's strategies share one RecordDict between the messages of a round; each message
+        gets its own RecordDict holding the same records (the arrays stay one object, which
+        Flower uploads once) so that it can carry its own signature. The content digest is
+        computed once per shared content.
+        """
+        messages = list(messages)
+        if not messages:
+            return
+        sequence = self.sequence.next()
+        templates: dict[int, tuple[RecordDict, signing.Statement]] = {}  # holds the contents
         for msg in messages:
-            if id(msg.content) in done:
-                continue
-            done.add(id(msg.content))
-            statement = signing.Statement.instruction(msg, self.run_id)
+            shared = msg.content
+            if id(shared) not in templates:
+                templates[id(shared)] = (shared, signing.Statement.instruction(
+                    msg, self.run_id, node_id=0, federation=self.federation_id,
+                    sequence=sequence))
+            statement = dataclasses.replace(templates[id(shared)][1],
+                                            node_id=msg.metadata.dst_node_id)
+            msg.content = RecordDict({k: v for k, v in shared.items() if k != SIGNATURE})
             signing.attach(msg.content, statement, self._key)
 
     # -- check --------------------------------------------------------------------------------

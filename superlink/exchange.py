@@ -5,7 +5,7 @@ passes. A lab coordinator watching a round that takes an hour wants to see which
 answered; this loop uses the same ``push_messages``/``pull_messages`` primitives and reports
 every reply and every site that never answered.
 
-Three rules keep a round's work inside the round:
+Four rules keep a round's work inside the round:
 
 - **Messages expire with the round.** Flower gives a message a 12-hour TTL by default; a site
   that picks it up late then trains a round nobody waits for. Just before pushing, each
@@ -14,6 +14,10 @@ Three rules keep a round's work inside the round:
 - **Only this exchange's replies count.** Replies are pulled by the ids of this exchange's
   messages; anything else a grid hands back (a reply to an earlier round's message) is kept
   apart as ``stale`` and never reaches aggregation.
+- **No site's upload holds the exchange.** Replies are pulled object by object
+  (:mod:`superlink.reply_uploads`): a reply whose upload stops (``upload-stall-timeout``) or is
+  not complete at the deadline fails that site only (``incomplete``), while every other reply
+  is taken as it completes.
 - **Transient SuperLink errors are retried, bugs are not.** With ``--database`` Flower 1.42 keeps
   messages in SQLite with a 5 s lock timeout, and while sites upload hundreds of MB a push or a
   poll can fail with HTTP 500 "database is locked"; a restarting SuperLink refuses connections
@@ -35,6 +39,7 @@ from flwr.serverapp import Grid
 
 from common.logs import get_logger
 from superlink.polling import IdleBackoff
+from superlink.reply_uploads import DEFAULT_STALL_TIMEOUT, FailedUpload, reply_puller
 
 POLL_SECONDS = 2.0  # base of the retry backoff after a failed push/poll
 MAX_POLL_FAILURES = 20  # consecutive failed pushes/polls before the ServerApp gives up
@@ -95,6 +100,8 @@ class Exchange:
     routes: dict[str, int]  # message id -> destination node id
     seconds: float
     stale: list[Message] = field(default_factory=list)  # replies to other exchanges' messages
+    # node id -> why its reply's upload did not complete (stalled, gone, or cut by the deadline)
+    incomplete: dict[int, str] = field(default_factory=dict)
 
 
 def expire_with(messages: list[Message], deadline_wall: float) -> None:
@@ -109,6 +116,7 @@ def exchange(
     timeout: float | None,
     on_reply: Callable[[Message, int], None] | None = None,
     poll: IdleBackoff | None = None,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> Exchange:
     start = time.monotonic()
     if timeout:
@@ -119,17 +127,28 @@ def exchange(
     pending = set(routes)
     replies: list[Message] = []
     stale: list[Message] = []
+    incomplete: dict[int, str] = {}
     deadline = None if not timeout else start + timeout
     backoff = Backoff("pull")
     idle = poll or IdleBackoff()
+    puller = reply_puller(grid, stall_timeout)
+
+    def failed(upload: FailedUpload) -> None:
+        if upload.reply_to not in pending:
+            return
+        pending.discard(upload.reply_to)
+        node = routes[upload.reply_to]
+        incomplete[node] = upload.reason
+        log.warning("reply_upload_failed", node_id=node, reason=upload.reason)
+
     while pending and (deadline is None or time.monotonic() < deadline):
         try:
-            got = list(grid.pull_messages(list(pending)))
+            pulled = puller.pull(list(pending))
             backoff.succeeded()
         except Exception as err:
             backoff.failed(err)
             continue
-        for msg in got:
+        for msg in pulled.replies:
             answered = msg.metadata.reply_to_message_id
             if answered not in pending:
                 stale.append(msg)
@@ -140,12 +159,18 @@ def exchange(
             replies.append(msg)
             if on_reply is not None:
                 on_reply(msg, routes[answered])
-        if pending and not got:
-            time.sleep(idle.next())
+        for upload in pulled.failed:
+            failed(upload)
+        if pending and not pulled.replies:  # an upload's progress alone does not hurry the
+            time.sleep(idle.next())  # polls: each is a write in the SuperLink's SQLite state
+    for upload in puller.abandon(f"not complete when the exchange's deadline passed ({timeout} s "
+                                 "after sending: round-timeout)"):
+        failed(upload)
     return Exchange(
         replies=replies,
         missing=[routes[m] for m in pending] + unsent,
         routes=routes,
         seconds=time.monotonic() - start,
         stale=stale,
+        incomplete=incomplete,
     )

@@ -124,11 +124,13 @@ def collect(
         Message(RecordDict(), dst_node_id=node, message_type=STATS_QUERY) for node in node_ids
     ]
     guard.sign_instructions(messages)
-    result = exchange(grid, messages, run.round_timeout or None, poll=IdleBackoff.of(run))
+    result = exchange(grid, messages, run.round_timeout or None, poll=IdleBackoff.of(run),
+                      stall_timeout=run.upload_stall_timeout)
     sites: dict[int, SiteInfo] = {}
     parts: dict[int, dict[str, Moments]] = {}
     failures: dict[int, str] = {node: "no reply before round-timeout" for node in result.missing}
     odd: dict[int, str] = {}  # node -> why its reply or its statistics were refused
+    failures |= result.incomplete
     for msg in result.replies:
         node = result.routes[msg.metadata.reply_to_message_id]
         if msg.has_error():

@@ -142,7 +142,11 @@ def _federate(
         resumed_after_round=point.completed_round if point else None,
     )
 
-    guard = FederationGuard.for_run(context)  # no coordinator key: fail before any work
+    # no coordinator key: fail before any work; instructions carry the federation id, which a
+    # resumed run keeps, and sequence numbers that go on in the run folder (sites refuse replays)
+    guard = FederationGuard.for_run(
+        context, federation_id=point.federation_id if point else str(context.run_id),
+        run_dir=run_dir)
     data = federated_stats.collect(grid, run, guard, point.features if point else None,
                                    point.fps if point else None)
     stats = point.state.stats if point and point.state else data.stats
@@ -281,12 +285,15 @@ class Rounds:
         """Exchange ``messages``; the replies, and a failure for every silent site, every site
         the round could not reach and every stale reply."""
         result = exchange(self.grid, messages, self.run.round_timeout or None,
-                          _progress(self.sites, label), IdleBackoff.of(self.run))
+                          _progress(self.sites, label), IdleBackoff.of(self.run),
+                          self.run.upload_stall_timeout)
         failures = [
             Failure(n, _site_name(self.sites, n), "timeout",
                     f"no reply within round-timeout={self.run.round_timeout}s")
             for n in result.missing
         ]
+        failures += [Failure(n, _site_name(self.sites, n), "upload", reason)
+                     for n, reason in result.incomplete.items()]
         failures += [
             Failure(m.metadata.src_node_id, _site_name(self.sites, m.metadata.src_node_id),
                     "stale", f"reply to message {m.metadata.reply_to_message_id!r} of an "

@@ -39,7 +39,7 @@ from superlink.run_status import RoundLedger
 MAY_CHANGE = frozenset({
     "resume-from", "round-timeout", "join-timeout", "min-sites", "min-replies",
     "max-failed-rounds", "max-update-norm-ratio", "max-weight-ratio", "keep-checkpoints",
-    "output-dir",
+    "output-dir", "upload-stall-timeout",
 })
 
 

@@ -194,12 +194,7 @@ class Site:
 
     def run_state_dir(self, run_id: str | int) -> Path:
         """This site's own folder for a federation (optimizer moments, plots it keeps)."""
-        from common.local_vlm import default_cache_dir
-
-        root = Path(self.node.state_dir) if self.node.state_dir else (
-            default_cache_dir() / "sites" / self.node.site_name
-        )
-        return root.expanduser() / f"run-{run_id}"
+        return self.node.state_root / f"run-{run_id}"
 
     def optimizer_files(self, federation_id: str | int, server_round: int) -> OptimizerFiles:
         """Where round ``server_round`` of federation ``federation_id`` reads its optimizer

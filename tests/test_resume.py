@@ -180,9 +180,14 @@ def test_resumed_real_sites_end_with_the_same_held_out_mse(demo_root, tmp_path, 
     # each site keeps its moments under the federation's id (the first run's), not under
     # the resumed run's: the last round's, and the one it started from
     for site in ("site-0", "site-1"):
-        assert [p.name for p in (tmp_path / "state" / site).iterdir()] == ["run-71"]
-        files = sorted(p.name for p in (tmp_path / "state" / site / "run-71").iterdir())
+        state = tmp_path / "state" / site
+        assert [p.name for p in state.iterdir() if p.is_dir()] == ["run-71"]
+        files = sorted(p.name for p in (state / "run-71").iterdir())
         assert files == [f"optimizer-r{r:06d}.pt" for r in (ROUNDS - 1, ROUNDS)], files
+        # the sites had handled round 3 of run 71 when it was killed; run 72's resend of round
+        # 3 was taken (a newer instruction of the same federation), up to its final evaluation
+        [last] = _json(state / "instructions.json")["71"].values()
+        assert (last["run_id"], last["round"], last["kind"]) == (72, ROUNDS, "evaluate")
 
 
 # -- real processes -------------------------------------------------------------------------

@@ -247,7 +247,8 @@ def test_a_site_revoked_mid_run_cannot_deliver_its_update(shielded, signed_run) 
     assert second["aggregated"] is True
     [failure] = second["failures"]
     print(f"round 2, revoked site: {failure}", file=sys.stderr)
-    assert failure["site"] == REVOKED and failure["kind"] in ("error", "timeout")
+    # refused before its reply was in ("error"/"timeout") or in the middle of its upload
+    assert failure["site"] == REVOKED and failure["kind"] in ("error", "timeout", "upload")
     assert result.ok  # the run went on with the others and finished
     # the entry saw the revoked key refused (401), and that SuperNode shut itself down
     access = shielded.entry.settings.access_log.read_text()  # type: ignore[union-attr]

@@ -143,7 +143,8 @@ def _site_context(tmp_path: Path, node_id: int = 11, run_id: int = 7) -> Context
     return Context(run_id=run_id, node_id=node_id, state=RecordDict(), run_config={},
                    node_config={"site-name": "lab-a", "dataset-root": "/data/lab-a",
                                 "site-key": str(fed.site_keys["lab-a"][0]),
-                                "coordinator-pubkey": str(fed.coordinator_pub)})
+                                "coordinator-pubkey": str(fed.coordinator_pub),
+                                "state-dir": str(tmp_path / f"state-{node_id}")})
 
 
 def _server_guard(tmp_path: Path, run_id: int = 7) -> FederationGuard:
@@ -185,7 +186,8 @@ def test_site_refuses_instructions_not_signed_by_the_coordinator_for_its_run(tmp
         site_side.authenticity_mod(other_run, _site_context(tmp_path, run_id=8), handler)
     forged = _instruction(guard)
     signing.attach(forged.content, signing.Statement(
-        signing.INSTRUCTION, "train", 7, 3, 0, "", "", signing.content_digest(forged.content)),
+        signing.INSTRUCTION, "train", 7, 3, 11, "", "", signing.content_digest(forged.content),
+        federation="7", sequence=guard.sequence.next()),
         ec.generate_private_key(ec.SECP384R1()))
     with pytest.raises(site_side.InstructionRejected, match="does not verify"):
         site_side.authenticity_mod(forged, ctx, handler)

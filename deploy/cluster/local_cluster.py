@@ -138,6 +138,7 @@ class LocalCluster:
         worker_timeout: float = 300.0,
         metrics: bool = True,
         metrics_port: int | None = None,
+        dial: Mapping[str, str] | None = None,
     ) -> None:
         """``proxy``: True = the labs dial an nginx entry (error if nginx is missing); False =
         they dial the SuperLink; None = the entry if nginx is installed. ``workers``: one site
@@ -145,7 +146,9 @@ class LocalCluster:
         ``superexec_poll``: the site SuperExecs' task poll interval in seconds (None: Flower's
         1 s). ``worker_timeout``: how long a worker may take to load torch and LeRobot at start
         (minutes on a busy 2-core machine). ``metrics_port``: the coordinator's /metrics port,
-        sites on the next ones (site i on ``metrics_port + 1 + i``); None: free ports."""
+        sites on the next ones (site i on ``metrics_port + 1 + i``); None: free ports.
+        ``dial``: site name -> the address its SuperNode dials instead of :attr:`site_address`
+        (tests put a relay in between)."""
         names = [s.site_name for s in sites]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate site names: {names}")
@@ -176,6 +179,7 @@ class LocalCluster:
         self._metrics_port = metrics_port
         self.coordinator_metrics = f"{host}:{metrics_port or free_port(host)}" if metrics else None
         self._site_exporters: dict[str, MetricsServer] = {}
+        self.dial = dict(dial or {})
 
     # -- properties --------------------------------------------------------------------------
 
@@ -490,7 +494,7 @@ class LocalCluster:
         proc = self._spawn(
             f"supernode-{name or node.site_name}",
             supernode_cmd(
-                superlink=superlink or self.site_address,
+                superlink=superlink or self.dial.get(node.site_name) or self.site_address,
                 root_certificates=root_certificates or self.certs.ca_cert,
                 private_key=key,
                 node_config=node,

@@ -40,6 +40,8 @@ class Failure:
 FAILURE_KINDS = {
     "error": "the site replied with an error (its ClientApp raised, or its node went offline)",
     "timeout": "no reply within round-timeout (or the message expired with the round)",
+    "upload": "the reply's upload stopped for upload-stall-timeout, or was not complete at the "
+              "round's deadline (site revoked, crashed or cut off mid-upload)",
     "offline": "not connected when the round started (after waiting up to join-timeout)",
     "integrity": "digest, encoding, names, shapes or dtype do not match the global model",
     "malformed": "a record or value the protocol does not have, of the wrong type, non-finite "
