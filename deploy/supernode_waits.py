@@ -264,31 +264,47 @@ def _wakes_reply_waits(original: Callable[..., Any], signals: _Signals) -> Calla
     return handler
 
 
-def install(waits: Waits) -> bool:
-    """Apply the changes to this process's Flower (before the SuperNode starts). False, with a
+@dataclass
+class Installed:
+    """The changes in force in this process; :meth:`undo` restores Flower's own functions."""
+
+    signals: _Signals
+    saved: list[tuple[Any, str, Any]]
+
+    def undo(self) -> None:
+        for owner, name, value in reversed(self.saved):
+            setattr(owner, name, value)
+        self.saved.clear()
+
+
+def install(waits: Waits) -> Installed | None:
+    """Apply the changes to this process's Flower (before the SuperNode starts). None, with a
     warning on stderr, when the installed Flower is not the one they were written for."""
     problems = drift()
     if problems:
         print("zk0: Flower's SuperNode runs with its own fixed waits (3 s between empty pulls, "
               "0.5 s reply checks): the installed Flower differs from the one zk0's changes "
               "were written for:\n  " + "\n  ".join(problems), file=sys.stderr, flush=True)
-        return False
-    from flwr.supercore.exit import add_exit_handler
-
+        return None
     loop, handlers = import_module(_LOOP), import_module(_HANDLERS)
     signals = _Signals()
-    loop._pull_and_store_message = _pull_until_message(loop._pull_and_store_message, waits,
-                                                       signals)
-    loop._push_messages = _timed_push(loop._push_messages)
-    loop.time = _EventSleep(signals)
-    loop.pull_objects = functools.partial(loop.pull_objects, initial_backoff=waits.object_retry,
-                                          backoff_cap=max(1.0, waits.object_retry))
-    handlers.acquire_task = _holding_acquire(handlers.acquire_task, waits, signals)
+    done = Installed(signals, [])
+
+    def replace(owner: Any, name: str, value: Any) -> None:
+        done.saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    replace(loop, "_pull_and_store_message",
+            _pull_until_message(loop._pull_and_store_message, waits, signals))
+    replace(loop, "_push_messages", _timed_push(loop._push_messages))
+    replace(loop, "time", _EventSleep(signals))
+    replace(loop, "pull_objects", functools.partial(
+        loop.pull_objects, initial_backoff=waits.object_retry,
+        backoff_cap=max(1.0, waits.object_retry)))
+    replace(handlers, "acquire_task", _holding_acquire(handlers.acquire_task, waits, signals))
     for name in _WAKERS:
-        setattr(handlers, name, _wakes_reply_waits(getattr(handlers, name), signals))
-    # before Flower stops its runtime API server, which waits for held requests
-    add_exit_handler(signals.stop, run_before_force_exit=True)
-    return True
+        replace(handlers, name, _wakes_reply_waits(getattr(handlers, name), signals))
+    return done
 
 
 def parse_args(argv: list[str]) -> tuple[Waits, list[str]]:
@@ -311,7 +327,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         print(f"zk0 supernode: {err}", file=sys.stderr)
         sys.exit(2)
-    install(waits)
+    installed = install(waits)
+    if installed is not None:
+        from flwr.supercore.exit import add_exit_handler
+
+        # wake held AcquireTask calls before Flower stops its runtime API server, which waits
+        # for open requests
+        add_exit_handler(installed.signals.stop, run_before_force_exit=True)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = ["flower-supernode", *rest]

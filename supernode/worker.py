@@ -119,9 +119,10 @@ class Worker:
         self.log = get_logger("zk0.worker")
         self.runtime = keep_loaded()
         self.code = CodeCheck()
-        self.secret = self.options.secret_file.read_bytes().strip()
-        if not self.secret:
-            raise ValueError(f"SuperExec secret file {self.options.secret_file} is empty")
+        from flwr.supercore.auth import load_superexec_auth_secret
+
+        # as the SuperNode reads it (exact bytes): ValueError names the file if unusable
+        self.secret = load_superexec_auth_secret(str(self.options.secret_file)) or b""
         self._tls = _tls_context(self.options.root_certificates)
 
     # -- clients -------------------------------------------------------------------------------
@@ -403,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"zk0 site worker: {what} {path}: file not found", file=sys.stderr)
             return 2
     preload()
-    worker = Worker(options)
+    try:
+        worker = Worker(options)
+    except ValueError as err:
+        print(f"zk0 site worker: {err}", file=sys.stderr)
+        return 2
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         worker.stop.set()
