@@ -301,9 +301,6 @@ class NodeConfig(_Strict):
     # Paths (never key material) for signing (common.signing), set by the site's launcher:
     site_key: str = ""  # this node's OpenSSH EC private key (the SuperNode's own), 0600
     coordinator_pubkey: str = ""  # the coordinator's public key, shipped next to ca.crt
-    # Unix socket of this site's long-lived worker (supernode.worker); "" = each ClientApp
-    # process trains itself, as on a plain Flower SuperNode
-    worker_socket: str = ""
     # "bf16": local training and evaluation under torch.autocast(bfloat16) (CUDA GPUs with
     # bf16 support, or CPU); weights, optimizer and the exchange stay float32
     precision: Literal["fp32", "bf16"] = "fp32"

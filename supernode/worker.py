@@ -19,8 +19,8 @@ Each message, over the SuperNode's runtime API (TLS on loopback):
 1. ``AcquireTask`` signed with the site's SuperExec secret (HMAC; the file is 0600, the site's
    user's): without it the SuperNode refuses (401), so no other local user gets the site's tasks
    or their tokens. zk0's SuperNode holds this call until a task exists
-   (:mod:`deploy.supernode_waits`), so a message reaches the worker as soon as it is stored; a
-   stock SuperNode answers at once and the worker polls every ``--idle-poll`` seconds.
+   (:mod:`deploy.flower.supernode_waits`), so a message reaches the worker as soon as it is
+   stored; a stock SuperNode answers at once and the worker polls every ``--idle-poll`` s.
 2. With the task's token: ``PullTaskInput`` (context, run, FAB), ``PullMessages`` and the
    message's objects, heartbeats while the message runs (Flower's own client functions).
 3. The FAB's site code must be this worker's own (:mod:`supernode.app_code`), else the reply is
@@ -216,7 +216,7 @@ class Worker:
             client.close()
 
     def _unreachable(self, err: Exception, failures: int) -> int:
-        delay = min(0.5 * 2**failures, 10.0)
+        delay = min(0.5 * 2**failures, 2.0)  # a local peer: retrying costs nothing
         if failures == 0 or failures % 10 == 0:
             self.log.warning("supernode_unreachable", runtime_api=self.options.runtime_api_address,
                              error=f"{type(err).__name__}: {err}"[:300], retry_in=delay)
@@ -252,6 +252,8 @@ class Worker:
             # message nobody pulled waits for a reply forever).
             message, context, _run, fab = pull_task_input(client)
             stamps["input_at"] = time.time()
+            self.log.info("task_started", message_type=message.metadata.message_type,
+                          run_id=message.metadata.run_id, message_id=message.metadata.message_id)
             try:
                 with self._may_interrupt():
                     self.code.check(fab.hash_str, fab.content)

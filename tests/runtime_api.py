@@ -1,6 +1,6 @@
 """A SuperNode's runtime API in this process: Flower's own FastAPI app and in-memory NodeState,
 served by uvicorn over TLS with a SuperExec secret, as ``flower-supernode`` serves it, with zk0's
-changes to its waits installed (:mod:`deploy.supernode_waits`).
+changes to its waits installed (:mod:`deploy.flower.supernode_waits`).
 
 Only the SuperLink side is left out: :meth:`RuntimeApi.deliver` stores a message, its run, FAB
 and context and creates its task exactly as the SuperNode's pull loop does after a pull
@@ -35,7 +35,7 @@ class RuntimeApi:
     ca: Path
     secret: Path
     state: object  # flwr's InMemoryNodeState
-    installed: object  # deploy.supernode_waits.Installed
+    installed: object  # deploy.flower.supernode_waits.Installed
     node_id: int = 7
 
     def deliver(self, msg: Message, fab: bytes, node_config: dict, run_id: int = 42) -> int:
@@ -97,8 +97,8 @@ def runtime_api(folder: Path, hold: float = 5.0) -> Iterator[RuntimeApi]:
     from flwr.supernode.nodestate import NodeStateFactory
 
     from certs.keys import make_secret
-    from deploy.runtime_tls import ensure_runtime_tls
-    from deploy.supernode_waits import Waits, install
+    from deploy.flower.runtime_tls import ensure_runtime_tls
+    from deploy.flower.supernode_waits import Waits, install
 
     installed = install(Waits(acquire_hold=hold))
     assert installed is not None, "Flower changed: see tests/test_supernode_waits.py"

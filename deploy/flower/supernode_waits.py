@@ -1,7 +1,7 @@
 """zk0's SuperNode: Flower 1.42's ``flower-supernode`` with the fixed waits of its message path
 made short or event-driven. The one place where zk0 changes a Flower internal.
 
-    python -m deploy.supernode_waits [--pull-min-seconds S] [--pull-max-seconds S]
+    python -m deploy.flower.supernode_waits [--pull-min-seconds S] [--pull-max-seconds S]
         [--acquire-hold-seconds S] [--object-retry-seconds S] <every flower-supernode argument>
 
 Flower's SuperNode loses seconds per message in fixed waits that no flag or variable sets
