@@ -186,8 +186,8 @@ def _log(event: str, values: dict[str, Any]) -> None:
     log(INFO, "zk0 %s %s", event, json.dumps(values, sort_keys=True))
 
 
-def _pull_until_message(original: Callable[..., int | None], waits: Waits,
-                        signals: _Signals) -> Callable[..., int | None]:
+def _pull_until_message(original: Callable[..., int | None], waits: Waits, signals: _Signals,
+                        sleep: Callable[[float], None] = time.sleep) -> Callable[..., int | None]:
     def pull(**kwargs: Any) -> int | None:
         receive = kwargs["receive"]
         seen: dict[str, Any] = {}
@@ -211,7 +211,7 @@ def _pull_until_message(original: Callable[..., int | None], waits: Waits,
                 return run_id
             if "message_id" in seen:  # one came but could not be kept: the next may be there
                 delay = waits.pull_min
-            time.sleep(delay)
+            sleep(delay)
             delay = min(delay * waits.factor, waits.pull_max)
 
     return pull
