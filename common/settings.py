@@ -83,8 +83,11 @@ class RunConfig(_Strict):
     round_timeout: float = Field(3600.0, ge=0.0)  # seconds; 0 = wait forever
     # The ServerApp's wait between polls for replies: min right after sending, growing x1.5
     # to max while it waits (superlink.polling)
-    poll_min_seconds: float = Field(0.2, gt=0.0, le=60.0)
-    poll_max_seconds: float = Field(1.0, gt=0.0, le=60.0)
+    poll_min_seconds: float = Field(0.1, gt=0.0, le=60.0, description=(
+        "the ServerApp's first wait after sending, before it asks the SuperLink for replies"))
+    poll_max_seconds: float = Field(0.5, gt=0.0, le=60.0, description=(
+        "the ServerApp's longest wait between two polls for replies: a reply waits at most "
+        "this long to be noticed; each poll is one request to the SuperLink"))
     # Defaults measured on the heterogeneous demo sites (README, "Learning quality").
     strategy: StrategyName = "fedavgm"
     proximal_mu: float = Field(0.0, ge=0.0)  # the sites' FedProx term, with any strategy
