@@ -2,9 +2,10 @@
 
 Adding a benchmark: write ``bench/<name>.py`` with ``run(ctx: BenchContext) -> list[Section]``
 (see ``bench/payload.py`` for a small one) and list it in :data:`BENCHMARKS`. The default run
-must stay a few minutes long on 2 CPU cores; longer ones (``overhead``: ~10 min through the real
-cluster, ``memory``: real-size training, ``quality``: the stored study, see ``bench.quality``,
-``image``: a cold Docker build)
+must stay a few minutes long on 2 CPU cores; longer ones (``overhead``: ~20 min through the real
+cluster, three site paths, ``memory``: real-size training, ``wire``: a real-size round over a
+shaped link, ``quality``: the stored study, see ``bench.quality``, ``image``: a cold Docker
+build)
 have ``default=False`` and run with ``--only <name>``.
 """
 
@@ -82,6 +83,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "memory": Benchmark("bench.memory:run", "memory per node", default=False),
     "image": Benchmark("bench.image:run", "container image size and build time (Docker)",
                        default=False),
+    "wire": Benchmark("bench.wire:run", "a real-size round over a shaped 100 Mbit/s, 40 ms link "
+                      "(root)", default=False),
 }
 
 

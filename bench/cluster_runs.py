@@ -42,6 +42,8 @@ class RssSampler:
                      "flower-supernode", "flower-superexec"):
             if name in text:
                 return name
+        if "supernode_waits" in text:  # Flower's SuperNode, with zk0's waits
+            return "flower-supernode"
         if "supernode.worker" in text:
             return WORKER_KIND
         return "other"
@@ -74,8 +76,8 @@ class RssSampler:
 
 
 def site_cpu_seconds(cluster, site: str) -> float:
-    """CPU seconds used so far by one site's own processes: SuperNode, SuperExec (with any
-    ClientApp it runs) and worker."""
+    """CPU seconds used so far by one site's own processes: SuperNode, and its worker or its
+    SuperExec (with any ClientApp it runs)."""
     import psutil
 
     procs = cluster._site_procs[site]

@@ -104,14 +104,15 @@ class RunConfig(_Strict):
         "12 h applies). There is no separate TTL or retry key",
     )
     poll_min_seconds: float = Field(
-        0.2, gt=0.0, le=60.0,
-        description="The ServerApp's first wait between reply polls after sending; each wait "
-        "grows x1.5 up to poll-max-seconds",
+        0.1, gt=0.0, le=60.0,
+        description="The ServerApp's first wait after sending, before it asks the SuperLink "
+        "for replies; each wait grows x1.5 up to poll-max-seconds",
     )
     poll_max_seconds: float = Field(
-        1.0, gt=0.0, le=60.0,
-        description="The longest wait between the ServerApp's reply polls (at least "
-        "poll-min-seconds)",
+        0.5, gt=0.0, le=60.0,
+        description="The ServerApp's longest wait between two polls for replies (at least "
+        "poll-min-seconds): a reply waits at most this long to be noticed; each poll is one "
+        "request to the SuperLink",
     )
     # Defaults measured on the heterogeneous demo sites (the manual's Benchmarks, 4).
     strategy: StrategyName = Field(
@@ -490,11 +491,6 @@ class NodeConfig(_Strict):
         "",
         description="Path of the coordinator's public key; every instruction must carry its "
         "signature",
-    )
-    worker_socket: str = Field(
-        "",
-        description="Unix socket of the site's long-lived worker; \"\" = each ClientApp "
-        "process trains itself, as on a plain Flower SuperNode",
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",

@@ -74,10 +74,12 @@ class SyntheticSites:
     def __call__(self, msg: Message, context) -> Message:
         if msg.metadata.message_type.startswith("query."):
             return self.real(msg, context)
+        from common.packing import packing_mod
         from supernode.authenticity import authenticity_mod
 
-        # signed both ways, as zk0's ClientApp is: the server's checks see a real site
-        return authenticity_mod(msg, context, self._answer)
+        # packed and signed both ways, as zk0's ClientApp is: the server's checks see a real site
+        return packing_mod(msg, context,
+                           lambda m, c: authenticity_mod(m, c, self._answer))
 
     def _answer(self, msg: Message, context) -> Message:
         kind = msg.metadata.message_type

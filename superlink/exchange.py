@@ -34,10 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-from flwr.app import Message
+from flwr.app import Error, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from common.logs import get_logger
+from common.packing import PackingError, pack, unpack
 from superlink.polling import IdleBackoff
 from superlink.reply_uploads import DEFAULT_STALL_TIMEOUT, FailedUpload, reply_puller
 
@@ -102,12 +104,29 @@ class Exchange:
     stale: list[Message] = field(default_factory=list)  # replies to other exchanges' messages
     # node id -> why its reply's upload did not complete (stalled, gone, or cut by the deadline)
     incomplete: dict[int, str] = field(default_factory=dict)
+    # when (Unix time) the push began and ended, and each reply arrived (by its node id)
+    sent_at: float = 0.0
+    pushed_at: float = 0.0
+    arrived_at: dict[int, float] = field(default_factory=dict)
 
 
 def expire_with(messages: list[Message], deadline_wall: float) -> None:
     """Let every message expire at ``deadline_wall`` (Unix time): the end of the exchange."""
     for msg in messages:
         msg.metadata.ttl = max(deadline_wall - msg.metadata.created_at, 1e-3)
+
+
+def _unpacked(reply: Message, instruction: Message) -> Message:
+    """The reply with its arrays unpacked (:mod:`common.packing`); a malformed one becomes an
+    error reply of that site, naming the problem."""
+    if reply.has_error():
+        return reply
+    try:
+        reply.content = unpack(reply.content)
+    except PackingError as err:
+        return Message(Error(ErrorCode.UNKNOWN, f"malformed reply payload: {err}"),
+                       reply_to=instruction)
+    return reply
 
 
 def exchange(
@@ -119,10 +138,17 @@ def exchange(
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> Exchange:
     start = time.monotonic()
+    sent_at = time.time()
     if timeout:
         expire_with(messages, time.time() + timeout)
+    memo: dict = {}  # the broadcast's shared weights packed once
+    for msg in messages:  # one array on the wire instead of one per tensor
+        msg.content = pack(msg.content, memo)
     ids = with_retries(lambda: list(grid.push_messages(messages)), "push")
+    pushed_at = time.time()
     routes = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True) if mid}
+    sent = {mid: msg for mid, msg in zip(ids, messages, strict=True) if mid}
+    arrived_at: dict[int, float] = {}
     unsent = [msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True) if not mid]
     pending = set(routes)
     replies: list[Message] = []
@@ -156,6 +182,8 @@ def exchange(
                             src_node_id=msg.metadata.src_node_id)
                 continue
             pending.discard(answered)
+            arrived_at[routes[answered]] = time.time()
+            msg = _unpacked(msg, sent[answered])
             replies.append(msg)
             if on_reply is not None:
                 on_reply(msg, routes[answered])
@@ -173,4 +201,7 @@ def exchange(
         seconds=time.monotonic() - start,
         stale=stale,
         incomplete=incomplete,
+        sent_at=sent_at,
+        pushed_at=pushed_at,
+        arrived_at=arrived_at,
     )

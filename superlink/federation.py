@@ -318,6 +318,8 @@ class Rounds:
             server_round, self._arrays(), self.instructions(server_round, evaluate_incoming),
             self.grid,
         )
+        # Unix times of the round's steps: where a round's seconds go (bench/overhead.py)
+        timing: dict[str, Any] = {"started": round_start, "configured": time.time()}
         self.report.metrics.round_started(server_round)
         log.info("round_started", round=server_round, sites=len(messages),
                  downlink_bytes_per_site=strategy.downlink_bytes)
@@ -330,9 +332,12 @@ class Rounds:
             messages = []
         else:
             result, lost = self._send(messages, "train")
+            timing |= {"pushed": result.pushed_at, "replies": {
+                _site_name(self.sites, n): t for n, t in result.arrived_at.items()}}
             aggregation_start = time.perf_counter()
             aggregated, _ = strategy.aggregate_train(server_round, result.replies)
             aggregation_seconds = time.perf_counter() - aggregation_start
+            timing["aggregated"] = time.time()
             failures = strategy.replies(TRAIN, server_round).failures + lost + failures
             usable = len(strategy.replies(TRAIN, server_round).accepted)
             reason = f"{usable} usable update(s), min-replies is {run.min_replies}"
@@ -356,10 +361,12 @@ class Rounds:
             checkpoint=str(checkpoint_dir(self.run_dir, server_round) / PRETRAINED_DIR)
             if ok else None,
             notes=replies.notes,
+            timing=timing,
             **strategy.round_summary(server_round),
         )
         if ok:
             self._checkpoint(server_round, sorted(replies.reports), entry)
+            timing["checkpointed"] = time.time()
             self.ledger.succeeded()
         else:
             self.ledger.failed(server_round)

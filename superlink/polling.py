@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_MIN_SECONDS = 0.2
-DEFAULT_MAX_SECONDS = 1.0
+DEFAULT_MIN_SECONDS = 0.1
+DEFAULT_MAX_SECONDS = 0.5
 FACTOR = 1.5
 
 

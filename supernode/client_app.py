@@ -1,15 +1,15 @@
-"""zk0's ClientApp: Flower's entry point at a lab, one process per server message.
+"""zk0's ClientApp: Flower's entry point at a lab.
 
-What a message asks of the site (stats / train / evaluate) is :mod:`supernode.tasks`. With a
-``worker-socket`` in the node config this ClientApp is a thin relay: it hands the message to
-the site's long-lived worker (:mod:`supernode.worker`, which keeps torch, LeRobot, the policy
-and the dataset loaded across rounds) and returns the worker's reply. Without one it runs the
-task in its own process, as a plain Flower SuperNode does. It imports nothing heavy at module
-level: Flower starts a fresh ``flwr-clientapp`` process for every message.
+What a message asks of the site (stats / train / evaluate) is :mod:`supernode.tasks`. Two kinds
+of process run this same ClientApp: the site worker (:mod:`supernode.worker`, the default),
+which takes each message from the SuperNode itself and keeps torch, LeRobot, the policy and the
+dataset loaded across rounds; or, on a plain Flower SuperNode (``--no-worker``), a fresh
+``flwr-clientapp`` process per message. :func:`supernode.runtime.for_message` gives each the
+runtime its lifetime allows. It imports nothing heavy at module level: a per-message process
+loads torch only when a message needs it.
 
 Every instruction is checked for the coordinator's signature and every reply signed with the
-node's key (:mod:`supernode.authenticity`), here in the ClientApp whichever process computed
-the reply.
+node's key (:mod:`supernode.authenticity`, a mod of this ClientApp), whichever process runs it.
 """
 
 from __future__ import annotations
@@ -18,27 +18,22 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from common.logs import get_logger
+from common.packing import packing_mod
 from common.protocol import METRICS, NOTICE, ExclusionNotice, SiteReport
 from supernode.authenticity import authenticity_mod
 from supernode.metrics import observed, record_report, site_label
 
-app = ClientApp(mods=[authenticity_mod])
+# outermost first: the packing is undone before the signature is checked, redone after signing
+app = ClientApp(mods=[packing_mod, authenticity_mod])
 log = get_logger("zk0.supernode")
 
 
 def _reply(msg: Message, context: Context) -> Message:
-    args = (msg.metadata.message_type, msg.content, context.node_config, context.run_config,
-            context.run_id)
-    worker = str(context.node_config.get("worker-socket", "") or "")
-    content: RecordDict
-    if worker:
-        from supernode.relay import relay
+    from supernode import tasks
+    from supernode.runtime import for_message
 
-        content = relay(worker, *args)
-    else:
-        from supernode import tasks
-
-        content = tasks.handle(*args)
+    content = tasks.handle(msg.metadata.message_type, msg.content, context.node_config,
+                           context.run_config, context.run_id, for_message())
     if METRICS in content.metric_records:  # the site's own series (supernode.metrics)
         record_report(site_label(context.node_config),
                       SiteReport.from_record(content.metric_records[METRICS]))

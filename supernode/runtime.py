@@ -1,12 +1,13 @@
 """What a site keeps between messages, and when it must rebuild it.
 
-Both ways of running a site's tasks go through one :class:`SiteRuntime`:
+Both ways of running a site's messages go through zk0's one ClientApp and one
+:class:`SiteRuntime` per process (:func:`for_message`):
 
-- the per-message ClientApp (a plain Flower SuperNode) makes a new one for every message, so
-  nothing outlives the message: today's behaviour;
-- the site worker (:mod:`supernode.worker`) keeps one for its whole life, so torch, LeRobot,
-  the policy, its processors, the optimizer and the opened datasets stay loaded across rounds
-  and runs.
+- Flower's per-message ``flwr-clientapp`` process (a plain SuperNode, ``--no-worker``) makes a
+  new one for every message, so nothing outlives the message;
+- the site worker (:mod:`supernode.worker`) runs every message in its own process and keeps
+  one for its whole life (:func:`keep_loaded`), so torch, LeRobot, the policy, its processors,
+  the optimizer and the opened datasets stay loaded across rounds and runs.
 
 Same code, only the lifetime differs, which is what makes the two paths give the same numbers.
 Every cached object is keyed by everything it was built from, and replaced (the old one freed
@@ -206,3 +207,21 @@ class SiteRuntime:
             "optimizer": self._optimizer is not None,
             "pid": os.getpid(),
         }
+
+
+_kept: SiteRuntime | None = None
+
+
+def keep_loaded() -> SiteRuntime:
+    """Make this process keep one runtime for every later message (the site worker calls it
+    once at start); returns it."""
+    global _kept
+    if _kept is None:
+        _kept = SiteRuntime()
+    return _kept
+
+
+def for_message() -> SiteRuntime:
+    """The runtime a message uses: the one this process keeps, else a fresh one that dies with
+    the message (a per-message ClientApp process, the in-process test grid)."""
+    return _kept if _kept is not None else SiteRuntime()

@@ -98,6 +98,7 @@ class _Received:
     payload: codec.Payload
     weights: dict
     bundle: LoadedPolicy
+    decode_seconds: float  # verifying and decoding the weights (part of the setup)
 
 
 def _receive(content: RecordDict, node_config: Config, run_config: Config,
@@ -105,12 +106,14 @@ def _receive(content: RecordDict, node_config: Config, run_config: Config,
     runtime = runtime or SiteRuntime()
     site = runtime.site(node_config, run_config)
     instructions = RoundInstructions.from_record(content.config_records[CONFIG])
+    start = time.perf_counter()
     payload = codec.from_content(content, ARRAYS, CODEC)
     weights = codec.decode(payload)  # verifies every digest first
+    decoded = time.perf_counter() - start
     stats = stats_from_record(content.array_records[NORM_STATS])
     bundle = runtime.policy(site, instructions, stats)
     load_trainable(bundle.policy, weights)
-    return _Received(runtime, site, instructions, payload, weights, bundle)
+    return _Received(runtime, site, instructions, payload, weights, bundle, decoded)
 
 
 def precision(site: Site) -> contextlib.AbstractContextManager:
@@ -218,6 +221,7 @@ def train(content: RecordDict, node_config: Config, run_config: Config, run_id: 
                 drift=drift,
             )
         got.runtime.optimizer_saved(moments.save)
+        encode_start = time.perf_counter()
         local = trainable_state(bundle.policy)
         update = codec.encode(local, str(got.payload.meta["wire-dtype"]), base=got.weights)
         if control is not None:  # SCAFFOLD: c_i+ kept pending until the server counts it
@@ -225,6 +229,7 @@ def train(content: RecordDict, node_config: Config, run_config: Config, run_id: 
             extra |= {CONTROL: delta.arrays, CONTROL_CODEC: delta.meta}
             report |= {"control_bytes": delta.nbytes,
                        "control_base_round": control.base.round}
+        encode_seconds = time.perf_counter() - encode_start
     except Exception as err:
         got.runtime.forget_training()
         if "eval_action_mse" not in report:
@@ -243,10 +248,16 @@ def train(content: RecordDict, node_config: Config, run_config: Config, run_id: 
         "skipped_samples": result.skipped,
     }
     notes["skipped"] = result.skipped_summary
+    # where the handler's time went (bench/overhead.py reads these from the log)
     log.info("trained", site=site.node.site_name, round=server_round,
              loss=round(result.loss_mean, 4), eval_mse=report.get("eval_action_mse"),
              skipped=result.skipped, skipped_eval=report.get("skipped_eval_samples", 0),
-             seconds=round(time.perf_counter() - start, 1))
+             seconds=round(time.perf_counter() - start, 3),
+             decode_seconds=round(got.decode_seconds, 4),
+             setup_seconds=round(report["setup_seconds"], 4),
+             eval_seconds=round(report.get("eval_seconds", 0.0)
+                                + report.get("trajectory_seconds", 0.0), 4),
+             train_seconds=round(result.seconds, 4), encode_seconds=round(encode_seconds, 4))
     return _reply(site, report, notes, update, extra)
 
 

@@ -1,18 +1,42 @@
-"""The site worker: one long-lived process per site that runs the tasks its ClientApps relay.
+"""The site worker: the long-lived process that runs this site's ClientApp messages itself.
 
-Flower 1.42 starts a fresh ``flwr-clientapp`` process for every message; without a worker each
-one imports torch, LeRobot and HF datasets, rebuilds the policy and reopens the dataset (~12 s
-per round on 2 CPU cores). The worker does that once and keeps, across rounds and runs, one
-:class:`supernode.runtime.SiteRuntime` (policy on the site's device, processors, optimizer,
-opened datasets); the ClientApp only relays (:mod:`supernode.relay`).
+Flower 1.42 runs a ClientApp by starting a new ``flwr-clientapp`` process for every message (its
+SuperExec's subprocess executor; its warm executors are Kubernetes-only and not for ClientApps,
+upstream issue #3670). Each one imports torch, LeRobot and HF datasets, builds the policy and
+opens the dataset again (seconds per round on a CPU, the backbone uploaded to the GPU again on a
+GPU box). The site worker is this site's task executor instead: it speaks Flower's own SuperExec
+and ClientAppIo protocol to the site's SuperNode, as ``flower-superexec`` and ``flwr-clientapp``
+do together, but handles each message in its own process, where one kept
+:class:`supernode.runtime.SiteRuntime` holds torch, LeRobot, the policy on the site's device,
+the optimizer and the opened datasets across rounds and runs. No relay, no second channel: the
+SuperNode's runtime API is the only way in.
 
-    python -m supernode.worker --socket /path/to/worker.sock [--parent-pid PID]
+    python -m supernode.worker --runtime-api-address 127.0.0.1:9094 \\
+        --root-certificates <runtime CA> --superexec-auth-secret-file <secret> [--parent-pid P]
 
-Started and restarted by ``zk0 supernode`` and ``zk0 cluster``
-(:mod:`deploy.lab.worker_supervisor`).
-It serves one task at a time, answers a failed task with an error naming the cause and goes
-on, refuses peers of another uid and relays of other zk0 code, and exits on SIGTERM/SIGINT or
-when ``--parent-pid`` is gone, removing its socket.
+Each message, over the SuperNode's runtime API (TLS on loopback):
+
+1. ``AcquireTask`` signed with the site's SuperExec secret (HMAC; the file is 0600, the site's
+   user's): without it the SuperNode refuses (401), so no other local user gets the site's tasks
+   or their tokens. zk0's SuperNode holds this call until a task exists
+   (:mod:`deploy.flower.supernode_waits`), so a message reaches the worker as soon as it is
+   stored; a stock SuperNode answers at once and the worker polls every ``--idle-poll`` s.
+2. With the task's token: ``PullTaskInput`` (context, run, FAB), ``PullMessages`` and the
+   message's objects, heartbeats while the message runs (Flower's own client functions).
+3. The FAB's site code must be this worker's own (:mod:`supernode.app_code`), else the reply is
+   an error naming both versions; the worker runs its own, already imported, zk0.
+4. zk0's ClientApp (``supernode.client_app.app``, with its signature mod) handles the message.
+5. ``PushMessages`` and the reply's objects, then ``PushTaskOutput`` (context and status).
+
+Bounded waits: every call has a connect and a read timeout (``--peer-timeout``; the held
+``AcquireTask`` ``--acquire-timeout``), so a stalled SuperNode costs a timeout and a retry, never
+a hang. Failures: a message that raises gets an error reply with the reason and the worker goes
+on; an unreachable SuperNode is retried with backoff; a refused secret (401) stops the worker
+with the reason. Stopping: SIGTERM/SIGINT/SIGHUP interrupt a waiting ``AcquireTask`` or the
+message being computed at once (that message gets an error reply saying so; a reply already
+being pushed is finished first), and the worker exits when ``--parent-pid`` is gone. A worker
+killed outright leaves its message to Flower's task heartbeat: the SuperNode replies "ClientApp
+stopped responding" within a minute, and the launcher starts a new worker.
 """
 
 from __future__ import annotations
@@ -21,33 +45,47 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
+import ssl
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from supernode.channel import (
-    KIND_ERROR,
-    KIND_PING,
-    KIND_REPLY,
-    KIND_TASK,
-    ChannelError,
-    check_compatible,
-    check_socket_path,
-    code_fingerprint,
-    code_root,
-    peer_uid,
-    private_dir,
-    recv_frame,
-    send_frame,
-)
+#: What the worker's log calls its per-message timestamps (Unix time), in the order they happen.
+STAMPS = ("acquired_at", "input_at", "handled_at", "pushed_at", "done_at")
 
 
-class WorkerStartError(RuntimeError):
-    """The worker cannot serve on the socket it was given."""
+class WorkerStopping(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT/SIGHUP while the worker may be interrupted."""
+
+
+class SecretRefused(RuntimeError):
+    """The SuperNode refused this worker's SuperExec secret (HTTP 401/403)."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How the worker reaches its SuperNode and how long it waits for it."""
+
+    runtime_api_address: str
+    root_certificates: Path
+    secret_file: Path
+    peer_timeout: float = 60.0  # read timeout of every call a message makes
+    acquire_timeout: float = 60.0  # read timeout of AcquireTask (longer than the SuperNode holds)
+    idle_poll: float = 0.25  # between AcquireTask calls a SuperNode answered at once
+    connect_timeout: float = 5.0
+    parent_pid: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("peer_timeout", "acquire_timeout", "idle_poll", "connect_timeout"):
+            value = getattr(self, name)
+            if not 0 < value < 3600:
+                raise ValueError(f"--{name.replace('_', '-')} {value}: expected 0 < s < 3600")
 
 
 def _rss_mb() -> float:
@@ -59,172 +97,337 @@ def _rss_mb() -> float:
         return -1.0
 
 
-def bind(path: Path) -> socket.socket:
-    """A listening Unix socket at ``path``: folder 0700, socket 0600, stale file replaced.
-
-    A socket file nobody answers on is a dead worker's and is removed; one somebody answers on
-    belongs to a live worker, and this one refuses to start rather than steal its clients.
-    """
-    check_socket_path(path)
-    private_dir(path.parent)
-    if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()
-        else:
-            raise WorkerStartError(f"another site worker is already serving {path}")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # the socket file is born 0600
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    path.chmod(0o600)
-    sock.listen(8)
-    return sock
+def _tls_context(ca: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    return context
 
 
+@dataclass
 class Worker:
-    """Accepts relays on ``sock`` and runs each task with one kept SiteRuntime."""
+    """Acquires this site's ClientApp tasks from its SuperNode and runs each in this process."""
 
-    def __init__(self, sock: socket.socket, path: Path, parent_pid: int | None = None) -> None:
+    options: WorkerOptions
+    stop: threading.Event = field(default_factory=threading.Event)
+    tasks: int = 0
+    interruptible: bool = False
+
+    def __post_init__(self) -> None:
         from common.logs import get_logger
-        from supernode.runtime import SiteRuntime
+        from supernode.app_code import CodeCheck
+        from supernode.runtime import keep_loaded
 
-        self.sock = sock
-        self.path = path
-        self.parent_pid = parent_pid
-        self.runtime = SiteRuntime()
-        self.stop = threading.Event()
-        self.tasks = 0
         self.log = get_logger("zk0.worker")
+        self.runtime = keep_loaded()
+        self.code = CodeCheck()
+        from flwr.supercore.auth import load_superexec_auth_secret
+
+        # as the SuperNode reads it (exact bytes): ValueError names the file if unusable
+        self.secret = load_superexec_auth_secret(str(self.options.secret_file)) or b""
+        self._tls = _tls_context(self.options.root_certificates)
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def _client(self, interceptors: list, read_timeout: float):
+        import httpx
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        return RuntimeHttpClient(
+            f"https://{self.options.runtime_api_address}",
+            interceptors=interceptors,
+            verify=self._tls,
+            timeout=httpx.Timeout(read_timeout, connect=self.options.connect_timeout),  # type: ignore[arg-type]
+            retry_invoker=_bounded_retries(self.options.peer_timeout),
+        )
+
+    def _acquire_client(self):
+        from flwr.supercore.interceptors import (
+            RuntimeVersionHttpInterceptor,
+            SuperExecAuthHttpInterceptor,
+        )
+
+        return self._client([
+            RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+            SuperExecAuthHttpInterceptor(master_secret=self.secret,
+                                         protected_methods={"/flwr.proto.Runtime/AcquireTask"}),
+        ], self.options.acquire_timeout)
+
+    def _task_client(self, token: str):
+        from flwr.supercore.interceptors import (
+            RuntimeTokenHttpInterceptor,
+            RuntimeVersionHttpInterceptor,
+        )
+
+        return self._client([RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                             RuntimeTokenHttpInterceptor(token)], self.options.peer_timeout)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _may_interrupt(self) -> Iterator[None]:
+        """A stop signal raises :class:`WorkerStopping` here (and only here)."""
+        self.interruptible = True
+        try:
+            if self.stop.is_set():
+                raise WorkerStopping("stop requested")
+            yield
+        finally:
+            self.interruptible = False
 
     def serve(self) -> None:
-        self.sock.settimeout(1.0)  # wakes up to notice a stop or a dead parent
-        self.log.info("worker_ready", socket=str(self.path), pid=os.getpid(),
-                      code=code_fingerprint()[:12], rss_mb=round(_rss_mb()))
-        while not self.stop.is_set() and self._parent_alive():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(None)
-                self._serve_one(conn)
+        """Acquire and run tasks until stopped."""
+        import httpx
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
 
-    def _parent_alive(self) -> bool:
-        if self.parent_pid is None:
-            return True
-        if os.getppid() == self.parent_pid:
-            return True
-        self.log.info("worker_parent_gone", parent_pid=self.parent_pid)
-        return False
+        from supernode.app_code import code_fingerprint
 
-    def _serve_one(self, conn: socket.socket) -> None:
-        uid = peer_uid(conn)
-        if uid != os.getuid():  # the 0700 folder already keeps others out; root gets here
-            self.log.warning("worker_refused_peer", uid=uid)
-            return
+        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+        client = self._acquire_client()
+        self.log.info("worker_ready", runtime_api=self.options.runtime_api_address,
+                      pid=os.getpid(), code=code_fingerprint()[:12], rss_mb=round(_rss_mb()))
+        failures = 0
         try:
-            frame = recv_frame(conn)
-        except (ChannelError, OSError) as err:
-            self.log.warning("worker_bad_request", error=str(err))
-            return
-        problem = check_compatible(frame.header, mine="the site worker",
-                                   peer="this run's ClientApp (the app bundle)")
-        if problem is not None:
-            self._reply_error(conn, (
-                f"site worker refused the task: {problem}. Run the zk0 version this "
-                "federation uses at this site (then restart `zk0 supernode`), or remove "
-                "worker-socket from the node config to train in the ClientApp process"
-            ))
-            self.log.warning("worker_refused_version", reason=problem)
-            return
-        if frame.kind == KIND_PING:
-            self._send(conn, KIND_REPLY, {"pid": os.getpid(), "tasks": self.tasks,
-                                           "rss_mb": _rss_mb(), **self.runtime.describe()})
-            return
-        if frame.kind != KIND_TASK or frame.content is None:
-            self._reply_error(conn, f"site worker: expected a task frame, got {frame.kind!r}")
-            return
-        self._run_task(conn, frame)
-
-    def _run_task(self, conn: socket.socket, frame) -> None:
-        from supernode import tasks
-
-        h = frame.header
-        start = time.perf_counter()
-        self.log.info("worker_task_started", message_type=h.get("message_type"),
-                      run_id=h.get("run_id"))
-        try:
-            reply = tasks.handle(str(h["message_type"]), frame.content, h["node_config"],
-                                 h["run_config"], int(h["run_id"]), self.runtime)
-        except Exception as err:
-            self.log.error("worker_task_failed", message_type=h.get("message_type"),
-                           error=f"{type(err).__name__}: {err}",
-                           traceback=traceback.format_exc(limit=8))
-            self._reply_error(conn, f"{type(err).__name__}: {err} (in the site worker, pid "
-                                    f"{os.getpid()})")
-            return
+            while not self.stop.is_set():
+                start = time.monotonic()
+                try:
+                    with self._may_interrupt():
+                        res = client.AcquireTask(request)
+                    failures = 0
+                except WorkerStopping:
+                    return
+                except httpx.HTTPStatusError as err:
+                    if err.response.status_code in (401, 403):
+                        raise SecretRefused(
+                            f"the SuperNode at {self.options.runtime_api_address} refused this "
+                            f"worker's SuperExec secret ({self.options.secret_file}): HTTP "
+                            f"{err.response.status_code}; the SuperNode and the worker must be "
+                            "started with the same --superexec-auth-secret-file"
+                        ) from None
+                    failures = self._unreachable(err, failures)
+                    continue
+                except httpx.TransportError as err:
+                    failures = self._unreachable(err, failures)
+                    continue
+                if res.HasField("task") and res.token:
+                    self.run_task(res.token, time.time())
+                elif (left := self.options.idle_poll - (time.monotonic() - start)) > 0:
+                    self.stop.wait(left)  # a SuperNode that does not hold AcquireTask
         finally:
-            self.tasks += 1
-        frame.content = None  # the request's arrays can go before the reply is written
-        self._send(conn, KIND_REPLY, {}, reply)
-        self.log.info("worker_task_done", message_type=h["message_type"],
-                      run_id=h["run_id"], seconds=round(time.perf_counter() - start, 2),
-                      rss_mb=round(_rss_mb()), **self.runtime.describe())
+            client.close()
 
-    def _send(self, conn: socket.socket, kind: str, header: dict, content=None) -> None:
+    def _unreachable(self, err: Exception, failures: int) -> int:
+        delay = min(0.5 * 2**failures, 2.0)  # a local peer: retrying costs nothing
+        if failures == 0 or failures % 10 == 0:
+            self.log.warning("supernode_unreachable", runtime_api=self.options.runtime_api_address,
+                             error=f"{type(err).__name__}: {err}"[:300], retry_in=delay)
+        self.stop.wait(delay)
+        return failures + 1
+
+    # -- one task ------------------------------------------------------------------------------
+
+    def run_task(self, token: str, acquired_at: float) -> None:
+        """Run one acquired ClientApp task the way ``flwr-clientapp`` does, in this process."""
+        from flwr.app import Message
+        from flwr.app.error import Error
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender
+        from flwr.supernode.runtime.run_clientapp import (
+            pull_task_input,
+            push_message,
+            push_task_output,
+        )
+
+        from supernode.app_code import AppCodeMismatch
+        from supernode.client_app import app
+
+        stamps: dict[str, float] = {"acquired_at": acquired_at}
+        client = self._task_client(token)
+        lost = threading.Event()  # the SuperNode gave up on the task (its token expired)
+        heartbeat = HeartbeatSender(_heartbeat_fn(client, lost))
+        heartbeat.start()
+        message = context = None
+        status, details = SubStatus.FAILED, "ClientApp task failed"
         try:
-            send_frame(conn, kind, header, content)
-        except OSError as err:  # the relay went away (its task timed out, it was killed)
-            self.log.warning("worker_reply_lost", error=str(err))
+            # Not interruptible: once claimed, the message must get a reply (a SuperNode whose
+            # message nobody pulled waits for a reply forever).
+            message, context, _run, fab = pull_task_input(client)
+            stamps["input_at"] = time.time()
+            self.log.info("task_started", message_type=message.metadata.message_type,
+                          run_id=message.metadata.run_id, message_id=message.metadata.message_id)
+            try:
+                with self._may_interrupt():
+                    self.code.check(fab.hash_str, fab.content)
+                    reply = app(message=message, context=context)
+                    stamps["handled_at"] = time.time()
+                status, details = SubStatus.COMPLETED, ""
+            except AppCodeMismatch as err:
+                details = str(err)
+                reply = Message(Error(ErrorCode.LOAD_CLIENT_APP_EXCEPTION, details),
+                                reply_to=message)
+            except WorkerStopping:
+                details = "the site worker was stopped (SIGTERM) while handling this message"
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, details),
+                                reply_to=message)
+                self.log.warning("task_interrupted", reason=details)
+            except Exception as err:  # the message failed; the worker goes on
+                details = f"{type(err)}:<'{err}'>"  # Flower's own reason format
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, details),
+                                reply_to=message)
+                self.log.error("task_failed", error=f"{type(err).__name__}: {err}"[:500],
+                               traceback=traceback.format_exc(limit=8))
+            if status != SubStatus.COMPLETED:
+                self.runtime.forget_training()
+            if not lost.is_set():
+                push_message(client, reply, context)
+                stamps["pushed_at"] = time.time()
+        except Exception as err:  # the SuperNode went away or timed out mid-message
+            status, details = SubStatus.FAILED, f"reply not delivered: {type(err).__name__}: {err}"
+            self.log.error("reply_not_delivered", error=details[:500])
+        finally:
+            if heartbeat.is_running:
+                heartbeat.stop()
+            with contextlib.suppress(Exception):
+                push_task_output(client, context, status, details)
+            client.close()
+            self.tasks += 1
+        stamps["done_at"] = time.time()
+        self._log_done(message, status, details, stamps, lost.is_set())
 
-    def _reply_error(self, conn: socket.socket, reason: str) -> None:
-        self._send(conn, KIND_ERROR, {"error": reason})
+    def _log_done(self, message: Any, status: str, details: str, stamps: dict[str, float],
+                  lost: bool) -> None:
+        meta = message.metadata if message is not None else None
+        fields: dict[str, Any] = {
+            "message_type": meta.message_type if meta else None,
+            "run_id": meta.run_id if meta else None,
+            "message_id": meta.message_id if meta else None,
+            "status": status,
+            "seconds": round(stamps["done_at"] - stamps["acquired_at"], 3),
+            "tasks": self.tasks,
+            "rss_mb": round(_rss_mb()),
+            **{k: f"{v:.6f}" for k, v in stamps.items()},
+            **self.runtime.describe(),
+        }
+        if lost:
+            fields["lost"] = "the SuperNode gave up on this task (its heartbeat expired)"
+        if details:
+            fields["details"] = details[:300]
+        self.log.info("task_done", **fields)
+
+
+def _heartbeat_fn(client: Any, lost: threading.Event) -> Callable[[], bool]:
+    """Flower's task heartbeat, except that a refused one marks the task lost instead of
+    sending SIGINT to the whole process (what ``flwr-clientapp``, one message per process,
+    does)."""
+    import httpx
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
+
+    request = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            res = client.SendTaskHeartbeat(request)
+        except httpx.TransportError:
+            return False
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code in (503, 504):
+                return False
+            lost.set()
+            return True
+        if not res.success:
+            lost.set()
+        return True
+
+    return beat
+
+
+def _bounded_retries(max_time: float):
+    """A few quick retries of a call that failed in transport (never of an HTTP answer)."""
+    import httpx
+    from flwr.supercore.retry import RetryInvoker, exponential
+
+    return RetryInvoker(lambda: exponential(base_delay=0.1, max_delay=2),
+                        httpx.TransportError, max_tries=3, max_time=max_time)
 
 
 def preload() -> None:
-    """Import the ML stack now, so the first round does not pay for it."""
+    """Import the ML stack and zk0's ClientApp now, so the first message does not pay for it."""
     import lerobot.datasets.lerobot_dataset
     import lerobot.policies.factory
     import lerobot.policies.smolvla.modeling_smolvla  # noqa: F401
 
+    import supernode.client_app
     import supernode.tasks  # noqa: F401  torch, codec, training, evaluation
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m supernode.worker", description=__doc__)
-    p.add_argument("--socket", type=Path, required=True, help="Unix socket to serve on")
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    """SIGTERM to this process once ``parent_pid`` is no longer its parent (it died)."""
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent_pid:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def parse_args(argv: list[str] | None = None) -> WorkerOptions:
+    p = argparse.ArgumentParser(prog="python -m supernode.worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runtime-api-address", required=True,
+                   help="the SuperNode's runtime API, host:port")
+    p.add_argument("--root-certificates", type=Path, required=True,
+                   help="CA certificate of the SuperNode's runtime API (PEM)")
+    p.add_argument("--superexec-auth-secret-file", type=Path, required=True,
+                   help="the SuperExec secret the SuperNode was started with")
+    p.add_argument("--peer-timeout", type=float, default=WorkerOptions.peer_timeout,
+                   help="seconds a call to the SuperNode may take before it counts as stalled")
+    p.add_argument("--acquire-timeout", type=float, default=WorkerOptions.acquire_timeout,
+                   help="read timeout of AcquireTask, which the SuperNode holds until a task "
+                        "exists (must exceed its hold)")
+    p.add_argument("--idle-poll", type=float, default=WorkerOptions.idle_poll,
+                   help="seconds between AcquireTask calls a SuperNode answers at once")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
-    args = p.parse_args(argv)
-    path = args.socket.expanduser().absolute()
+    a = p.parse_args(argv)
+    try:
+        return WorkerOptions(a.runtime_api_address, a.root_certificates.expanduser().absolute(),
+                             a.superexec_auth_secret_file.expanduser().absolute(),
+                             peer_timeout=a.peer_timeout, acquire_timeout=a.acquire_timeout,
+                             idle_poll=a.idle_poll, parent_pid=a.parent_pid)
+    except ValueError as err:
+        p.error(str(err))
+        raise  # unreachable: p.error exits
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    for path, what in ((options.root_certificates, "--root-certificates"),
+                       (options.secret_file, "--superexec-auth-secret-file")):
+        if not path.is_file():
+            print(f"zk0 site worker: {what} {path}: file not found", file=sys.stderr)
+            return 2
     preload()
     try:
-        sock = bind(path)
-    except (WorkerStartError, PermissionError, ValueError, OSError) as err:
-        print(f"zk0 site worker: cannot serve on {path}: {err}", file=sys.stderr)
+        worker = Worker(options)
+    except ValueError as err:
+        print(f"zk0 site worker: {err}", file=sys.stderr)
         return 2
-    inode = path.stat().st_ino
-    worker = Worker(sock, path, args.parent_pid)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         worker.stop.set()
+        if worker.interruptible:
+            worker.interruptible = False  # once
+            raise WorkerStopping(signal.Signals(signum).name)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    if options.parent_pid is not None:
+        _watch_parent(options.parent_pid, worker.stop)
     try:
         worker.serve()
-    finally:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_ino == inode:  # not a successor's socket
-                path.unlink()
-    worker.log.info("worker_stopped", tasks=worker.tasks, code_root=str(code_root()))
+    except SecretRefused as err:
+        worker.log.error("worker_refused", reason=str(err))
+        return 3
+    worker.log.info("worker_stopped", tasks=worker.tasks)
     return 0
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ConfigRecord, Message, MetricRecord
 
 from common import signing
+from common.packing import unpack
 from common.protocol import METRICS, SITE
 from common.settings import NodeConfig, RunConfig
 from harness.inprocess_grid import FIRST_NODE_ID, InProcessGrid, server_context
@@ -57,6 +58,7 @@ def attackers():
         reply = app(msg, context)
         if reply.has_error() or name in ("site-0", "site-1"):
             return reply
+        reply.content = unpack(reply.content)  # the content zk0 built, not its wire packing
         is_train = msg.metadata.message_type == "train"
         if name == "site-6" and msg.metadata.message_type == "query.stats":
             reply.content[SITE] = ConfigRecord({**reply.content[SITE], "site-name": "site-1"})

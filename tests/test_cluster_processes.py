@@ -26,7 +26,7 @@ from common.settings import NodeConfig
 from deploy.cli import build_parser
 from deploy.cluster.local_cluster import LocalCluster, free_port
 from deploy.flower import flwr_cli
-from deploy.flower.commands import superexec_cmd, superlink_cmd, supernode_cmd
+from deploy.flower.commands import superexec_cmd, superlink_cmd, supernode_cmd, worker_cmd
 from deploy.flower.env import bin_dir, child_env
 from deploy.flower.health import https_ok
 from deploy.flower.logs import EXIT_SUPERNODE_CONNECTION_ERROR, flower_exit_code
@@ -174,7 +174,11 @@ def test_supernode_and_superexec_cmds_are_secure(tmp_path: Path) -> None:
         runtime_tls=tls,
         secret_file=tmp_path / "site.secret",
     )
-    assert Path(cmd[0]).name == "flower-supernode"
+    assert cmd[:3] == [sys.executable, "-m", "deploy.flower.supernode_waits"]
+    stock = supernode_cmd(superlink="link.example.org:8000", root_certificates=tmp_path / "ca",
+                          private_key=tmp_path / "k", node_config=node, runtime_port=9101,
+                          runtime_tls=tls, secret_file=tmp_path / "s", waits=None)
+    assert Path(stock[0]).name == "flower-supernode" and "--pull-min-seconds" not in stock
     assert _flag(cmd, "--superlink") == "link.example.org:8000"
     assert _flag(cmd, "--root-certificates").endswith("ca.crt")
     assert _flag(cmd, "--auth-supernode-private-key").endswith("lab-a.key")
@@ -191,7 +195,13 @@ def test_supernode_and_superexec_cmds_are_secure(tmp_path: Path) -> None:
     assert _flag(exe, "--runtime-api-address") == "127.0.0.1:9101"
     assert _flag(exe, "--root-certificates").endswith("rca.crt")
     assert _flag(exe, "--superexec-auth-secret-file").endswith("site.secret")
-    for c in (cmd, exe):
+    worker = worker_cmd("127.0.0.1:9101", tls.ca, tmp_path / "site.secret", parent_pid=5)
+    assert worker[:3] == [sys.executable, "-m", "supernode.worker"]
+    assert _flag(worker, "--runtime-api-address") == "127.0.0.1:9101"
+    assert _flag(worker, "--root-certificates").endswith("rca.crt")
+    assert _flag(worker, "--superexec-auth-secret-file").endswith("site.secret")
+    assert _flag(worker, "--parent-pid") == "5"
+    for c in (cmd, exe, worker):
         assert "--insecure" not in c
 
 
@@ -361,13 +371,13 @@ def test_launcher_accepts_good_settings(
     node = launcher.check_settings(_settings(fed, tmp_path), dataset=False)
     assert node.site_name == "lab-a"
     monkeypatch.chdir(tmp_path)
-    supernode, superexec = launcher.build_site_processes(
+    supernode, worker = launcher.build_site_processes(
         _settings(fed, tmp_path, work_dir=Path("rel-work"))
     )
     assert _flag(supernode, "--port") == "9094"
-    assert _flag(superexec, "--runtime-api-address") == "127.0.0.1:9094"
-    assert "--insecure" not in supernode + superexec
-    for cmd in (supernode, superexec):  # children run elsewhere: every path is absolute
+    assert _flag(worker, "--runtime-api-address") == "127.0.0.1:9094"
+    assert "--insecure" not in supernode + worker
+    for cmd in (supernode, worker):  # children run elsewhere: every path is absolute
         for flag in ("--ssl-certfile", "--superexec-auth-secret-file", "--root-certificates"):
             if flag in cmd:
                 assert Path(_flag(cmd, flag)).is_absolute(), (flag, cmd)
@@ -444,6 +454,21 @@ def test_launcher_refuses_open_secret_and_lists_all_problems(
     assert "site-name" in text
 
 
+def test_launcher_refuses_waits_it_cannot_keep(fed: FederationCerts, tmp_path: Path) -> None:
+    base = ["supernode", "--superlink", "127.0.0.1:8000", "--ca-cert", str(fed.ca_cert),
+            "--site-key", str(fed.site_keys["lab-a"][0]), "--site-name", "lab-a"]
+    for extra, expected in (
+        (["--pull-min-seconds", "5", "--pull-max-seconds", "1"],
+         "pull-min-seconds (5.0) is larger than pull-max-seconds (1.0)"),
+        (["--pull-max-seconds", "0"], "--pull-max-seconds / ZK0_PULL_MAX_SECONDS"),
+        (["--peer-timeout", "-1"], "--peer-timeout / ZK0_PEER_TIMEOUT"),
+        (["--acquire-hold-seconds", "900"], "--acquire-hold-seconds / ZK0_ACQUIRE_HOLD_SECONDS"),
+    ):
+        with pytest.raises(launcher.SiteConfigError) as info:
+            launcher.settings_from_args(build_parser().parse_args([*base, *extra]))
+        assert expected in str(info.value), str(info.value)
+
+
 def test_launcher_start_makes_secret_0600_in_0700_work_dir(
     fed: FederationCerts, tmp_path: Path
 ) -> None:
@@ -452,7 +477,7 @@ def test_launcher_start_makes_secret_0600_in_0700_work_dir(
     assert not settings.work_path.exists()
     old = os.umask(0)  # a permissive umask must not leak into the secret or its folder
     try:
-        supernode, superexec = launcher.prepare_site(settings)
+        supernode, worker = launcher.prepare_site(settings)
     finally:
         os.umask(old)
     secret = settings.secret_path
@@ -463,7 +488,7 @@ def test_launcher_start_makes_secret_0600_in_0700_work_dir(
     content = secret.read_bytes()
     assert len(content) == 64 and bytes.fromhex(content.decode())  # hex, no newline
     assert _flag(supernode, "--superexec-auth-secret-file") == str(secret)
-    assert _flag(superexec, "--superexec-auth-secret-file") == str(secret)
+    assert _flag(worker, "--superexec-auth-secret-file") == str(secret)
     launcher.prepare_site(settings)  # a restart keeps the secret its SuperExec knows
     assert secret.read_bytes() == content
     launcher.check_settings(settings, dataset=False)  # and the launcher accepts what it made
@@ -508,13 +533,18 @@ def test_launcher_reads_dotenv_and_check_prints_commands(
     )
     assert launcher.run_cli(build_parser().parse_args(["supernode", "--check"])) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 3
-    assert "flower-supernode" in out[0] and "--port 9311" in out[0]
-    assert "-m supernode.worker --socket" in out[2]
-    assert "worker-socket=" in out[0] and out[2].endswith("worker/worker.sock")
+    assert len(out) == 2
+    assert "-m deploy.flower.supernode_waits" in out[0] and "--port 9311" in out[0]
+    assert "--pull-max-seconds 3 " in out[0] and "--acquire-hold-seconds 20 " in out[0]
     assert 'site-name="lab-b"' in out[0] and "link.example.org:8000" in out[0]
-    assert "flower-superexec" in out[1] and "127.0.0.1:9311" in out[1]
+    assert "-m supernode.worker --runtime-api-address 127.0.0.1:9311" in out[1]
+    assert "--peer-timeout 60 --acquire-timeout 80" in out[1]
     assert fed.superexec_secret.read_text() not in "\n".join(out)
+    assert launcher.run_cli(build_parser().parse_args(
+        ["supernode", "--check", "--no-worker", "--pull-min-seconds", "0.2"])) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "--pull-min-seconds 0.2 " in out[0]
+    assert "flower-superexec" in out[1] and "127.0.0.1:9311" in out[1]
 
 
 def test_launcher_cli_names_missing_settings(
@@ -685,14 +715,14 @@ def test_launcher_runs_site_and_stops_on_sigterm(
         cluster.wait_online([node_id], 90)
         assert _mode(tmp_path / "site" / "superexec.secret") == 0o600
         assert _mode(tmp_path / "site") == 0o700
-        assert len(procs_mentioning(str(tmp_path / "site"))) >= 2  # supernode + superexec
+        assert len(procs_mentioning(str(tmp_path / "site"))) >= 2  # supernode + worker
         tree = descendants(proc.pid)
         # the launcher serves the site's metrics: its processes by role, on loopback
         text = httpx.get(f"http://{metrics}/metrics", timeout=10).text
         roles = {s.labels["role"] for f in text_string_to_metric_families(text)
                  if f.name == "zk0_local_process_resident_memory_bytes" for s in f.samples
                  if s.labels["site"] == "lab-c"}
-        assert {"launcher", "supernode", "superexec"} <= roles, text
+        assert {"launcher", "supernode", "worker"} <= roles, text
         assert _mode(tmp_path / "site" / "metrics") == 0o700
         os.kill(proc.pid, signal.SIGTERM)  # what `docker stop` / systemd send
         assert proc.wait(30) == 0, proc.log_tail()

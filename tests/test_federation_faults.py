@@ -61,7 +61,11 @@ def test_tampered_reply_is_refused_by_digest(demo_root, run_config):
     from supernode.client_app import app
 
     def tampering_app(msg, context):
+        from common.packing import unpack
+
         reply = app(msg, context)
+        if reply.has_content():
+            reply.content = unpack(reply.content)  # tamper with the content, not its packing
         if context.node_config["site-name"] == "site-1" and reply.has_content() and (
             ARRAYS in reply.content.array_records
         ):

@@ -44,7 +44,9 @@ class Recorder:
         self.seen: list[dict] = []
 
     def __call__(self, msg, context):
-        content = msg.content
+        from common.packing import unpack
+
+        content = unpack(msg.content)  # the instruction as the ServerApp built it
         entry = {"type": msg.metadata.message_type, "site": context.node_config["site-name"]}
         if CONFIG in content.config_records and "server-round" in content.config_records[CONFIG]:
             instructions = RoundInstructions.from_record(content.config_records[CONFIG])

@@ -1,274 +1,330 @@
-"""The site worker: its channel, who may use it, and that it computes what the ClientApp would.
+"""The site worker (supernode/worker.py) as this site's task executor on Flower's runtime API.
 
-The channel and refusal tests run a worker in a thread of this process on a real Unix socket.
-The equality test runs real worker processes (``python -m supernode.worker``, supervised as
-``zk0 supernode`` / ``zk0 cluster`` do) behind zk0's unchanged ServerApp and ClientApp in one
-process (:mod:`harness.inprocess_grid`): only Flower's transport is left out, and
-tests/test_e2e_federation.py runs the real cluster through workers.
+Most tests run the worker in a thread of this process against a real SuperNode runtime API
+(Flower's FastAPI app, NodeState and object store over TLS, with zk0's waits:
+tests/runtime_api.py): real tokens, real SuperExec authentication, zk0's real ClientApp with its
+signature checks. Stopping on signals runs the worker as the process ``zk0 supernode`` starts.
+The equality of worker and in-process runs is tests/test_e2e_federation.py's.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import os
-import shutil
+import signal
 import socket
-import stat
+import ssl
 import subprocess
+import sys
 import tempfile
 import threading
+import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
+import httpx
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Message
+from runtime_api import REPO, RuntimeApi, runtime_api
 
-from common import codec
-from common.settings import RunConfig
-from supernode import channel
-from supernode.relay import ping, relay
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
-
-
-@pytest.fixture()
-def thread_worker(tmp_path: Path) -> Iterator[Path]:
-    """A worker serving in a thread of this process; yields its socket path."""
-    from supernode.worker import Worker, bind
-
-    path = tmp_path / "w" / "worker.sock"
-    sock = bind(path)
-    worker = Worker(sock, path)
-    thread = threading.Thread(target=worker.serve, daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        worker.stop.set()
-        thread.join(10)
-        sock.close()
-
-
-def test_records_cross_the_channel_unchanged() -> None:
-    weights = {"a.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
-               "b.bias": np.linspace(-1, 1, 5, dtype=np.float32)}
-    payload = codec.encode(weights, "bfloat16")
-    content = RecordDict({
-        "arrays": payload.arrays,
-        "codec": payload.meta,
-        "raw": ArrayRecord({"i64": Array(np.array([[1, -2], [3, 4]], dtype=np.int64)),
-                            "empty": Array(np.zeros((0, 3), dtype=np.float16))}),
-        "config": ConfigRecord({"s": "x'y\"z", "b": b"\x00\xff", "t": True, "i": 7,
-                                "f": 0.1, "fl": [1.5, 2.5], "sl": ["a", "b"]}),
-        "metrics": MetricRecord({"loss": 0.25, "n": 3, "hist": [1.0, 2.0]}),
-    })
-    left, right = socket.socketpair()
-    with left, right:
-        sender = threading.Thread(target=channel.send_frame,
-                                  args=(left, channel.KIND_TASK, {"run_id": 5}, content))
-        sender.start()
-        frame = channel.recv_frame(right)
-        sender.join()
-    assert frame.kind == channel.KIND_TASK and frame.header["run_id"] == 5
-    got = frame.content
-    assert list(got.keys()) == list(content.keys())
-    for key in ("arrays", "raw"):
-        assert list(got.array_records[key]) == list(content.array_records[key])
-        for name, array in content.array_records[key].items():
-            back = got.array_records[key][name]
-            assert (back.dtype, back.shape, back.stype, back.data) == (
-                array.dtype, array.shape, array.stype, array.data)
-    assert dict(got.config_records["config"]) == dict(content.config_records["config"])
-    assert dict(got.metric_records["metrics"]) == dict(content.metric_records["metrics"])
-    decoded = codec.decode(codec.from_content(got))  # digests still verify
-    np.testing.assert_allclose(decoded["a.weight"], weights["a.weight"], rtol=1e-2)
-
-
-def test_socket_is_private_and_a_live_one_is_not_taken_over(thread_worker: Path) -> None:
-    from supernode.worker import WorkerStartError, bind
-
-    assert _mode(thread_worker.parent) == 0o700 and _mode(thread_worker) == 0o600
-    assert stat.S_ISSOCK(thread_worker.lstat().st_mode)
-    with pytest.raises(WorkerStartError, match="already serving"):
-        bind(thread_worker)
-    with pytest.raises(ValueError, match="Unix sockets allow 107"):
-        channel.check_socket_path(Path("/tmp") / ("x" * 120))
-
-
-def test_a_stale_socket_file_is_replaced(tmp_path: Path) -> None:
-    from supernode.worker import bind
-
-    path = tmp_path / "w" / "worker.sock"
-    dead = bind(path)
-    dead.close()  # a killed worker leaves its file behind
-    (tmp_path / "w").chmod(0o755)  # and a loosened folder is tightened again
-    sock = bind(path)
-    sock.close()
-    assert _mode(tmp_path / "w") == 0o700 and _mode(path) == 0o600
-
-
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
-def test_another_user_cannot_reach_the_worker() -> None:
-    """Another uid can reach the folder around the worker's, but not the worker."""
-    from supernode.worker import Worker, bind
-
-    python = "/usr/bin/python3"  # the venv's may not be readable by another user
-    if not os.access(python, os.X_OK):
-        pytest.skip(f"{python} not found")
-    outer = Path(tempfile.mkdtemp(prefix="zk0-worker-uid-"))  # 0755 from here up
-    try:
-        outer.chmod(0o755)
-        path = outer / "w" / "worker.sock"
-        sock = bind(path)
-        worker = Worker(sock, path)
-        thread = threading.Thread(target=worker.serve, daemon=True)
-        thread.start()
-        probe = ("import os, socket, sys\n"
-                 "os.listdir(sys.argv[2])\n"  # the surroundings are reachable ...
-                 "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
-                 "try:\n    s.connect(sys.argv[1])\n"  # ... the worker is not
-                 "except PermissionError:\n    sys.exit(1)\n")
-        done = subprocess.run([python, "-c", probe, str(path), str(outer)], user=65534,
-                              group=65534, capture_output=True, text=True, timeout=60)
-        worker.stop.set()
-        thread.join(10)
-        sock.close()
-        assert done.returncode == 1, f"exit {done.returncode}: {done.stderr}"
-    finally:
-        shutil.rmtree(outer, ignore_errors=True)
-
-
-def test_a_relay_from_other_zk0_code_is_refused_with_the_reason(thread_worker: Path) -> None:
-    for header, expected in (({"code": "0" * 64}, "runs zk0 code 000000000000"),
-                             ({"protocol": 99}, "speaks zk0 worker protocol 99")):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(thread_worker))
-            channel.send_frame(s, channel.KIND_TASK, header, RecordDict())
-            frame = channel.recv_frame(s)
-        assert frame.kind == channel.KIND_ERROR
-        assert expected in frame.header["error"] and "refused the task" in frame.header["error"]
-        assert "worker-socket" in frame.header["error"]  # says how to get going again
-    assert ping(thread_worker)["tasks"] == 0  # refused, not run, and still serving
-
-
-def test_a_failed_task_is_an_error_naming_the_cause_and_the_worker_goes_on(
-    thread_worker: Path, demo_root: Path, tmp_path: Path
-) -> None:
-    run = {"policy": "smolvla-tiny"}
-    with pytest.raises(channel.WorkerRefused, match=r"DatasetError: dataset-root .*gone"):
-        relay(thread_worker, "query.stats", RecordDict(),
-              {"site-name": "a", "dataset-root": str(tmp_path / "gone")}, run, 1)
-    with pytest.raises(channel.WorkerRefused, match=r"unknown message type 'train\.x'"):
-        relay(thread_worker, "train.x", RecordDict(), {"site-name": "a"}, run, 1)
-    reply = relay(thread_worker, "query.stats", RecordDict(),
-                  {"site-name": "site-0", "dataset-root": str(demo_root / "site-0")}, run, 1)
-    assert reply.config_records["site"]["site-name"] == "site-0"
-    assert ping(thread_worker)["tasks"] == 3
-
-
-# -- the same numbers through real worker processes ---------------------------------------------
-
-SITES = ["site-0", "site-1"]
-RUNS = {
-    # optimizer moments kept across rounds (the worker keeps them in memory)
-    "a": {"policy": "smolvla-tiny", "num-server-rounds": 2, "local-steps": 3, "batch-size": 4,
-          "eval-samples": 4, "min-sites": 2, "seed": 0},
-    # another seed and another model (chunk size): the worker must rebuild, not carry over
-    "b": {"policy": "smolvla-tiny", "num-server-rounds": 2, "local-steps": 3, "batch-size": 4,
-          "eval-samples": 4, "min-sites": 2, "seed": 1, "proximal-mu": 0.01,
-          "policy-options": '{"chunk_size": 5, "n_action_steps": 5}'},
-}
+from common.protocol import EXCLUDED_NOTICE, NOTICE, ExclusionNotice
+from supernode.app_code import code_fingerprint, fab_fingerprint
 
 
 @pytest.fixture(scope="module")
-def workers(tmp_path_factory) -> Iterator[dict[str, Path]]:
-    from deploy.flower.env import child_env
-    from deploy.lab.worker_supervisor import WorkerSupervisor, socket_path, stop_all
+def fab() -> bytes:
+    """This checkout as Flower bundles it for a run (``flwr run`` builds the same)."""
+    from flwr.cli.build import build_fab_from_disk
 
-    root = tmp_path_factory.mktemp("workers")
-    supervisors = {
-        site: WorkerSupervisor(f"worker-{site}", socket_path(root / site),
-                               root / f"{site}.log", env=child_env(root / "home"),
-                               parent_pid=os.getpid()).start()
-        for site in SITES
-    }
-    try:
-        for supervisor in supervisors.values():
-            supervisor.wait_ready(300)
-        yield {site: s.socket for site, s in supervisors.items()}
-    finally:
-        stop_all(list(supervisors.values()))
-        assert all(s.alive_pids() == [] for s in supervisors.values())
+    return build_fab_from_disk(REPO)
 
 
-def _history(demo_root: Path, work: Path, name: str, run_id: int,
-             sockets: dict[str, Path] | None) -> dict:
-    from harness.inprocess_grid import run_inprocess
-
-    config = RunConfig.with_overrides({**RUNS[name], "output-dir": str(work / "runs")}).to_flwr()
-    nodes = [{"site-name": s, "dataset-root": str(demo_root / s), "torch-threads": 1,
-              **({"worker-socket": str(sockets[s])} if sockets else {})} for s in SITES]
-    run_dir = run_inprocess(config, nodes, run_id)
-    return json.loads((Path(run_dir) / "eval_history.json").read_text())
+@pytest.fixture()
+def api(tmp_path: Path) -> Iterator[RuntimeApi]:
+    with runtime_api(tmp_path / "site", hold=2.0) as served:
+        yield served
 
 
-def test_runs_through_the_worker_give_the_per_message_numbers(
-    workers: dict[str, Path], demo_root: Path, tmp_path: Path
+@pytest.fixture()
+def keys(tmp_path: Path):
+    from certs.keys import make_coordinator_key, make_site_key
+
+    coordinator = make_coordinator_key(tmp_path / "coordinator")
+    site_key, _ = make_site_key(tmp_path / "site-keys", "lab-a")
+    return coordinator, site_key
+
+
+def _node_config(keys, root: Path) -> dict:
+    (_coordinator_key, coordinator_pub), site_key = keys
+    return {"site-name": "lab-a", "dataset-root": str(root), "site-key": str(site_key),
+            "coordinator-pubkey": str(coordinator_pub)}
+
+
+def _notice(keys, run_id: int = 42) -> Message:
+    """An exclusion notice signed by the coordinator, as the ServerApp sends it."""
+    from flwr.app import RecordDict
+
+    from common import signing
+    from harness.inprocess_grid import server_identity
+    from superlink.authenticity import FederationGuard
+
+    with server_identity(run_id):
+        msg = Message(RecordDict({NOTICE: ExclusionNotice("lab-a", "test").to_record()}),
+                      dst_node_id=7, message_type=EXCLUDED_NOTICE)
+        FederationGuard(run_id, signing.load_private_key(keys[0][0], "key")).sign_instructions(
+            [msg])
+    return msg
+
+
+def _options(api: RuntimeApi, **kw):
+    from supernode.worker import WorkerOptions
+
+    return WorkerOptions(api.address, api.ca, api.secret, **kw)
+
+
+@pytest.fixture()
+def worker_thread(api: RuntimeApi, monkeypatch):
+    """Start a worker serving ``api`` in a thread (the process's kept runtime is undone)."""
+    import supernode.runtime
+
+    monkeypatch.setattr(supernode.runtime, "_kept", None)
+    started = []
+
+    def start(**kw):
+        from supernode.worker import Worker
+
+        worker = Worker(_options(api, **kw))
+        thread = threading.Thread(target=worker.serve, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in started:
+        worker.stop.set()
+        api.installed.signals.stop()
+        thread.join(15)
+        assert not thread.is_alive(), "worker did not stop"
+
+
+def test_fingerprints_of_the_tree_and_of_its_bundle_agree(fab: bytes) -> None:
+    assert fab_fingerprint(fab) == code_fingerprint()
+
+
+def test_a_message_runs_in_the_worker_and_its_signed_reply_reaches_the_supernode(
+    api: RuntimeApi, worker_thread, keys, fab: bytes, tmp_path: Path
 ) -> None:
-    """Same seed, same data: the worker path's held-out MSE per round equals the per-message
-    path's, also for a second run on the same (warm) workers with another seed and model."""
-    import torch
+    from flwr.common.constant import SubStatus
 
-    threads = torch.get_num_threads()
+    from common.protocol import SIGNATURE
+
+    worker = worker_thread()
+    for n in (1, 2):
+        msg = _notice(keys)
+        task = api.deliver(msg, fab, _node_config(keys, tmp_path))
+        [reply] = api.replies()
+        assert reply.metadata.reply_to_message_id == msg.metadata.message_id
+        assert not reply.has_error(), reply.error.reason
+        deadline = time.monotonic() + 10  # the reply's objects are in when the task is done
+        while api.task_status(task)[1] != SubStatus.COMPLETED:
+            assert time.monotonic() < deadline, api.task_status(task)
+            time.sleep(0.05)
+        assert SIGNATURE in api.inflated(reply).content.config_records  # signed by the site
+        assert worker.tasks == n  # one process, every message
+
+
+def test_a_bundle_with_other_site_code_is_refused_naming_both_versions(
+    api: RuntimeApi, worker_thread, keys, fab: bytes, tmp_path: Path
+) -> None:
+    from flwr.common.constant import ErrorCode
+
+    changed = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(fab)) as src, zipfile.ZipFile(changed, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data + b"# another zk0\n" if name == "supernode/tasks.py"
+                         else data)
+    other = changed.getvalue()
+    worker_thread()
+    api.deliver(_notice(keys), other, _node_config(keys, tmp_path))
+    [reply] = api.replies()
+    assert reply.has_error() and reply.error.code == ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+    assert fab_fingerprint(other)[:12] in reply.error.reason
+    assert code_fingerprint()[:12] in reply.error.reason
+
+
+def test_acquire_waits_for_a_message_and_answers_as_soon_as_it_is_stored(
+    api: RuntimeApi, keys, fab: bytes, tmp_path: Path, monkeypatch
+) -> None:
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+
+    import supernode.runtime
+    from supernode.worker import Worker
+
+    monkeypatch.setattr(supernode.runtime, "_kept", None)
+    client = Worker(_options(api))._acquire_client()
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    start = time.monotonic()
+    assert not client.AcquireTask(request).HasField("task")  # held for the whole hold: 2 s
+    assert 1.8 < time.monotonic() - start < 5
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append((client.AcquireTask(request),
+                                                         time.monotonic())))
+    thread.start()
+    time.sleep(0.5)
+    stored = time.monotonic()
+    api.deliver(_notice(keys), fab, _node_config(keys, tmp_path))
+    thread.join(10)
+    client.close()
+    [(res, answered)] = got
+    assert res.HasField("task") and res.token
+    assert answered - stored < 0.3, answered - stored
+
+
+def test_acquire_without_the_secret_is_refused(api: RuntimeApi, tmp_path: Path,
+                                               monkeypatch) -> None:
+    import supernode.runtime
+    from supernode.worker import SecretRefused, Worker, WorkerOptions
+
+    monkeypatch.setattr(supernode.runtime, "_kept", None)
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_bytes(b"not the site's secret")
+    wrong.chmod(0o600)
+    worker = Worker(WorkerOptions(api.address, api.ca, wrong))
+    with pytest.raises(SecretRefused, match="401"):
+        worker.serve()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_another_user_can_neither_read_the_secret_nor_get_a_task(api: RuntimeApi) -> None:
+    """The runtime API takes connections from anyone on the box; what keeps another local user
+    from the site's tasks (and their tokens) is the SuperExec secret, 0600 in a 0700 folder."""
+    python = "/usr/bin/python3"  # the venv's interpreter may not be readable by another user
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"{python} not found")
+    probe = (
+        "import http.client, ssl, sys\n"
+        "try:\n    open(sys.argv[1], 'rb').read()\n    print('read the secret'); sys.exit(3)\n"
+        "except PermissionError:\n    pass\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[3])\n"
+        "host, port = sys.argv[2].split(':')\n"
+        "c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)\n"
+        "c.request('POST', '/v1/runtime/acquire-task', body=b'',\n"
+        "          headers={'content-type': 'application/protobuf'})\n"
+        "print(c.getresponse().status)\n"
+    )
+    ca = Path(tempfile.mkdtemp()) / "ca.crt"  # the CA is public; the secret is not
+    ca.write_bytes(api.ca.read_bytes())
+    ca.parent.chmod(0o755)
+    ca.chmod(0o644)
+    done = subprocess.run([python, "-c", probe, str(api.secret), api.address, str(ca)],
+                          user=65534, group=65534, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stdout}{done.stderr}"
+    assert done.stdout.strip() == "401", done.stdout
+
+
+def test_a_stalled_connection_to_the_runtime_api_does_not_hold_the_worker(
+    api: RuntimeApi, worker_thread, keys, fab: bytes, tmp_path: Path
+) -> None:
+    """Another local client opens the runtime API and stops half-way through a request: the
+    SuperNode serves the worker's connection alongside it."""
+    context = ssl.create_default_context(cafile=str(api.ca))
+    host, port = api.address.split(":")
+    raw = context.wrap_socket(socket.create_connection((host, int(port))),
+                              server_hostname=host)
+    raw.sendall(b"POST /v1/runtime/acquire-task HTTP/1.1\r\nHost: x\r\nContent-Le")
     try:
-        per_message = {n: _history(demo_root, tmp_path / f"pm-{n}", n, 60 + i, None)
-                       for i, n in enumerate(RUNS)}
-        through = {}
-        for i, name in enumerate(RUNS):
-            through[name] = _history(demo_root, tmp_path / f"w-{name}", name, 70 + i, workers)
-            described = {s: ping(workers[s]) for s in SITES}
-            assert all(d["policy_builds"] == i + 1 for d in described.values()), described
+        worker_thread()
+        api.deliver(_notice(keys), fab, _node_config(keys, tmp_path))
+        [reply] = api.replies(timeout=30)
+        assert not reply.has_error()
     finally:
-        torch.set_num_threads(threads)
-    for name in RUNS:
-        ours, theirs = through[name], per_message[name]
-        assert ours["rounds"] == theirs["rounds"] == [0, 1, 2]
-        for site in SITES:
-            np.testing.assert_allclose(ours["per_site"][site], theirs["per_site"][site],
-                                       rtol=1e-6, err_msg=f"run {name}, {site}")
-    # the two runs differ (else the comparison above could not tell them apart)
-    assert per_message["a"]["per_site"] != per_message["b"]["per_site"]
+        raw.close()
 
 
-def test_bf16_precision_trains_and_evaluates_with_float32_weights(demo_root: Path) -> None:
-    """Node option ``precision = "bf16"``: autocast around training and evaluation (measured
-    for speed and MSE only on a GPU; here: it runs on CPU and keeps float32 master weights)."""
-    import math
+def _stalled_listener() -> tuple[socket.socket, str]:
+    """A TCP port that accepts connections and never answers (a hung SuperNode)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
 
-    import torch
 
-    from common.norm_stats import global_stats
-    from supernode.evaluation import evaluate_action_mse
-    from supernode.local_site import Site
-    from supernode.tasks import precision
-    from supernode.training import train_round
+def test_a_stalled_supernode_costs_timeouts_and_retries_never_a_hang(
+    api: RuntimeApi, monkeypatch
+) -> None:
+    import supernode.runtime
+    from supernode.worker import Worker, WorkerOptions
 
-    run = RunConfig.with_overrides({"policy": "smolvla-tiny", "local-steps": 2, "batch-size": 4})
-    threads = torch.get_num_threads()
+    monkeypatch.setattr(supernode.runtime, "_kept", None)
+    sock, address = _stalled_listener()
     try:
-        site = Site.open({"site-name": "site-0", "dataset-root": str(demo_root / "site-0"),
-                          "precision": "bf16", "torch-threads": 1}, run.to_flwr())
-        stats = global_stats(site.moments(), ["observation.images.top",
-                                              "observation.images.wrist"])
-        bundle = site.policy(site.spec, stats, None)
-        with precision(site):
-            assert torch.is_autocast_enabled("cpu")
-            result = train_round(bundle, site.train_loader(1), site.run, 1, 0.0)
-            mse = evaluate_action_mse(bundle, site.eval_dataset(), 4, 4, 0).action_mse
+        worker = Worker(WorkerOptions(address, api.ca, api.secret, acquire_timeout=0.5,
+                                      connect_timeout=0.5))
+        calls: list[float] = []
+        real = worker._unreachable
+
+        def unreachable(err: Exception, failures: int) -> int:
+            calls.append(time.monotonic())
+            assert isinstance(err, httpx.TimeoutException), err
+            if len(calls) >= 2:
+                worker.stop.set()
+            return real(err, failures)
+
+        worker._unreachable = unreachable  # type: ignore[method-assign]
+        start = time.monotonic()
+        thread = threading.Thread(target=worker.serve, daemon=True)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive() and len(calls) == 2
+        assert time.monotonic() - start < 15
     finally:
-        torch.set_num_threads(threads)
-    assert math.isfinite(result.loss_mean) and math.isfinite(mse) and mse > 0
-    assert {p.dtype for p in bundle.policy.parameters()} == {torch.float32}
+        sock.close()
+
+
+def _worker_process(api: RuntimeApi, address: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "supernode.worker", "--runtime-api-address",
+         address or api.address, "--root-certificates", str(api.ca),
+         "--superexec-auth-secret-file", str(api.secret), "--acquire-timeout", "90"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 300) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"no {text!r} from the worker:\n{''.join(lines)[-3000:]}")
+
+
+@pytest.mark.parametrize("stalled", [False, True], ids=["held-acquire", "stalled-supernode"])
+def test_sigterm_stops_the_worker_at_once_while_it_waits(tmp_path: Path, stalled: bool) -> None:
+    """Waiting in an AcquireTask the SuperNode holds for 60 s (or on a SuperNode that never
+    answers, read timeout 60 s), the worker exits within seconds of SIGTERM."""
+    with runtime_api(tmp_path / "site", hold=60.0) as api:
+        sock, address = _stalled_listener() if stalled else (None, None)
+        proc = _worker_process(api, address)
+        try:
+            _wait_for_line(proc, "worker_ready")
+            time.sleep(1.0)  # inside the waiting call now
+            start = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            assert time.monotonic() - start < 10  # not the 60 s the call could have taken
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if sock is not None:
+                sock.close()

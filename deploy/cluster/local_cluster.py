@@ -9,12 +9,15 @@ Layout (every process in its own process group, stopped by PID in reverse order)
                                            signs with the coordinator key: ZK0_COORDINATOR_KEY)
     entry-proxy          nginx             the labs' entry: /v1/fleet/* and /health -> SuperLink,
                                            403 for the rest (deploy/coordinator/entry_proxy.py)
-    supernode-<site>     flower-supernode  TLS + site key -> the entry; own HTTPS runtime port
-    superexec-<site>     flower-superexec  -> that SuperNode's Runtime API (runs ClientApps)
-    worker-<site>        python -m supernode.worker: the site's long-lived worker (torch,
-                         policy, dataset kept loaded); the ClientApps relay to it over
-                         <site dir>/worker/worker.sock; restarted if it dies (``workers=False``:
-                         none, every ClientApp trains in its own process)
+    supernode-<site>     flower-supernode  TLS + site key -> the entry; own HTTPS runtime port;
+                                           run as deploy.flower.supernode_waits (its fixed
+                                           waits short or event-driven; ``waits=None``: as
+                                           Flower ships it)
+    worker-<site>        python -m supernode.worker: the site's executor of ClientApp tasks on
+                         that runtime API (torch, policy, dataset kept loaded); restarted if it
+                         dies
+    superexec-<site>     flower-superexec  only with ``workers=False``, in the worker's place:
+                         Flower's per-message ClientApp processes
     flwr-log             flwr log RUN --stream (only while :meth:`LocalCluster.run` is active)
     coordinator-metrics  zk0 coordinator-metrics: /metrics of the ServerApps + SuperLink probe
 
@@ -35,7 +38,7 @@ Working dir::
     <work_dir>/state.db          SuperLink state (SQLite)
     <work_dir>/logs/*.log        one log per process
     <work_dir>/proxy/            nginx.conf, its pid, access/error logs, temp folders (0700)
-    <work_dir>/sites/<site>/     the site's FLWR_HOME, runtime TLS, SuperExec secret, worker/
+    <work_dir>/sites/<site>/     the site's FLWR_HOME, runtime TLS, SuperExec secret
     <work_dir>/metrics/          prometheus multiprocess folders: coordinator/, sites/<site>/
 """
 
@@ -58,13 +61,20 @@ from common.settings import NodeConfig
 from deploy.coordinator.entry_proxy import EntryProxy, ProxySettings, find_nginx
 from deploy.coordinator.run_follow import RunResult, run_app
 from deploy.flower import flwr_cli
-from deploy.flower.commands import runtime_address, superexec_cmd, superlink_cmd, supernode_cmd
+from deploy.flower.commands import (
+    runtime_address,
+    superexec_cmd,
+    superlink_cmd,
+    supernode_cmd,
+    worker_cmd,
+)
 from deploy.flower.env import SITE_SUPEREXEC_POLL_SECONDS, child_env, superexec_env
 from deploy.flower.health import https_ok
 from deploy.flower.logs import flower_exit_code, logged_node_id
 from deploy.flower.processes import ManagedProcess, ProcessFailed
 from deploy.flower.runtime_tls import RuntimeTls, ensure_runtime_tls
-from deploy.lab.worker_supervisor import WorkerSupervisor, socket_path, stop_all
+from deploy.flower.supernode_waits import Waits
+from deploy.lab.worker_supervisor import WorkerSupervisor, stop_all
 from deploy.monitoring.metrics_export import MetricsServer, prepare_multiproc_dir, serve_site
 
 
@@ -103,7 +113,8 @@ def _printer(prefix: str) -> Callable[[str], None]:
 
 @dataclass
 class SiteProcesses:
-    """One site's processes in a :class:`LocalCluster` (``superexec`` once it is connected)."""
+    """One site's processes in a :class:`LocalCluster` (with ``workers=False`` its SuperExec
+    once the SuperNode is connected; the worker is in :attr:`LocalCluster.workers`)."""
 
     node: NodeConfig
     key: Path
@@ -113,7 +124,7 @@ class SiteProcesses:
 
 
 class LocalCluster:
-    """SuperLink + its SuperExec + one SuperNode (with its SuperExec) per site, on 127.0.0.1.
+    """SuperLink + its SuperExec + one SuperNode (with its site worker) per site, on 127.0.0.1.
 
     Use as a context manager: ``with LocalCluster(app_dir, sites, tmp) as c: c.run({...})``;
     leaving the block (also on error or Ctrl-C) stops every process by PID.
@@ -136,19 +147,27 @@ class LocalCluster:
         workers: bool = True,
         superexec_poll: float | None = SITE_SUPEREXEC_POLL_SECONDS,
         worker_timeout: float = 300.0,
+        waits: Waits | None = Waits(),  # noqa: B008  (frozen)
         metrics: bool = True,
         metrics_port: int | None = None,
+        entry_host: str | None = None,
+        external_sites: bool = False,
         dial: Mapping[str, str] | None = None,
     ) -> None:
         """``proxy``: True = the labs dial an nginx entry (error if nginx is missing); False =
         they dial the SuperLink; None = the entry if nginx is installed. ``workers``: one site
-        worker per site (the default; False: Flower's plain per-message ClientApps).
-        ``superexec_poll``: the site SuperExecs' task poll interval in seconds (None: Flower's
-        1 s). ``worker_timeout``: how long a worker may take to load torch and LeRobot at start
-        (minutes on a busy 2-core machine). ``metrics_port``: the coordinator's /metrics port,
-        sites on the next ones (site i on ``metrics_port + 1 + i``); None: free ports.
-        ``dial``: site name -> the address its SuperNode dials instead of :attr:`site_address`
-        (tests put a relay in between)."""
+        worker per site (the default; False: Flower's plain per-message ClientApps through its
+        SuperExec). ``superexec_poll``: those SuperExecs' task poll interval in seconds (None:
+        Flower's 1 s). ``worker_timeout``: how long a worker may take to load torch and
+        LeRobot at start (minutes on a busy 2-core machine). ``waits``: the SuperNodes' waits
+        (:mod:`deploy.flower.supernode_waits`; None: Flower's SuperNode as shipped).
+        ``metrics_port``: the coordinator's /metrics port, sites on the next ones (site i on
+        ``metrics_port + 1 + i``); None: free ports. ``entry_host``: the address the entry
+        listens on (default ``host``; also in the SuperLink certificate). ``external_sites``:
+        register the sites' keys but start no site process: the sites run elsewhere (another
+        network namespace, a container) and dial :attr:`site_address`. ``dial``: site name ->
+        the address its SuperNode dials instead of :attr:`site_address` (tests put a relay in
+        between)."""
         names = [s.site_name for s in sites]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate site names: {names}")
@@ -173,7 +192,11 @@ class LocalCluster:
         self.use_workers = workers
         self.superexec_poll = superexec_poll
         self.worker_timeout = worker_timeout
+        self.waits = waits
+        self.entry_host = entry_host or host
+        self.external_sites = external_sites
         self.workers: dict[str, WorkerSupervisor] = {}
+        self._runtime: dict[str, tuple[int, RuntimeTls, Path]] = {}
         self.metrics = metrics
         self.metrics_dir = self.work_dir / "metrics"
         self._metrics_port = metrics_port
@@ -204,7 +227,7 @@ class LocalCluster:
         if self._certs is None:
             self._certs = ensure_federation_certs(
                 self.work_dir / "certs",
-                sans=["127.0.0.1", "localhost"],
+                sans=list(dict.fromkeys(["127.0.0.1", "localhost", self.entry_host])),
                 sites=[s.site_name for s in self.sites],
             )
         return self._certs
@@ -246,10 +269,12 @@ class LocalCluster:
 
         SuperNodes are spawned together and then awaited (each start is a ~2 s Python import on
         a small machine). Safe on an existing work dir: state.db keeps runs and registrations.
+        With ``external_sites`` only the coordinator's side starts and the keys are registered.
         """
         try:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            for node in self.sites:  # they load torch while the rest starts
+            local = [] if self.external_sites else self.sites
+            for node in local:  # they load torch while the rest starts
                 self.start_worker(node.site_name)
             self._start_superlink()
             if self.use_proxy:
@@ -257,13 +282,13 @@ class LocalCluster:
             for node in self.sites:
                 self.register(node.site_name, self.certs.site_keys[node.site_name][1])
             spawned = [
-                self.start_supernode(self.node_config(node),
-                                     self.certs.site_keys[node.site_name][0])
-                for node in self.sites
+                self.start_supernode(node, self.certs.site_keys[node.site_name][0])
+                for node in local
             ]
             for site in spawned:
                 self._finish_site(site)
-            self.wait_online(list(self.node_ids.values()), self.startup_timeout)
+            if local:
+                self.wait_online(list(self.node_ids.values()), self.startup_timeout)
             self.wait_workers()
         except BaseException:
             self.stop()
@@ -309,7 +334,7 @@ class LocalCluster:
         """nginx on its own port, re-encrypting to the SuperLink (verified as ``localhost``)."""
         c = self.certs
         entry = EntryProxy(ProxySettings(
-            listen=runtime_address(self.host, free_port(self.host)),
+            listen=runtime_address(self.entry_host, free_port(self.entry_host)),
             superlink=self.address,
             cert=c.server_cert,
             key=c.server_key,
@@ -359,9 +384,7 @@ class LocalCluster:
 
         def groups() -> dict[str, int]:
             site = self._site_procs.get(name)
-            if site is None:
-                return {}
-            procs = {"supernode": site.supernode, "superexec": site.superexec}
+            procs = {"supernode": site.supernode, "superexec": site.superexec} if site else {}
             roles = {role: p.pid for role, p in procs.items() if p is not None and p.started}
             worker = self.workers.get(name)
             if worker is not None and worker.pid is not None:
@@ -399,42 +422,48 @@ class LocalCluster:
         priv, pub = self.certs.site_keys[node.site_name]
         self.register(node.site_name, pub)
         self.start_worker(node.site_name)
-        self._finish_site(self.start_supernode(self.node_config(node), key=priv))
+        self._finish_site(self.start_supernode(node, key=priv))
         self.wait_online([self.node_ids[node.site_name]], self.startup_timeout)
         self.wait_workers([node.site_name])
 
     # -- site workers ------------------------------------------------------------------------
 
-    def worker_socket(self, site: str) -> Path:
-        return socket_path(self._site_dir(site) / "worker")
-
-    def node_config(self, node: NodeConfig) -> NodeConfig:
-        """``node`` as its SuperNode gets it: with its worker's socket when workers are on."""
-        if not self.use_workers:
-            return node
-        return node.model_copy(update={"worker_socket": str(self.worker_socket(node.site_name))})
+    def site_runtime(self, site: str) -> tuple[str, RuntimeTls, Path]:
+        """The site's runtime API address, its TLS files and its SuperExec secret: made once
+        (the port too), so the worker can start before its SuperNode and a restarted
+        SuperNode serves where the worker looks."""
+        if site not in self._runtime:
+            site_dir = self._site_dir(site)
+            secret = make_secret(site_dir / "superexec.secret", keep_existing=True)
+            tls = ensure_runtime_tls(site_dir / "runtime-tls")
+            self._runtime[site] = (free_port(self.host), tls, secret)
+        port, tls, secret = self._runtime[site]
+        return runtime_address(self.host, port), tls, secret
 
     def start_worker(self, site: str) -> WorkerSupervisor | None:
         """Start (once) the site's worker and the supervisor that restarts it if it dies."""
         if not self.use_workers or site in self.workers:
             return self.workers.get(site)
+        runtime, tls, secret = self.site_runtime(site)
         supervisor = WorkerSupervisor(
-            f"worker-{site}", self.worker_socket(site), self.logs / f"worker-{site}.log",
-            env=child_env(self._site_dir(site) / "flwr-home"), cwd=self.work_dir,
-            on_restart=_printer("[zk0]"), parent_pid=os.getpid(),
+            f"worker-{site}", worker_cmd(runtime, tls.ca, secret, parent_pid=os.getpid()),
+            self.logs / f"worker-{site}.log",
+            env=child_env(self._site_dir(site) / "flwr-home",
+                          _multiproc_env(self._serve_site_metrics(site))),
+            cwd=self.work_dir, on_restart=_printer("[zk0]"),
         )  # fmt: skip
         self.workers[site] = supervisor.start()
         return supervisor
 
     def wait_workers(self, sites: Sequence[str] | None = None) -> None:
-        """Block until the workers of ``sites`` (default: all) answer on their sockets."""
+        """Block until the workers of ``sites`` (default: all) are ready to take messages."""
         for site in sites or list(self.workers):
             if site in self.workers:
                 self.workers[site].wait_ready(self.worker_timeout)
 
     def _finish_site(self, site: SiteProcesses) -> None:
         """Wait until the SuperNode is connected (logs its id) and serves its runtime API over
-        TLS, then start the site's SuperExec."""
+        TLS; then, without workers, start the site's SuperExec."""
         name = site.node.site_name
         site_dir = self._site_dir(name)
         runtime = runtime_address(self.host, site.runtime_port)
@@ -453,6 +482,8 @@ class LocalCluster:
             raise ProcessFailed(
                 f"supernode-{name} got node id {node_id}, registered as {self.node_ids[name]}"
             )
+        if self.use_workers:
+            return
         site.superexec = self._spawn(
             f"superexec-{name}",
             superexec_cmd(runtime, ca, site_dir / "superexec.secret"),
@@ -462,8 +493,8 @@ class LocalCluster:
         )
 
     def _site_dir(self, site: str) -> Path:
-        """The site's folder, 0700 whoever made it first (the worker makes its socket folder
-        in it; it holds the SuperExec secret and the runtime TLS key)."""
+        """The site's folder, 0700 whoever made it first (it holds the SuperExec secret and
+        the runtime TLS key)."""
         path = self.work_dir / "sites" / site
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.chmod(0o700)
@@ -486,10 +517,8 @@ class LocalCluster:
         (default :attr:`site_address`). Returns the site record; its ``supernode`` is a
         :class:`ManagedProcess` owned (and stopped) by the cluster.
         """
-        site_dir = self._site_dir(name or node.site_name)
-        secret = make_secret(site_dir / "superexec.secret", keep_existing=True)
-        tls = ensure_runtime_tls(site_dir / "runtime-tls")
-        port = free_port(self.host)
+        runtime, tls, secret = self.site_runtime(name or node.site_name)
+        port = int(runtime.rsplit(":", 1)[1])
         node = self.signing_config(node, key)
         proc = self._spawn(
             f"supernode-{name or node.site_name}",
@@ -503,8 +532,9 @@ class LocalCluster:
                 secret_file=secret,
                 runtime_host=self.host,
                 max_retries=max_retries,
+                waits=self.waits,
             ),
-            site_dir / "flwr-home",
+            self._site_dir(name or node.site_name) / "flwr-home",
         )
         site = SiteProcesses(node=node, key=key, runtime_port=port, supernode=proc)
         if name is None:

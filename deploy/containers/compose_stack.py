@@ -22,7 +22,7 @@ proxy config and report comes from the same code:
                  (``zk0 site register``), idempotent
     run          one-shot: submits the federation, streams it, prints the per-site MSE report
 
-A site is ``zk0 supernode`` itself (SuperNode + SuperExec + site worker), as on a lab's box.
+A site is ``zk0 supernode`` itself (SuperNode + site worker), as on a lab's box.
 
 Settings are ``ZK0_*`` environment variables read by :class:`StackSettings` (compose passes them
 from ``.env``; see ``.env.example``). Paths are the image's: volumes are mounted there.

@@ -8,7 +8,7 @@ image present), then runs ``zk0 check-dataset`` in a one-shot container of the s
 the same read-only dataset mount and refuses to join if it fails. Only then the site container
 is created, the key copied into it (0600, owned by the container user), and started with a
 restart policy; ``start`` waits until the image's health check passes and the SuperNode has
-joined, and says so. ``stop`` sends SIGTERM (the launcher stops SuperExec, SuperNode and worker
+joined, and says so. ``stop`` sends SIGTERM (the launcher stops the worker and the SuperNode
 by PID), SIGKILL after ``--timeout``, then removes the container: nothing of the site (key
 copy, runtime TLS, logs) stays behind.
 

@@ -2,7 +2,7 @@
 container spec built from them (pure: no Docker engine here, see
 :mod:`deploy.containers.site_container`).
 
-The site container runs ``zk0 supernode`` (SuperNode + SuperExec + site worker, exactly as
+The site container runs ``zk0 supernode`` (SuperNode + site worker, exactly as
 :mod:`deploy.lab.launcher` runs them on a bare box) in the zk0 image, configured through the
 launcher's own ``ZK0_*`` variables (:class:`deploy.lab.launcher.SiteSettings`): the env is built
 *from* a ``SiteSettings`` object, so a name the launcher does not read cannot slip in. The same

@@ -16,16 +16,22 @@ Security layout (no ``--insecure`` anywhere):
   own Runtime API (default 9094) is served over TLS (:mod:`deploy.flower.runtime_tls` says why) and
   takes ``--superexec-auth-secret-file`` (only honoured with ``--isolation process``): a per-site
   secret shared with the site's SuperExec, without which any local process could call
-  ``AcquireTask`` and obtain ClientApp tasks and their tokens (checked: 401 without it).
+  ``AcquireTask`` and obtain ClientApp tasks and their tokens (checked: 401 without it). It
+  runs as :mod:`deploy.flower.supernode_waits` (Flower's SuperNode with its fixed waits on the
+  message path made short or event-driven), unless asked for Flower's own.
+* Site worker (:mod:`supernode.worker`): the site's executor of ClientApp tasks, on that runtime
+  API with the runtime CA and the site's secret, as a SuperExec would be.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from common.settings import NodeConfig
 from deploy.flower.env import flower_exe
 from deploy.flower.runtime_tls import RuntimeTls
+from deploy.flower.supernode_waits import Waits
 
 
 def _path(path: Path) -> str:
@@ -105,16 +111,24 @@ def supernode_cmd(
     runtime_host: str = "127.0.0.1",
     max_retries: int | None = None,
     max_wait_time: float | None = None,
+    waits: Waits | None = Waits(),  # noqa: B008  (frozen: one shared default is safe)
 ) -> list[str]:
     """``flower-supernode`` for one site: TLS + key auth to the SuperLink, process isolation.
 
     Each SuperNode on one machine needs its own ``runtime_port`` (default 9094 would clash).
     The runtime API is served over TLS and protected by the site's SuperExec secret (see the
-    module docstring).
+    module docstring). With ``waits`` (the default) through
+    :mod:`deploy.flower.supernode_waits`; ``None``: Flower's ``flower-supernode`` as shipped.
     """
     cfg = node_config.to_flwr_arg() if isinstance(node_config, NodeConfig) else node_config
+    exe = [flower_exe("flower-supernode")] if waits is None else [
+        sys.executable, "-m", "deploy.flower.supernode_waits",
+        "--pull-min-seconds", f"{waits.pull_min:g}", "--pull-max-seconds", f"{waits.pull_max:g}",
+        "--acquire-hold-seconds", f"{waits.acquire_hold:g}",
+        "--object-retry-seconds", f"{waits.object_retry:g}",
+    ]  # fmt: skip
     cmd = [
-        flower_exe("flower-supernode"),
+        *exe,
         "--superlink", superlink,
         "--root-certificates", _path(root_certificates),
         "--auth-supernode-private-key", _path(private_key),
@@ -131,4 +145,31 @@ def supernode_cmd(
         cmd += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
+    return cmd
+
+
+def worker_cmd(
+    runtime_address: str,
+    root_certificates: Path,
+    secret_file: Path,
+    *,
+    peer_timeout: float | None = None,
+    acquire_timeout: float | None = None,
+    parent_pid: int | None = None,
+) -> list[str]:
+    """``python -m supernode.worker`` with this interpreter (the site's zk0 install): the
+    site's executor of ClientApp tasks on the SuperNode's runtime API (TLS verified against
+    ``root_certificates``, ``AcquireTask`` signed with the site's secret)."""
+    cmd = [
+        sys.executable, "-m", "supernode.worker",
+        "--runtime-api-address", runtime_address,
+        "--root-certificates", _path(root_certificates),
+        "--superexec-auth-secret-file", _path(secret_file),
+    ]  # fmt: skip
+    if peer_timeout is not None:
+        cmd += ["--peer-timeout", f"{peer_timeout:g}"]
+    if acquire_timeout is not None:
+        cmd += ["--acquire-timeout", f"{acquire_timeout:g}"]
+    if parent_pid is not None:
+        cmd += ["--parent-pid", str(parent_pid)]
     return cmd

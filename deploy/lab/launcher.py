@@ -1,4 +1,4 @@
-"""What a lab operator runs on its GPU box: this site's SuperNode, its SuperExec and its worker.
+"""What a lab operator runs on its GPU box: this site's SuperNode and its site worker.
 
 Settings come from flags, else ``ZK0_*`` environment variables, else a ``.env`` file (see
 :class:`SiteSettings`). ``--superlink`` is the federation's entry (the coordinator's reverse
@@ -9,17 +9,22 @@ error in a Flower log.
 
 Process layout (each in its own process group, stopped by PID on SIGTERM/SIGINT/SIGHUP)::
 
-    flower-supernode  --superlink ENTRY:P --root-certificates ca.crt --auth-supernode-private-key K
+    python -m deploy.flower.supernode_waits --pull-min-seconds S --pull-max-seconds S
+                      --acquire-hold-seconds S ...  (Flower's flower-supernode, its message
+                      path's fixed waits made short or event-driven)
+                      --superlink ENTRY:P --root-certificates ca.crt --auth-supernode-private-key K
                       --node-config '... site-key="K" coordinator-pubkey="coordinator.pub"'
                       --isolation process --host 127.0.0.1 --port 9094
                       --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile (local runtime TLS)
                       --superexec-auth-secret-file <work>/superexec.secret
-    flower-superexec  --runtime-api-address 127.0.0.1:9094 --root-certificates <runtime CA>
-                      --superexec-auth-secret-file <work>/superexec.secret
-                      (env FLWR_SUPEREXEC_TASK_POLL_INTERVAL=<superexec-poll>)
-    python -m supernode.worker --socket <work>/worker/worker.sock   (unless --no-worker)
-                      keeps torch, LeRobot, the policy and the dataset loaded; the ClientApps
-                      relay to it (node config ``worker-socket``); restarted if it dies
+    python -m supernode.worker --runtime-api-address 127.0.0.1:9094
+                      --root-certificates <runtime CA> --superexec-auth-secret-file <secret>
+                      the site's executor of ClientApp tasks: takes each message from the
+                      SuperNode and runs it in its own process, where torch, LeRobot, the
+                      policy and the dataset stay loaded; restarted if it dies
+    flower-superexec  (only with --no-worker, in the worker's place) --runtime-api-address ...
+                      (env FLWR_SUPEREXEC_TASK_POLL_INTERVAL=<superexec-poll>): Flower's own,
+                      a new ``flwr-clientapp`` process per message
 
 Why the local runtime API uses TLS and a secret: see :mod:`deploy.flower.runtime_tls` and
 :mod:`deploy.flower.commands`. The node config carries two *paths* for end-to-end signing
@@ -51,7 +56,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from certs.checks import check_ca, check_site_key
@@ -60,7 +65,12 @@ from certs.names import HOST_RULE, is_host_name
 from common import signing
 from common.metrics import MULTIPROC_ENV
 from common.settings import NodeConfig, SettingsError
-from deploy.flower.commands import runtime_address, superexec_cmd, supernode_cmd
+from deploy.flower.commands import (
+    runtime_address,
+    superexec_cmd,
+    supernode_cmd,
+    worker_cmd,
+)
 from deploy.flower.env import SITE_SUPEREXEC_POLL_SECONDS, child_env, superexec_env
 from deploy.flower.health import https_ok
 from deploy.flower.logs import (
@@ -71,8 +81,9 @@ from deploy.flower.logs import (
 )
 from deploy.flower.processes import ManagedProcess, ProcessFailed
 from deploy.flower.runtime_tls import RuntimeTls, ensure_runtime_tls
+from deploy.flower.supernode_waits import Waits
 from deploy.lab import rejoin
-from deploy.lab.worker_supervisor import WorkerSupervisor, socket_path, worker_cmd
+from deploy.lab.worker_supervisor import WorkerSupervisor
 from deploy.monitoring.metrics_export import (
     SITE_PORT,
     parse_listen,
@@ -144,8 +155,8 @@ class SiteSettings(BaseSettings):
         "WORK_DIR/superexec.secret)")
     work_dir: Path = Field(
         Path(".zk0/site"),
-        description="Logs, runtime TLS, SuperExec secret, FLWR_HOME, worker socket and the "
-        "site's state")
+        description="Logs, runtime TLS, SuperExec secret, FLWR_HOME and the site's "
+        "state")
     startup_timeout: float = Field(
         60.0, description="Seconds the SuperNode may take to serve its runtime API (no flag: "
         "environment or .env only)")
@@ -154,13 +165,25 @@ class SiteSettings(BaseSettings):
         "or a features JSON the coordinator publishes (zk0 check-dataset --write-expectation)")
     deep_check: bool = Field(
         False, description="Decode every video frame before starting (--check always does)")
-    worker: bool = Field(
-        True, description="Run a long-lived site worker; false (--no-worker): every ClientApp "
-        "process loads torch and the policy itself")
+    worker: bool = Field(True, description=(
+        "Run the site worker as this site's executor of ClientApp tasks (torch, LeRobot, the "
+        "policy and the dataset stay loaded); false (--no-worker): Flower's flower-superexec, "
+        "a new process per message"))
     superexec_poll: float = Field(
         SITE_SUPEREXEC_POLL_SECONDS, ge=0.01, le=60.0,
-        description="Seconds between the SuperExec's task polls (Flower's default is 1.0; "
-        "sets FLWR_SUPEREXEC_TASK_POLL_INTERVAL)")
+        description="Seconds between flower-superexec's task polls, only with --no-worker "
+        "(Flower's default is 1.0; sets FLWR_SUPEREXEC_TASK_POLL_INTERVAL)")
+    pull_min_seconds: float = Field(Waits.pull_min, gt=0, le=60, description=(
+        "The SuperNode's wait after a pull from the entry that found no message; it grows "
+        "1.25x per empty pull up to pull-max-seconds and starts over after each message"))
+    pull_max_seconds: float = Field(Waits.pull_max, gt=0, le=60, description=(
+        "The longest wait between two pulls of an idle SuperNode (Flower's fixed wait: 3 s)"))
+    acquire_hold_seconds: float = Field(Waits.acquire_hold, ge=0, le=300, description=(
+        "How long the SuperNode holds the worker's request for a task before answering "
+        "'none yet' (a message is handed over the moment it is stored)"))
+    peer_timeout: float = Field(60.0, gt=0, lt=3600, description=(
+        "Seconds the site worker waits for any answer of its SuperNode before counting it "
+        "as stalled (the held task request gets acquire-hold-seconds on top)"))
     metrics_listen: str = Field(
         f"127.0.0.1:{SITE_PORT}",
         description="host:port of this site's Prometheus /metrics, or off")
@@ -182,9 +205,17 @@ class SiteSettings(BaseSettings):
         return _abs(self.coordinator_pub or Path(self.ca_cert).expanduser().parent
                     / "coordinator.pub")
 
+    @model_validator(mode="after")
+    def _pull_waits_in_order(self) -> SiteSettings:
+        if self.pull_min_seconds > self.pull_max_seconds:
+            raise ValueError(f"pull-min-seconds ({self.pull_min_seconds}) is larger than "
+                             f"pull-max-seconds ({self.pull_max_seconds})")
+        return self
+
     @property
-    def worker_socket(self) -> Path | None:
-        return socket_path(self.work_path / "worker") if self.worker else None
+    def waits(self) -> Waits:
+        """The SuperNode's waits (:mod:`deploy.flower.supernode_waits`)."""
+        return Waits(self.pull_min_seconds, self.pull_max_seconds, self.acquire_hold_seconds)
 
     @property
     def metrics_on(self) -> bool:
@@ -219,7 +250,6 @@ class SiteSettings(BaseSettings):
             # paths only: the ClientApp signs with the key, verifies with the coordinator's
             "site-key": str(_abs(self.site_key)),
             "coordinator-pubkey": str(self.coordinator_pub_path),
-            "worker-socket": str(self.worker_socket) if self.worker_socket else None,
         }
         return NodeConfig.parse({k: v for k, v in values.items() if v is not None}, "site settings")
 
@@ -288,7 +318,10 @@ def validation_problems(err: ValidationError) -> str:
     """A settings ValidationError as one line per field, naming its flag and variable."""
     lines = []
     for item in err.errors():
-        name = str(item["loc"][0]) if item["loc"] else "?"
+        if not item["loc"]:  # a rule between settings: its message names them
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
+        name = str(item["loc"][0])
         lines.append(f"--{name.replace('_', '-')} / ZK0_{name.upper()}: {item['msg']}")
     return "\n".join(lines)
 
@@ -324,13 +357,6 @@ def check_settings(
         problems.append(pub_problem)
     if (secret_problem := _check_secret_file(settings.secret_path)) is not None:
         problems.append(secret_problem)
-    if settings.worker_socket is not None:
-        from supernode.channel import check_socket_path
-
-        try:
-            check_socket_path(settings.worker_socket)
-        except ValueError as err:
-            problems.append(f"ZK0_WORK_DIR / --work-dir: {err} (or run with --no-worker)")
     if settings.metrics_on:
         try:
             parse_listen(settings.metrics_listen)
@@ -367,7 +393,8 @@ def _stderr(line: str) -> None:
 
 
 def build_site_processes(settings: SiteSettings) -> list[list[str]]:
-    """``[supernode_cmd, superexec_cmd]`` for this site (pure: paths only, nothing created)."""
+    """``[supernode_cmd, executor_cmd]`` for this site (pure: paths only, nothing created); the
+    executor is the site worker, or with ``--no-worker`` Flower's ``flower-superexec``."""
     tls = RuntimeTls.in_dir(settings.runtime_tls_dir)
     node = settings.node_config()
     supernode = supernode_cmd(
@@ -379,13 +406,14 @@ def build_site_processes(settings: SiteSettings) -> list[list[str]]:
         runtime_tls=tls,
         secret_file=settings.secret_path,
         runtime_host=settings.runtime_host,
+        waits=settings.waits,
     )
-    superexec = superexec_cmd(
-        runtime_address(settings.runtime_connect_host, settings.runtime_port),
-        tls.ca,
-        settings.secret_path,
-    )
-    return [supernode, superexec]
+    runtime = runtime_address(settings.runtime_connect_host, settings.runtime_port)
+    if settings.worker:
+        return [supernode, worker_cmd(
+            runtime, tls.ca, settings.secret_path, peer_timeout=settings.peer_timeout,
+            acquire_timeout=settings.acquire_hold_seconds + settings.peer_timeout)]
+    return [supernode, superexec_cmd(runtime, tls.ca, settings.secret_path)]
 
 
 def _explain_exit(proc: ManagedProcess, since: int = 0) -> str:
@@ -434,10 +462,12 @@ def prepare_site(settings: SiteSettings) -> list[list[str]]:
 
 
 def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
-    """Check, then run SuperNode + SuperExec until a signal or until one of them exits.
+    """Check, then run the SuperNode and the site worker (or, with ``--no-worker``, Flower's
+    SuperExec) until a signal or until the SuperNode (or that SuperExec) exits.
 
-    SIGTERM/SIGINT/SIGHUP stop both (SuperExec first, then the SuperNode; SIGKILL after a
-    timeout) and return 0; a child exiting on its own stops the other and returns its code.
+    SIGTERM/SIGINT/SIGHUP stop them all (the executor first, then the SuperNode; SIGKILL after
+    a timeout) and return 0; the SuperNode exiting on its own stops the rest and returns its
+    code. A worker that exits is started again (:class:`WorkerSupervisor`).
     A restart refused because this site's previous node still counts as online is retried
     with backoff until that node expires (:mod:`deploy.lab.rejoin`).
     """
@@ -461,18 +491,19 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
             env=env, cwd=work, on_line=sink("supernode"),
         )  # fmt: skip
 
-    superexec = ManagedProcess(
-        "superexec", exec_cmd, work / "logs" / "superexec.log",
-        env={**superexec_env(work / "flwr-home", settings.superexec_poll), **extra_env},
-        cwd=work,
-        on_line=sink("superexec"),
-    )  # fmt: skip
-    worker = None
-    if settings.worker_socket is not None:
+    superexec = worker = None
+    if settings.worker:
         worker = WorkerSupervisor(
-            "worker", settings.worker_socket, work / "logs" / "worker.log", env=env, cwd=work,
-            on_line=sink("worker"), on_restart=lambda line: print(line, file=sys.stderr),
-            parent_pid=os.getpid(),  # it exits if this launcher is killed
+            "worker", [*exec_cmd, "--parent-pid", str(os.getpid())],  # exits with this launcher
+            work / "logs" / "worker.log", env=env, cwd=work, on_line=sink("worker"),
+            on_restart=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
+    else:
+        superexec = ManagedProcess(
+            "superexec", exec_cmd, work / "logs" / "superexec.log",
+            env={**superexec_env(work / "flwr-home", settings.superexec_poll), **extra_env},
+            cwd=work,
+            on_line=sink("superexec"),
         )  # fmt: skip
     supernode: ManagedProcess | None = None
 
@@ -500,7 +531,7 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
         supernode, since, code = _start_supernode(settings, new_supernode, stop)
         if code is not None:
             return code
-        if not stop.is_set():
+        if not stop.is_set() and superexec is not None:
             superexec.start()
         record: rejoin.NodeRecord | None = None
         while not stop.is_set():
@@ -511,6 +542,8 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
                 record = dataclasses.replace(record, last_seen=time.time())
                 record.save(work)
             for proc in (supernode, superexec):
+                if proc is None:
+                    continue
                 code = proc.returncode
                 if code is not None:
                     print(_explain_exit(proc, since if proc is supernode else 0),
@@ -519,11 +552,12 @@ def run_site(settings: SiteSettings, *, echo: bool = True) -> int:
             stop.wait(0.5)
         return 0
     finally:
-        superexec.stop()
-        if supernode is not None:
-            supernode.stop()
         if worker is not None:
             worker.stop()
+        if superexec is not None:
+            superexec.stop()
+        if supernode is not None:
+            supernode.stop()
         restore()
         if exporter is not None:
             exporter.close()
@@ -625,6 +659,8 @@ _FLAGS: dict[str, Callable[[str], Any]] = {
     "device": str, "split_seed": int, "num_workers": int, "torch_threads": int,
     "share_trajectories": _true_false, "runtime_host": str, "runtime_port": int,
     "superexec_secret_file": Path, "work_dir": Path, "expect": str, "superexec_poll": float,
+    "pull_min_seconds": float, "pull_max_seconds": float, "acquire_hold_seconds": float,
+    "peer_timeout": float,
     "metrics_listen": str, "metrics_dir": Path,
 }
 
@@ -650,8 +686,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"{SiteSettings.model_fields['deep_check'].description} "
                    "[ZK0_DEEP_CHECK]")
     p.add_argument("--no-worker", dest="worker", action="store_false", default=None,
-                   help="no site worker: every ClientApp process loads torch and the policy "
-                   "itself [ZK0_WORKER=false]")
+                   help="no site worker: Flower's SuperExec starts a ClientApp process per "
+                   "message, which loads torch and the policy itself [ZK0_WORKER=false]")
     p.add_argument(
         "--check", action="store_true",
         help="run the checks (every video frame decoded), print the commands and exit",
@@ -685,8 +721,6 @@ def run_cli(args: argparse.Namespace) -> int:
             check_settings(settings, deep=True)
             for cmd in build_site_processes(settings):
                 print(shlex.join(cmd))
-            if settings.worker_socket is not None:
-                print(shlex.join(worker_cmd(settings.worker_socket)))
             print("checks passed", file=sys.stderr)
             return 0
         return run_site(settings)

@@ -1,51 +1,28 @@
-"""The site worker as a process role: its command line, and a supervisor that restarts it.
+"""The site worker as a process role: a supervisor that starts it and restarts it if it dies.
 
 ``zk0 supernode`` (one lab) and ``zk0 cluster`` / :class:`deploy.cluster.local_cluster.LocalCluster`
-(every site) start one :mod:`supernode.worker` per site next to its SuperNode and put its socket
-into the node config (``worker-socket``), so the site's ClientApps relay to it. The worker
-holds torch, LeRobot, the policy and the dataset; if it dies (OOM, a crash, a kill) the
-message it was serving fails with a clear reason, and :class:`WorkerSupervisor` starts a new
-one, which the next message reaches (the relay waits up to a minute for it).
+(every site) start one :mod:`supernode.worker` per site next to its SuperNode, with the
+SuperNode's runtime address, runtime CA and the site's SuperExec secret
+(:func:`deploy.flower.commands.worker_cmd`): it is the site's executor of ClientApp tasks, in
+place of ``flower-superexec``. It holds torch, LeRobot, the policy and the dataset; if it dies
+(OOM, a crash, a kill) the message it was serving fails (Flower's task heartbeat: the SuperNode
+replies "ClientApp stopped responding" within a minute), and :class:`WorkerSupervisor` starts a
+new one, which takes the next message: the SuperNode keeps each message until a worker
+acquires it.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from deploy.flower.processes import ManagedProcess, ProcessFailed
 
-SOCKET_NAME = "worker.sock"
 RESTART_BACKOFF_CAP = 30.0  # seconds between restarts of a worker that keeps dying
 QUICK_DEATH_SECONDS = 30.0  # a worker that dies sooner than this after its start is crash-looping
-
-
-def socket_path(folder: Path) -> Path:
-    """The worker's socket inside ``folder`` (made 0700 by the worker)."""
-    return Path(folder).expanduser().absolute() / SOCKET_NAME
-
-
-def worker_cmd(socket: Path, parent_pid: int | None = None) -> list[str]:
-    """``python -m supernode.worker`` with this interpreter (the site's zk0 install)."""
-    cmd = [sys.executable, "-m", "supernode.worker", "--socket", str(socket)]
-    if parent_pid is not None:
-        cmd += ["--parent-pid", str(parent_pid)]
-    return cmd
-
-
-def worker_ready(socket: Path) -> bool:
-    """The worker answers a ping with compatible code (loads the channel module only)."""
-    from supernode.channel import ChannelError
-    from supernode.relay import ping
-
-    try:
-        ping(socket, wait=0.0)
-    except (ChannelError, OSError):
-        return False
-    return True
+READY_EVENT = "worker_ready"  # what the worker logs once it can take messages
 
 
 class WorkerSupervisor:
@@ -58,24 +35,24 @@ class WorkerSupervisor:
     def __init__(
         self,
         name: str,
-        socket: Path,
+        cmd: Sequence[str],
         log_path: Path,
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         on_line: Callable[[str], None] | None = None,
         on_restart: Callable[[str], None] | None = None,
-        parent_pid: int | None = None,
         poll: float = 0.5,
     ) -> None:
+        """``cmd``: :func:`deploy.flower.commands.worker_cmd` (with ``parent_pid`` when the
+        worker must exit with its launcher)."""
         self.name = name
-        self.socket = Path(socket)
+        self.cmd = list(cmd)
         self.log_path = Path(log_path)
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.on_line = on_line
         self.on_restart = on_restart
-        self.parent_pid = parent_pid
         self.poll = poll
         self.incarnations: list[ManagedProcess] = []
         self.restarts = 0
@@ -83,6 +60,7 @@ class WorkerSupervisor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
+        self._since = 0  # the current incarnation's part of the log starts here
 
     @property
     def current(self) -> ManagedProcess | None:
@@ -94,13 +72,19 @@ class WorkerSupervisor:
         return proc.pid if proc is not None and proc.is_running() else None
 
     def _spawn(self) -> ManagedProcess:
-        proc = ManagedProcess(
-            self.name, worker_cmd(self.socket, self.parent_pid), self.log_path,
-            env=self.env, cwd=self.cwd, on_line=self.on_line,
-        )  # fmt: skip
+        proc = ManagedProcess(self.name, self.cmd, self.log_path, env=self.env, cwd=self.cwd,
+                              on_line=self.on_line)
         self.incarnations.append(proc)
+        self._since = proc.log_size()
         self._started_at = time.monotonic()
         return proc.start()
+
+    def ready(self) -> bool:
+        """The current incarnation runs and has said it takes messages (its ``worker_ready``
+        line: torch, LeRobot and zk0's ClientApp imported, the SuperNode's address known)."""
+        proc = self.current
+        return (proc is not None and proc.returncode is None
+                and READY_EVENT in proc.log_text(self._since))
 
     def start(self) -> WorkerSupervisor:
         """Start the worker and the thread that restarts it (returns at once)."""
@@ -112,19 +96,18 @@ class WorkerSupervisor:
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        """Block until the worker answers on its socket; ProcessFailed (with the log tail) if it
-        exits or stays silent for ``timeout`` s."""
+        """Block until the worker is ready (:meth:`ready`); ProcessFailed (with the log tail)
+        if it exits or stays silent for ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            proc = self.current
-            if proc is not None and worker_ready(self.socket):
+            if self.ready():
                 return
             if self._stopping.is_set():
                 break
             time.sleep(0.2)
         tail = self.current.log_tail() if self.current else "(never started)"
         raise ProcessFailed(
-            f"{self.name} not answering on {self.socket} after {timeout:.0f} s; log "
+            f"{self.name} not ready after {timeout:.0f} s (no {READY_EVENT!r} in its log); log "
             f"{self.log_path}:\n{tail}"
         )
 
