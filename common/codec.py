@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import math
 import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.common.constant import SType
 from pydantic import Field
 
-from common.records import RecordModel
+from common.records import RecordModel, wire_view
 
 WireDtype = Literal["float32", "float16", "bfloat16"]
 Encoding = Literal["weights", "update"]
@@ -124,31 +123,6 @@ def to_array(x: np.ndarray) -> Array:
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(x))
     data = b"".join((header.getvalue(), x.reshape(-1).view(np.uint8)))
     return Array(dtype=str(x.dtype), shape=tuple(x.shape), stype=SType.NUMPY, data=data)
-
-
-def wire_view(array: Array) -> np.ndarray:
-    """Read-only, zero-copy view of an Array's .npy bytes (``Array.numpy()`` copies twice).
-
-    Raises ValueError for bytes that are not exactly one numeric .npy array (object arrays,
-    which only pickle could load, included).
-    """
-    fp = io.BytesIO(array.data)  # shares the bytes
-    version = np.lib.format.read_magic(fp)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-    if dtype.hasobject:
-        raise ValueError("object arrays are refused (loading them needs pickle)")
-    count = math.prod(shape)
-    if len(array.data) - fp.tell() != count * dtype.itemsize:
-        raise ValueError(
-            f"{len(array.data) - fp.tell()} data bytes for shape {shape} of {dtype} "
-            f"({count * dtype.itemsize} expected)"
-        )
-    if fortran:
-        return array.numpy()
-    return np.frombuffer(array.data, dtype=dtype, count=count, offset=fp.tell()).reshape(shape)
 
 
 def _wire_dtype(payload: Payload) -> str:

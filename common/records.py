@@ -16,6 +16,8 @@ types below say what a count, a duration or a measurement may be.
 
 from __future__ import annotations
 
+import io
+import math
 import reprlib
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Self
@@ -152,13 +154,36 @@ def check_record_type(record: Any, expected: type, name: str) -> None:
         )
 
 
+def wire_view(array: Array) -> np.ndarray:
+    """Read-only, zero-copy view of an Array's .npy bytes (``Array.numpy()`` copies twice).
+
+    Raises ValueError for bytes that are not exactly one numeric .npy array (object arrays,
+    which only pickle could load, included).
+    """
+    fp = io.BytesIO(array.data)  # shares the bytes
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused (loading them needs pickle)")
+    count = math.prod(shape)
+    if len(array.data) - fp.tell() != count * dtype.itemsize:
+        raise ValueError(
+            f"{len(array.data) - fp.tell()} data bytes for shape {shape} of {dtype} "
+            f"({count * dtype.itemsize} expected)"
+        )
+    if fortran:
+        return array.numpy()
+    return np.frombuffer(array.data, dtype=dtype, count=count, offset=fp.tell()).reshape(shape)
+
+
 def read_array(array: Array, where: str, dtype: str, ndim: int) -> np.ndarray:
     """One array of a record, read without pickle and without trusting its header: exactly
     ``ndim`` dimensions of ``dtype``, or :class:`RecordError` naming ``where``."""
-    from common import codec  # the .npy reader that refuses anything but numbers
-
     try:
-        view = codec.wire_view(array)
+        view = wire_view(array)
     except Exception as err:  # numpy's header parser raises ValueError, SyntaxError, ...
         raise RecordError(f"{where}: not a valid .npy array ({type(err).__name__})") from None
     if view.dtype != np.dtype(dtype) or view.ndim != ndim:
