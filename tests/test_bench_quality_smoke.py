@@ -134,13 +134,32 @@ def test_a_finished_job_is_reused_not_rerun(study):
     assert job.result_path.stat().st_mtime_ns == saved  # read, not rewritten
 
 
-def _study_jobs(out):
+def test_a_study_cut_short_reports_its_finished_jobs_and_names_the_rest(study, tmp_path):
+    """--cached-only runs nothing: the finished jobs make the report, the others are named."""
+    out, report = study
+    extra = quality.Variant("fedavgm 4x1 (never run)", overrides={"local-steps": 1})
+    cut = quality.run_quality(
+        out / "work", scenarios=(SCENARIO,), seeds=(0,), sites=len(SITES),
+        configs=(*VARIANTS, extra), steps_per_site=STEPS, eval_every_steps=EVERY,
+        demo={"episodes_per_site": 4, "frames_per_episode": 20, "image_height": 32,
+              "image_width": 32},
+        eval_samples=8, workers=0, results_dir=tmp_path, cached_only=True,
+    )
+    slug = next(j for j in _study_jobs(out, extra) if j.variant is extra).slug
+    assert cut["left_out"] == [slug] and not (out / "work" / "jobs" / f"{slug}.json").exists()
+    rows = cut["scenarios"][SCENARIO]["summary"]["rows"]
+    assert extra.name not in rows
+    assert rows == report["scenarios"][SCENARIO]["summary"]["rows"]
+    assert f"`{slug}`" in (tmp_path / "quality.md").read_text()
+
+
+def _study_jobs(out, *more):
     work = (out / "work").resolve()
     study = quality.make_study(work, SCENARIO, len(SITES), steps_per_site=STEPS,
                                demo={"episodes_per_site": 4, "frames_per_episode": 20,
                                      "image_height": 32, "image_width": 32},
                                eval_samples=8, eval_every_steps=EVERY)
-    return [quality.Job(study, v, 0) for v in VARIANTS]
+    return [quality.Job(study, v, 0) for v in (*VARIANTS, *more)]
 
 
 def test_custom_variants_parse_like_flwr_overrides():

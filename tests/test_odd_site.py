@@ -172,12 +172,14 @@ class StageZeroLiars(Noticed):
     recorded at 15 fps, site-4 sends statistics with a NaN."""
 
     def __call__(self, msg, context):
+        from common.packing import unpack
         from common.protocol import MOMENTS, SITE, STATS_QUERY, SiteInfo
 
         reply = super().__call__(msg, context)
         name = context.node_config["site-name"]
         if msg.metadata.message_type != STATS_QUERY or name == "site-0":
             return reply
+        reply.content = unpack(reply.content)  # alter the content, not its wire packing
         info = SiteInfo.from_record(reply.content[SITE])
         if name == "site-1":
             features = {**info.features, "action": {**info.features["action"], "names": {

@@ -355,12 +355,19 @@ class Replaying:
         self.mutation: Mutation | str | None = None
 
     def __call__(self, msg: Message, context) -> Message:
+        from common.packing import packing_mod
+
+        if msg.metadata.message_type == EXCLUDED_NOTICE:
+            return self.real(msg, context)
+        # as the real ClientApp: unpacked before the signature is checked, packed after
+        # signing; a mutation works on the content, not on its wire packing
+        return packing_mod(msg, context, self._answer)
+
+    def _answer(self, msg: Message, context) -> Message:
         from supernode.authenticity import authenticity_mod
 
         kind = msg.metadata.message_type
         site = str(context.node_config["site-name"])
-        if kind == EXCLUDED_NOTICE:
-            return self.real(msg, context)
         mutation = self.mutation if site == BAD else None
 
         def answer(m: Message, _context) -> Message:

@@ -46,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also run this variant (first seed) through the real TLS cluster")
     p.add_argument("--workers", type=int, default=1,
                    help="jobs in parallel, each in its own process (0: inline)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="run nothing: report the finished jobs and name the others")
     args = p.parse_args(argv)
     report = run_quality(
         args.out, tuple(args.scenario) or tuple(SCENARIO_PRESETS), _ints(args.seeds),
@@ -54,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers, cluster_variant=args.cluster_check,
         explore=tuple(args.explore), explore_seeds=_ints(args.explore_seeds),
         results_dir=args.results, command="python -m bench.quality " + shlex.join(argv),
+        cached_only=args.cached_only,
     )
     print(to_markdown(report))
     return 0

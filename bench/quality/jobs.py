@@ -110,6 +110,12 @@ def run_bytes(run_dir: Path) -> dict[str, int]:
     return {"downlink": down, "uplink": up, "total": down + up}
 
 
+def is_cached(job: Job) -> bool:
+    """Whether this very job (same key) has already run and left its result."""
+    path = job.result_path
+    return path.is_file() and json.loads(path.read_text()).get("key") == job.key()
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Run one job (reusing its cached result if the same job already ran) and save it.
 
@@ -126,10 +132,8 @@ def run_job(job: Job) -> dict[str, Any]:
     from common import atomic
 
     path = job.result_path
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == job.key():
-            return cached
+    if is_cached(job):
+        return json.loads(path.read_text())
     threads = torch.get_num_threads()
     random.seed(job.seed)
     np.random.seed(job.seed)

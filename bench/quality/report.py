@@ -54,6 +54,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         "seed by seed, then averaged; ± is the std over seeds.",
         "",
     ]
+    if report.get("left_out"):
+        lines += ["**Cut short**: these jobs had not run and are left out of every table and "
+                  "curve: " + ", ".join(f"`{s}`" for s in report["left_out"]) + ".", ""]
     for scenario, data in report["scenarios"].items():
         lines += _scenario(scenario, data, report)
     if report.get("cluster_check"):

@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench.quality.jobs import Job, run_jobs
+from bench.quality.jobs import Job, is_cached, run_jobs
 from bench.quality.report import JSON_NAME, RESULTS_DIR, write
 from bench.quality.summary import (
     DRIFT_GOAL,
@@ -91,6 +91,7 @@ def run_quality(
     explore_seeds: Sequence[int] = (0,),
     results_dir: Path | None = None,
     command: str = "bench.quality.run_quality(...)",
+    cached_only: bool = False,
 ) -> dict[str, Any]:
     """Run the study for each scenario; write ``quality.json``/``quality.md`` and the curves'
     PNGs (to ``results_dir`` or ``out_dir``).
@@ -99,7 +100,8 @@ def run_quality(
     references have no transport and always run in-process). ``cluster_variant`` additionally
     runs that one federated variant through the cluster with the first seed, next to its
     in-process run. ``explore``: more variants, run only with ``explore_seeds``. Finished jobs
-    are reused from ``out_dir/jobs``, so a study can be resumed or extended.
+    are reused from ``out_dir/jobs``, so a study can be resumed or extended; ``cached_only``
+    runs nothing and reports the finished jobs, naming the ones left out (a study cut short).
     """
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,6 +132,8 @@ def run_quality(
         for study in studies:
             twin = Job(study, chosen, seeds[0], "inprocess")
             jobs += [j for j in (twin, replace(twin, engine="cluster")) if j not in jobs]
+    left_out = [j.slug for j in jobs if not is_cached(j)] if cached_only else []
+    jobs = [j for j in jobs if j.slug not in left_out]
     # Cluster jobs start their own processes on every core: never next to another job.
     cluster_jobs = [j for j in jobs if j.engine == "cluster" and j.variant.kind == "federated"]
     results = run_jobs([j for j in jobs if j not in cluster_jobs], workers)
@@ -167,6 +171,7 @@ def run_quality(
         "explore_variants": [describe(v) for v in explore],
         "scenarios": per_scenario,
         "cluster_check": cluster_check(results),
+        "left_out": left_out,
         "results": results,
         "wall_seconds": time.perf_counter() - started,
         # What the study cost if nothing was reused (jobs in parallel overlap in wall time).
