@@ -161,7 +161,7 @@ def test_every_metric_is_there_with_its_labels(monitored):
         assert instances == {s: prom_target(monitored, s) for s in sites}, name
     roles = {r["metric"]["role"] for r in query(
         prom.url, f'zk0_local_process_cpu_seconds_total{{site="{HEALTHY}"}}')}
-    assert {"supernode", "superexec", "clientapp"} <= roles
+    assert {"supernode", "worker"} <= roles  # the worker is the site's task executor
     cpu = query(prom.url, f'sum(zk0_local_process_cpu_seconds_total{{site="{HEALTHY}"}})')
     assert float(cpu[0]["value"][1]) > 1.0  # it trained
     rss = _by(query(prom.url, f'zk0_local_process_resident_memory_bytes{{site="{HEALTHY}"}}'),
