@@ -114,16 +114,17 @@ class RunConfig(_Strict):
         "poll-min-seconds): a reply waits at most this long to be noticed; each poll is one "
         "request to the SuperLink",
     )
-    # Defaults measured on the heterogeneous demo sites (the manual's Benchmarks, 4).
+    # Defaults from the learning study (the manual's How it learns; bench/results/quality.md).
     strategy: StrategyName = Field(
-        "fedavgm",
+        "diloco",
         description="The aggregation strategy: Flower's fedavgm, fedprox, fedavg, fedadam, "
         "fedyogi, fedadagrad over zk0's codec and update checks; zk0's drift corrections "
         "scaffold (control variates), fedexp (extrapolated server step), fedprox-decoupled "
         "(proximal pull outside AdamW); diloco (outer Nesterov momentum on the sites' mean "
         "update, needs server-momentum > 0). Robust aggregation: Flower's fedtrimmedavg and "
         "fedmedian (coordinate-wise, unweighted), fedavg-clipped (norm clipping). See How it "
-        "learns for which one when",
+        "learns for which one when. server-lr and server-momentum apply to whichever strategy "
+        "is chosen: set them with it",
     )
     proximal_mu: float = Field(
         0.0, ge=0.0,
@@ -132,14 +133,15 @@ class RunConfig(_Strict):
         "a pull rate per unit of lr instead (e.g. 10) and must be > 0",
     )
     server_momentum: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="FedAvgM's server momentum (and DiLoCo's outer Nesterov momentum)",
+        0.9, ge=0.0, lt=1.0,
+        description="DiLoCo's outer Nesterov momentum (default 0.9, published), or FedAvgM's "
+        "server momentum (the previous default FedAvgM ran without: 0.0)",
     )
     server_lr: float = Field(
-        2.0, gt=0.0,
-        description="The server step. FedAvgM: a multiple of the sites' weighted mean update "
-        "(2.0 = twice it); FedAdam/FedYogi/FedAdagrad: their eta, at most 0.1 (e.g. 0.01); "
-        "DiLoCo: the outer learning rate (published: 0.7)",
+        0.7, gt=0.0,
+        description="The server step. DiLoCo: the outer learning rate (default 0.7, published); "
+        "FedAvgM: a multiple of the sites' weighted mean update (2.0 = twice it, the previous "
+        "default); FedAdam/FedYogi/FedAdagrad: their eta, at most 0.1 (e.g. 0.01)",
     )
     scaffold_correction: Literal["decoupled", "gradient"] = Field(
         "decoupled",

@@ -104,7 +104,7 @@ def test_diloco_state_survives_a_checkpoint_and_a_failed_round():
 
 def test_diloco_without_momentum_is_refused_and_fedadam_takes_tau():
     with pytest.raises(SettingsError, match="server-momentum > 0"):
-        RunConfig.with_overrides({"strategy": "diloco", "server-lr": 0.7})
+        RunConfig.with_overrides({"strategy": "diloco", "server-lr": 0.7, "server-momentum": 0.0})
     strategy = _strategy({"strategy": "fedadam", "server-lr": 0.01, "server-tau": 0.05})
     assert strategy.tau == 0.05 and strategy.eta == 0.01
     with pytest.raises(SettingsError, match="server-tau"):

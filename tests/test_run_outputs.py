@@ -249,7 +249,7 @@ def test_wandb_offline_run_holds_config_metrics_plots_and_failures(run):
     for r in records:
         if r.WhichOneof("record_type") == "config":
             config |= _items(r.config.update)
-    assert config["local-steps"] == 2 and config["strategy"] == "fedavgm"
+    assert config["local-steps"] == 2 and config["strategy"] == "diloco"
     assert set(config["sites"]) == {*SHARING, PRIVATE}
 
     rows: dict[int, dict] = {}
@@ -361,7 +361,7 @@ def test_export_writes_a_lerobot_folder_with_a_model_card(run, tmp_path, capsys)
     for site, values in history["per_site"].items():
         assert table[site] == [None if v is None else f"{v:.2f}" for v in values]
     assert table["weighted"] == [f"{v:.2f}" for v in history["weighted"]]
-    assert "| strategy | fedavgm" in card and "float32" in card
+    assert "| strategy | diloco (server lr 0.7, momentum 0.9)" in card and "float32" in card
     for site in (*SHARING, PRIVATE):
         assert f"| {site} |" in card
 

@@ -10,8 +10,8 @@ from common.settings import NodeConfig, RunConfig, SettingsError, parse_override
 
 def test_pyproject_defaults_parse():
     run = RunConfig.with_overrides({})
-    assert run.strategy == "fedavgm" and run.policy == "smolvla"
-    assert run.server_momentum == 0.0 and run.server_lr == 2.0 and run.proximal_mu == 0.0
+    assert run.strategy == "diloco" and run.policy == "smolvla"
+    assert run.server_momentum == 0.9 and run.server_lr == 0.7 and run.proximal_mu == 0.0
     assert run.total_steps == run.num_server_rounds * run.local_steps
 
 
@@ -35,7 +35,7 @@ def test_wrong_types_and_values_name_the_key(key, value, expect):
 
 def test_server_lr_must_suit_a_server_optimizer():
     with pytest.raises(SettingsError, match=r"server-lr 2.0 is far too large for .*'fedadam'"):
-        RunConfig.with_overrides({"strategy": "fedadam"})
+        RunConfig.with_overrides({"strategy": "fedadam", "server-lr": 2.0})
     assert RunConfig.with_overrides({"strategy": "fedadam", "server-lr": 0.01}).server_lr == 0.01
 
 

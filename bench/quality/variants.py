@@ -58,16 +58,23 @@ REFERENCES: tuple[Variant, ...] = (
             description="one trainer on the pooled data, sites x the steps at the sites' batch "
                         "(the former 'centralized'; information)"),
 )
+#: FedAvgM with a server step of 2, no momentum: the default until this study.
+FEDAVGM_STEP_2 = {"strategy": "fedavgm", "server-lr": 2.0, "server-momentum": 0.0}
+#: DiLoCo's published outer optimizer, pyproject's default since this study.
+DILOCO = {"strategy": "diloco", "server-lr": 0.7, "server-momentum": 0.9}
+# Every federated variant names its strategy and server step: a change of pyproject's defaults
+# must not silently change what a cached job (its key holds the overrides) stands for.
 FEDERATED: tuple[Variant, ...] = (
-    Variant("fedavgm lr=2 (default)", description="pyproject's defaults: FedAvgM without "
-            "momentum, server step 2, 25 local steps"),
-    Variant("diloco lr=0.7 m=0.9", overrides={"strategy": "diloco", "server-lr": 0.7,
-                                              "server-momentum": 0.9},
-            description="DiLoCo's published outer optimizer: Nesterov momentum 0.9, outer lr "
-                        "0.7, on the default schedule"),
-    Variant("fedavgm lr=2 + personalize 200", overrides={"personalize-steps": 200},
-            description="the defaults, then 200 of the site's steps fine-tuning the final "
-                        "global model on its own data"),
+    Variant("fedavgm lr=2 (previous default)", overrides=FEDAVGM_STEP_2,
+            description="FedAvgM without momentum, server step 2, 25 local steps: zk0's default "
+            "before this study"),
+    Variant("diloco lr=0.7 m=0.9 (default)", overrides=DILOCO,
+            description="DiLoCo's published outer optimizer (Nesterov momentum 0.9, outer lr "
+            "0.7) on the default schedule: pyproject's defaults"),
+    Variant("fedavgm lr=2 + personalize 200",
+            overrides={**FEDAVGM_STEP_2, "personalize-steps": 200},
+            description="FedAvgM step 2, then 200 of the site's steps fine-tuning the final "
+            "global model on its own data"),
 )
 DEFAULT_VARIANTS: tuple[Variant, ...] = (*REFERENCES, *FEDERATED)
 VARIANTS: dict[str, Variant] = {v.name: v for v in DEFAULT_VARIANTS}

@@ -72,8 +72,8 @@ def model_card(
     )
     params = meta.get("parameters", {})
     strategy = config.get("strategy")
-    if strategy == "fedavgm":
-        strategy = (f"fedavgm (server lr {config.get('server-lr')}, momentum "
+    if strategy in ("fedavgm", "diloco"):
+        strategy = (f"{strategy} (server lr {config.get('server-lr')}, momentum "
                     f"{config.get('server-momentum')})")
     started_from = (f"[{base}](https://huggingface.co/{base})" if is_hub_id(base)
                     else f"`{base}`" if base else
