@@ -22,6 +22,7 @@ from bench.quality.summary import ALL_THE_TIME, ALONE, ALONE_OTHERS, SAME_CLOCK
 SITES = ("site-0", "site-1")
 STEPS, EVERY = 4, 2
 SCENARIO = "shared-tasks"
+DEMO = {"episodes_per_site": 4, "frames_per_episode": 20, "image_height": 32, "image_width": 32}
 VARIANTS = (
     *quality.REFERENCES,
     quality.Variant("fedavgm 2x2", overrides={"local-steps": 2}),
@@ -38,8 +39,7 @@ def study(tmp_path_factory):
     report = quality.run_quality(
         out / "work", scenarios=(SCENARIO,), seeds=(0,), sites=len(SITES), configs=VARIANTS,
         steps_per_site=STEPS, eval_every_steps=EVERY,
-        demo={"episodes_per_site": 4, "frames_per_episode": 20, "image_height": 32,
-              "image_width": 32},
+        demo=DEMO,
         eval_samples=8, workers=0, results_dir=out / "results",
     )
     return out, report
@@ -141,8 +141,7 @@ def test_a_study_cut_short_reports_its_finished_jobs_and_names_the_rest(study, t
     cut = quality.run_quality(
         out / "work", scenarios=(SCENARIO,), seeds=(0,), sites=len(SITES),
         configs=(*VARIANTS, extra), steps_per_site=STEPS, eval_every_steps=EVERY,
-        demo={"episodes_per_site": 4, "frames_per_episode": 20, "image_height": 32,
-              "image_width": 32},
+        demo=DEMO,
         eval_samples=8, workers=0, results_dir=tmp_path, cached_only=True,
     )
     slug = next(j for j in _study_jobs(out, extra) if j.variant is extra).slug
@@ -156,8 +155,7 @@ def test_a_study_cut_short_reports_its_finished_jobs_and_names_the_rest(study, t
 def _study_jobs(out, *more):
     work = (out / "work").resolve()
     study = quality.make_study(work, SCENARIO, len(SITES), steps_per_site=STEPS,
-                               demo={"episodes_per_site": 4, "frames_per_episode": 20,
-                                     "image_height": 32, "image_width": 32},
+                               demo=DEMO,
                                eval_samples=8, eval_every_steps=EVERY)
     return [quality.Job(study, v, 0) for v in (*VARIANTS, *more)]
 

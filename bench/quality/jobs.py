@@ -110,10 +110,16 @@ def run_bytes(run_dir: Path) -> dict[str, int]:
     return {"downlink": down, "uplink": up, "total": down + up}
 
 
+def cached_result(job: Job) -> dict[str, Any] | None:
+    """The result this very job (same key) left when it ran, or None."""
+    if not job.result_path.is_file():
+        return None
+    result = json.loads(job.result_path.read_text())
+    return result if result.get("key") == job.key() else None
+
+
 def is_cached(job: Job) -> bool:
-    """Whether this very job (same key) has already run and left its result."""
-    path = job.result_path
-    return path.is_file() and json.loads(path.read_text()).get("key") == job.key()
+    return cached_result(job) is not None
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -131,9 +137,8 @@ def run_job(job: Job) -> dict[str, Any]:
 
     from common import atomic
 
-    path = job.result_path
-    if is_cached(job):
-        return json.loads(path.read_text())
+    if (cached := cached_result(job)) is not None:
+        return cached
     threads = torch.get_num_threads()
     random.seed(job.seed)
     np.random.seed(job.seed)
@@ -151,7 +156,7 @@ def run_job(job: Job) -> dict[str, Any]:
     result |= {"key": job.key(), "variant": job.variant.name, "kind": job.variant.kind,
                "scenario": job.study.scenario, "seed": job.seed, "engine": job.engine,
                "seconds": time.perf_counter() - start}
-    atomic.write_json(path, result)
+    atomic.write_json(job.result_path, result)
     return result
 
 

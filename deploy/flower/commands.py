@@ -88,15 +88,8 @@ def superexec_cmd(
     ``root_certificates`` and ``AcquireTask`` is signed with the secret. Runtime dependency
     installation stays off (its default). ``parent_pid`` makes it exit with that process.
     """
-    cmd = [
-        flower_exe("flower-superexec"),
-        "--runtime-api-address", runtime_address,
-        "--root-certificates", _path(root_certificates),
-        "--superexec-auth-secret-file", _path(secret_file),
-    ]  # fmt: skip
-    if parent_pid is not None:
-        cmd += ["--parent-pid", str(parent_pid)]
-    return cmd
+    return [flower_exe("flower-superexec"),
+            *_executor_args(runtime_address, root_certificates, secret_file, parent_pid)]
 
 
 def supernode_cmd(
@@ -160,16 +153,24 @@ def worker_cmd(
     """``python -m supernode.worker`` with this interpreter (the site's zk0 install): the
     site's executor of ClientApp tasks on the SuperNode's runtime API (TLS verified against
     ``root_certificates``, ``AcquireTask`` signed with the site's secret)."""
-    cmd = [
-        sys.executable, "-m", "supernode.worker",
-        "--runtime-api-address", runtime_address,
-        "--root-certificates", _path(root_certificates),
-        "--superexec-auth-secret-file", _path(secret_file),
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "supernode.worker",
+           *_executor_args(runtime_address, root_certificates, secret_file, parent_pid)]
     if peer_timeout is not None:
         cmd += ["--peer-timeout", f"{peer_timeout:g}"]
     if acquire_timeout is not None:
         cmd += ["--acquire-timeout", f"{acquire_timeout:g}"]
-    if parent_pid is not None:
-        cmd += ["--parent-pid", str(parent_pid)]
     return cmd
+
+
+def _executor_args(runtime_address: str, root_certificates: Path, secret_file: Path,
+                   parent_pid: int | None) -> list[str]:
+    """How a task executor (Flower's SuperExec, or the site worker in its place) reaches a
+    runtime API: the same flags for both, so the worker is a drop-in for ``flower-superexec``."""
+    args = [
+        "--runtime-api-address", runtime_address,
+        "--root-certificates", _path(root_certificates),
+        "--superexec-auth-secret-file", _path(secret_file),
+    ]  # fmt: skip
+    if parent_pid is not None:
+        args += ["--parent-pid", str(parent_pid)]
+    return args
