@@ -146,8 +146,8 @@ def exchange(
         msg.content = pack(msg.content, memo)
     ids = with_retries(lambda: list(grid.push_messages(messages)), "push")
     pushed_at = time.time()
-    routes = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True) if mid}
     sent = {mid: msg for mid, msg in zip(ids, messages, strict=True) if mid}
+    routes = {mid: msg.metadata.dst_node_id for mid, msg in sent.items()}
     arrived_at: dict[int, float] = {}
     unsent = [msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True) if not mid]
     pending = set(routes)
